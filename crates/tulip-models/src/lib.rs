@@ -1,0 +1,75 @@
+//! # tulip-models
+//!
+//! The image classifiers of Tulip-rs (SPEC §4): All-CNN-C, ResNet22/34, ResNeXt34 and the
+//! Wide ResNets WRN-16-4, 16-8, 22-4, 28-10 and 40-4, with batch norm on or off, dropout,
+//! any odd kernel size, and the optional tanh output layer.
+//!
+//! This is the lowest model-facing crate: penalties, attacks, evaluation and the trainer
+//! program against the [`Classifier`] trait defined here, never against a concrete
+//! architecture.
+//!
+//! ## Design record
+//! - Tensor names and layouts are the PyTorch `state_dict` ones of the reference module
+//!   tree (a tested public API), so checkpoints convert 1:1. They are kept in
+//!   construction order in [`Params`], which separates trainable parameters from
+//!   batch-norm running statistics (buffers) — Candle's `VarMap` does neither.
+//! - Initialisation is PyTorch's default (uniform `±1/√fan_in`), drawn on the host from
+//!   a seeded ChaCha stream: the same seed gives the same model on every device.
+//! - Batch norm follows PyTorch exactly (momentum 0.1, ε 1e-5, unbiased running
+//!   variance). Its running statistics live in the model's own buffers.
+//! - A linearised mode ([`Mode::Linearised`]) turns every ReLU and the output tanh into
+//!   the identity with batch norm in evaluation mode, so the model is affine. Unlike the
+//!   reference, residual blocks keep their skip connection in that mode.
+//! - All-CNN: as in the reference, each convolution carries a bias placed before a batch
+//!   norm without affine terms (so in training mode that bias has no effect); the stem
+//!   convolution of the ResNets is the same.
+//! - Wide ResNets use this crate's residual trunk: a 16-channel stem, stages of width
+//!   `16k, 32k, 64k`, downsampling by average pooling, and the softmax-initialised 1×1
+//!   convolution where the width changes (also at the start of stage 1).
+//! - Dropout uses Candle's random generator, so runs with dropout > 0 are not bit-for-bit
+//!   reproducible; dropout is off by default.
+#![warn(missing_docs)]
+
+mod allcnn;
+pub mod checkpoint;
+mod error;
+pub mod layers;
+mod model;
+pub mod params;
+mod resnet;
+
+pub use allcnn::AllCnn;
+pub use checkpoint::Checkpoint;
+pub use error::{ModelError, Result};
+pub use layers::Mode;
+pub use model::{Architecture, Model, ModelConfig};
+pub use params::{Param, ParamBuilder, ParamKind, Params};
+pub use resnet::{BlockKind, ResNet, ResNetSpec};
+
+use candle_core::Tensor;
+
+/// What penalties, attacks and evaluation need of a model.
+pub trait Classifier: Send + Sync {
+    /// Logits `[B, classes]` for images `[B, C, H, W]`; `train` selects batch statistics
+    /// (and updates running ones) and enables dropout.
+    ///
+    /// # Errors
+    /// Fails on an input of the wrong shape.
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor>;
+
+    /// The model with every nonlinearity replaced by the identity (evaluation mode): an
+    /// affine map of the input.
+    ///
+    /// # Errors
+    /// Fails on an input of the wrong shape.
+    fn forward_linearised(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// Number of classes.
+    fn classes(&self) -> usize;
+
+    /// Input shape `(C, H, W)`.
+    fn input_shape(&self) -> (usize, usize, usize);
+
+    /// The model's named tensors.
+    fn params(&self) -> &Params;
+}

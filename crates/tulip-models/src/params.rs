@@ -1,0 +1,234 @@
+//! Named model tensors in a stable order, split into trainable parameters and buffers.
+//!
+//! Candle's `VarMap` keeps its variables in hash order and does not tell parameters from
+//! batch-norm running statistics. Both matter here: SGD and the Tikhonov penalty must see
+//! only trainable parameters, in a reproducible order, and checkpoints must hold both. So
+//! models are built through a [`ParamBuilder`] (shaped like candle-nn's `VarBuilder`:
+//! `pp("name")` extends a PyTorch-style dotted path) that records every tensor, in
+//! construction order, with its [`ParamKind`].
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::Result;
+
+/// Whether a named tensor is learned by the optimizer or is running state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// Stepped by the optimizer (weights, biases, batch-norm affine terms, the tanh scale).
+    Trainable,
+    /// State updated by the forward pass (batch-norm running statistics); never stepped,
+    /// never penalised, but saved in checkpoints.
+    Buffer,
+}
+
+/// One named tensor of a model.
+#[derive(Debug, Clone)]
+pub struct Param {
+    /// PyTorch `state_dict` name, e.g. `layer1.0.convs.0.weight`.
+    pub name: String,
+    /// The variable itself (shared with the layer that uses it).
+    pub var: Var,
+    /// Trainable parameter or buffer.
+    pub kind: ParamKind,
+}
+
+impl Param {
+    /// Whether this is a "weight" in the sense of the Tikhonov penalty's bias-free variant
+    /// and of the `‖w‖₂` statistic: a trainable tensor of rank ≥ 2 (convolution and linear
+    /// weights), as opposed to biases, batch-norm scales and shifts, and the tanh scale.
+    pub fn is_weight_matrix(&self) -> bool {
+        self.kind == ParamKind::Trainable && self.var.rank() >= 2
+    }
+}
+
+/// All named tensors of a model, in construction order.
+#[derive(Debug, Clone, Default)]
+pub struct Params {
+    entries: Vec<Param>,
+}
+
+impl Params {
+    /// Every tensor, parameters and buffers, in construction order.
+    pub fn all(&self) -> &[Param] {
+        &self.entries
+    }
+
+    /// The trainable parameters, in construction order.
+    pub fn trainable(&self) -> impl Iterator<Item = &Param> {
+        self.entries
+            .iter()
+            .filter(|p| p.kind == ParamKind::Trainable)
+    }
+
+    /// Number of scalars in trainable parameters (what PyTorch's `numel` sum reports).
+    pub fn trainable_count(&self) -> usize {
+        self.trainable().map(|p| p.var.elem_count()).sum()
+    }
+
+    /// The tensor called `name`, if any.
+    pub fn get(&self, name: &str) -> Option<&Param> {
+        self.entries.iter().find(|p| p.name == name)
+    }
+
+    /// All names, in construction order.
+    pub fn names(&self) -> Vec<&str> {
+        self.entries.iter().map(|p| p.name.as_str()).collect()
+    }
+}
+
+/// How a new parameter is filled.
+#[derive(Debug, Clone, Copy)]
+pub enum Init {
+    /// Uniform in `[-bound, bound]` (PyTorch's default for convolutions and linear layers
+    /// uses `bound = 1/√fan_in`).
+    Uniform {
+        /// Half-width of the interval.
+        bound: f64,
+    },
+    /// Every entry equal to the value.
+    Const(f64),
+}
+
+struct Shared {
+    entries: Vec<Param>,
+    rng: ChaCha8Rng,
+}
+
+/// Creates named tensors for a model, like candle-nn's `VarBuilder`, and records them.
+///
+/// Initial values come from a seeded ChaCha generator on the host, so the same seed gives
+/// the same model on every device.
+#[derive(Clone)]
+pub struct ParamBuilder {
+    shared: Arc<Mutex<Shared>>,
+    prefix: String,
+    dtype: DType,
+    device: Device,
+}
+
+impl ParamBuilder {
+    /// A builder for a fresh model.
+    pub fn new(seed: u64, dtype: DType, device: &Device) -> Self {
+        Self {
+            shared: Arc::new(Mutex::new(Shared {
+                entries: Vec::new(),
+                rng: ChaCha8Rng::seed_from_u64(seed),
+            })),
+            prefix: String::new(),
+            dtype,
+            device: device.clone(),
+        }
+    }
+
+    /// A builder whose names are prefixed by `name.` (PyTorch submodule path).
+    pub fn pp(&self, name: impl std::fmt::Display) -> Self {
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
+        Self {
+            prefix,
+            ..self.clone()
+        }
+    }
+
+    /// Data type of the tensors created.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Device of the tensors created.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A new trainable parameter.
+    ///
+    /// # Errors
+    /// Fails if Candle cannot allocate the tensor.
+    pub fn param(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        self.create(name, shape, init, ParamKind::Trainable)
+    }
+
+    /// A new buffer (running state, not trained).
+    ///
+    /// # Errors
+    /// Fails if Candle cannot allocate the tensor.
+    pub fn buffer(&self, name: &str, shape: &[usize], value: f64) -> Result<Var> {
+        self.create(name, shape, Init::Const(value), ParamKind::Buffer)?;
+        let shared = self.lock();
+        // Invariant: `create` just pushed this entry.
+        Ok(shared
+            .entries
+            .last()
+            .expect("entry just pushed")
+            .var
+            .clone())
+    }
+
+    /// A new trainable parameter whose initial value is given (after construction-time
+    /// transforms such as the softmax-normalised 1×1 convolution).
+    ///
+    /// # Errors
+    /// Fails if Candle cannot allocate the tensor.
+    pub fn param_from(&self, name: &str, value: &Tensor) -> Result<Tensor> {
+        let var = Var::from_tensor(&value.to_dtype(self.dtype)?.detach())?;
+        self.push(name, var.clone(), ParamKind::Trainable);
+        Ok(var.as_tensor().clone())
+    }
+
+    /// Draws values for `shape` from `init` on the host, in the builder's stream.
+    ///
+    /// # Errors
+    /// Fails if Candle cannot allocate the tensor.
+    pub fn sample(&self, shape: &[usize], init: Init) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let values: Vec<f64> = match init {
+            Init::Const(v) => vec![v; n],
+            Init::Uniform { bound } => {
+                let mut shared = self.lock();
+                (0..n)
+                    .map(|_| shared.rng.gen_range(-bound..=bound))
+                    .collect()
+            }
+        };
+        Ok(Tensor::from_vec(values, shape, &self.device)?.to_dtype(self.dtype)?)
+    }
+
+    fn create(&self, name: &str, shape: &[usize], init: Init, kind: ParamKind) -> Result<Tensor> {
+        let var = Var::from_tensor(&self.sample(shape, init)?)?;
+        self.push(name, var.clone(), kind);
+        Ok(var.as_tensor().clone())
+    }
+
+    fn push(&self, name: &str, var: Var, kind: ParamKind) {
+        let full = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
+        self.lock().entries.push(Param {
+            name: full,
+            var,
+            kind,
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        // A poisoned lock means a panic mid-construction; the data is still consistent
+        // (each push is a single Vec::push), so keep going.
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The tensors recorded so far by this builder and every builder derived from it.
+    pub fn params(&self) -> Params {
+        Params {
+            entries: self.lock().entries.clone(),
+        }
+    }
+}
