@@ -34,6 +34,7 @@ mod allcnn;
 pub mod checkpoint;
 mod error;
 pub mod layers;
+pub mod loss;
 mod model;
 pub mod params;
 mod resnet;
