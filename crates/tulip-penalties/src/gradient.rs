@@ -1,0 +1,38 @@
+//! Per-example input gradients of the cross-entropy loss (first order).
+
+use candle_core::{Tensor, Var};
+use tulip_models::loss::cross_entropy_per_example;
+use tulip_models::Classifier;
+
+use crate::Result;
+
+/// The per-example losses `ℓ_i` (shape `[B]`) and the input gradient `∇_x Σ_i ℓ_i` (shape of
+/// `x`), whose row `i` is the *unscaled* per-example gradient `∇_{x_i} ℓ_i` when the
+/// examples are independent (evaluation mode, or a model without batch norm). Both are
+/// detached: this is a first-order helper for attacks, perturbations and evaluation.
+///
+/// `train` selects the model's mode; in training mode batch norm couples the examples (and
+/// updates its running statistics), so row `i` is then `Σ_j ∇_{x_i} ℓ_j`.
+///
+/// If the loss does not depend on the input, the gradient is zero. The gradient with respect
+/// to the parameters is computed too (Candle has no way to ask for the input alone) and
+/// dropped.
+///
+/// # Errors
+/// Fails on a shape mismatch between model, images and labels.
+pub fn input_gradient(
+    model: &dyn Classifier,
+    x: &Tensor,
+    labels: &Tensor,
+    train: bool,
+) -> Result<(Tensor, Tensor)> {
+    let xv = Var::from_tensor(&x.detach())?;
+    let logits = model.forward_t(xv.as_tensor(), train)?;
+    let per_example = cross_entropy_per_example(&logits, labels)?;
+    let grads = per_example.sum_all()?.backward()?;
+    let g = match grads.get(xv.as_tensor()) {
+        Some(g) => g.detach(),
+        None => x.zeros_like()?,
+    };
+    Ok((per_example.detach(), g))
+}

@@ -1,0 +1,111 @@
+//! Vector norms of the rows of a batch, and the matching steepest-ascent directions.
+
+use candle_core::{Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+
+/// A vector norm over the flattened pixels of one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[non_exhaustive]
+#[serde(rename_all = "kebab-case")]
+pub enum Norm {
+    /// `‖v‖₁ = Σ |v_j|`.
+    #[value(name = "1")]
+    L1,
+    /// `‖v‖₂ = (Σ v_j²)^½` (the paper's default).
+    #[value(name = "2")]
+    L2,
+    /// `‖v‖_∞ = max |v_j|`.
+    #[value(name = "inf")]
+    Linf,
+}
+
+impl Norm {
+    /// The command-line name: `1`, `2` or `inf`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Norm::L1 => "1",
+            Norm::L2 => "2",
+            Norm::Linf => "inf",
+        }
+    }
+
+    /// The dual norm (`1 ↔ ∞`, `2 ↔ 2`).
+    pub fn dual(self) -> Norm {
+        match self {
+            Norm::L1 => Norm::Linf,
+            Norm::L2 => Norm::L2,
+            Norm::Linf => Norm::L1,
+        }
+    }
+}
+
+impl std::fmt::Display for Norm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn rows(g: &Tensor) -> Result<Tensor> {
+    let b = g.dim(0)?;
+    Ok(g.reshape((b, ()))?)
+}
+
+/// The norms `[B]` of the rows of `g` (each of shape `[…]` flattened), differentiable (twice)
+/// wherever the norm is.
+///
+/// The 2-norm of a zero row is 0 with a zero gradient (not the `NaN` that `sqrt` at 0 would
+/// give), so a penalty over a model whose loss ignores the input stays finite. At ties of the
+/// ∞-norm, Candle's `max` passes the full gradient to every maximal entry.
+///
+/// # Errors
+/// Fails if `g` has rank 0.
+pub fn row_norms(g: &Tensor, norm: Norm) -> Result<Tensor> {
+    let r = rows(g)?;
+    Ok(match norm {
+        Norm::L1 => r.abs()?.sum(D::Minus1)?,
+        Norm::L2 => {
+            let s = r.sqr()?.sum(D::Minus1)?;
+            let positive = s.gt(0.0)?;
+            // sqrt only of positive values, so that neither branch produces NaN gradients.
+            let safe = positive.where_cond(&s, &s.ones_like()?)?;
+            positive.where_cond(&safe.sqrt()?, &s.zeros_like()?)?
+        }
+        Norm::Linf => r.abs()?.max(D::Minus1)?,
+    })
+}
+
+/// For each row `g_i` of `g`, the steepest-ascent direction `d_i` of the given norm: the
+/// vector in the unit ball of the *dual* norm with `⟨g_i, d_i⟩ = ‖g_i‖`, so that to first
+/// order `f(x + h d) − f(x) = h ‖∇f‖` (same shape as `g`, detached):
+///
+/// - [`Norm::L1`]: `sign(g_i)` (∞-norm 1);
+/// - [`Norm::L2`]: `g_i / ‖g_i‖₂`;
+/// - [`Norm::Linf`]: `sign(g_ik) e_k` with `k = argmax_j |g_ij|` (1-norm 1; the first index
+///   at ties).
+///
+/// Zero rows give zero directions (and `sign(0) = 0` entry-wise).
+///
+/// # Errors
+/// Fails if `g` has rank 0.
+pub fn steepest_ascent_direction(g: &Tensor, norm: Norm) -> Result<Tensor> {
+    let g = g.detach();
+    let r = rows(&g)?;
+    let d = match norm {
+        Norm::L1 => r.sign()?,
+        Norm::L2 => {
+            let n = row_norms(&r, Norm::L2)?.unsqueeze(1)?;
+            let safe = n.gt(0.0)?.where_cond(&n, &n.ones_like()?)?;
+            r.broadcast_div(&safe)?
+        }
+        Norm::Linf => {
+            let n = r.dim(1)?;
+            let k = r.abs()?.argmax_keepdim(D::Minus1)?;
+            let idx = Tensor::arange(0u32, n as u32, r.device())?.unsqueeze(0)?;
+            let mask = idx.broadcast_eq(&k)?.to_dtype(r.dtype())?;
+            (r.sign()? * mask)?
+        }
+    };
+    Ok(d.reshape(g.shape())?)
+}
