@@ -1,0 +1,401 @@
+//! `tulip train`: flags → validated [`TrainConfig`] → the trainer.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+
+use anyhow::{bail, Context};
+use clap::{ArgAction, Args};
+use tulip_adversarial::{PerturbationKind, PgdConfig};
+use tulip_data::{Augmentation, DatasetKind};
+use tulip_models::{Architecture, Classifier, ModelConfig};
+use tulip_penalties::{Norm, PenaltyMethod, Summary, TikhonovScope};
+use tulip_train::run_dir::files;
+use tulip_train::{DeviceChoice, LrSchedule, ObjectiveConfig, TrainConfig, TrainError, Trainer};
+
+use crate::progress::{Output, ProgressObserver};
+
+/// Flags of `tulip train`. Names follow the reference code where it has them.
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  tulip train                                   # ResNet22 on Fashion-MNIST, reference protocol
+  tulip train --epochs 2 --limit-train 10000    # a quick look (minutes on a laptop CPU)
+  tulip train --tanh --decay 5e-4 --lip 0.1 --j2 0.01   # the paper's best setting
+  tulip train --resume runs/fashion-mnist/resnet22/20261125-140000")]
+pub struct TrainArgs {
+    /// Continue the run in this directory from its last checkpoint; its settings come
+    /// from the run's config.toml (other flags are ignored).
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
+
+    // ---- data ----
+    /// Dataset.
+    #[arg(long, value_enum, default_value_t = DatasetKind::FashionMnist, help_heading = "Data")]
+    dataset: DatasetKind,
+    /// Directory holding the dataset files. Default: $TULIP_DATA, ./data/<dataset>, then
+    /// /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist).
+    #[arg(long, value_name = "DIR", help_heading = "Data")]
+    data: Option<PathBuf>,
+    /// Train on the first N training images only (0 = all).
+    #[arg(long, value_name = "N", default_value_t = 0, help_heading = "Data")]
+    limit_train: usize,
+    /// Evaluate on the first N test images only (0 = all).
+    #[arg(long, value_name = "N", default_value_t = 0, help_heading = "Data")]
+    limit_test: usize,
+    /// Cutout augmentation: zero a random square of this side (0 = off).
+    #[arg(long, value_name = "SIZE", default_value_t = 0, help_heading = "Data")]
+    cutout: usize,
+    /// Turn off the random-crop (4-pixel padding) and horizontal-flip augmentation.
+    #[arg(long, help_heading = "Data")]
+    no_augment: bool,
+
+    // ---- model ----
+    /// Architecture.
+    #[arg(long, value_enum, default_value_t = Architecture::ResNet22, help_heading = "Model")]
+    model: Architecture,
+    /// Batch normalisation (on by default; --no-bn turns it off).
+    #[arg(long = "bn", overrides_with = "no_bn", action = ArgAction::SetTrue, help_heading = "Model")]
+    bn: bool,
+    /// Turn batch normalisation off.
+    #[arg(long = "no-bn", action = ArgAction::SetTrue, help_heading = "Model")]
+    no_bn: bool,
+    /// Dropout probability.
+    #[arg(long, default_value_t = 0.0, help_heading = "Model")]
+    dropout: f64,
+    /// Convolution kernel size (odd).
+    #[arg(long, default_value_t = 3, help_heading = "Model")]
+    kernel_size: usize,
+    /// Add the tanh output layer: batch norm on the logits, then t·tanh(z/t), t learned.
+    #[arg(long, help_heading = "Model")]
+    tanh: bool,
+
+    // ---- optimisation ----
+    /// Number of epochs.
+    #[arg(long, default_value_t = 200, help_heading = "Optimisation")]
+    epochs: usize,
+    /// Training mini-batch size.
+    #[arg(long, default_value_t = 128, help_heading = "Optimisation")]
+    batch_size: usize,
+    /// Evaluation batch size.
+    #[arg(long, default_value_t = 1000, help_heading = "Optimisation")]
+    test_batch_size: usize,
+    /// Base learning rate.
+    #[arg(
+        long,
+        default_value_t = 0.1,
+        allow_negative_numbers = true,
+        help_heading = "Optimisation"
+    )]
+    lr: f64,
+    /// Learning-rate multipliers by epoch, as [[epoch,mult],...] or epoch:mult,...
+    #[arg(
+        long,
+        default_value = "[[0,1],[60,0.2],[120,0.04],[160,0.008]]",
+        help_heading = "Optimisation"
+    )]
+    lr_schedule: String,
+    /// SGD momentum.
+    #[arg(
+        long,
+        default_value_t = 0.9,
+        allow_negative_numbers = true,
+        help_heading = "Optimisation"
+    )]
+    momentum: f64,
+    /// Nesterov momentum.
+    #[arg(long, help_heading = "Optimisation")]
+    nesterov: bool,
+    /// Seed of the initialisation, data order and augmentation.
+    #[arg(long, default_value_t = 0, help_heading = "Optimisation")]
+    seed: u64,
+    /// Device: cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
+    #[arg(long, default_value = "cpu", help_heading = "Optimisation")]
+    device: DeviceChoice,
+
+    // ---- regularisation ----
+    /// Weight of the Lipschitz penalty summary_i ‖∇ₓL‖ (0 = off).
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        allow_negative_numbers = true,
+        help_heading = "Regularisation"
+    )]
+    lip: f64,
+    /// Norm of the input gradient in the Lipschitz penalty.
+    #[arg(long, value_enum, default_value_t = Norm::L2, help_heading = "Regularisation")]
+    lip_norm: Norm,
+    /// How the per-image gradient norms are summarised over the batch [default: max for
+    /// the exact penalty, mean for the finite-difference one].
+    #[arg(long, value_enum, help_heading = "Regularisation")]
+    lip_summary: Option<Summary>,
+    /// How the Lipschitz penalty is computed: exact double backpropagation (the paper) or
+    /// the finite-difference approximation of Finlay & Oberman 2019 (squared-norm form).
+    #[arg(long, value_enum, default_value_t = PenaltyMethod::Exact, help_heading = "Regularisation")]
+    penalty_method: PenaltyMethod,
+    /// Step h of the finite-difference penalty.
+    #[arg(
+        long,
+        default_value_t = 0.01,
+        allow_negative_numbers = true,
+        help_heading = "Regularisation"
+    )]
+    fd_step: f64,
+    /// Weight of the Tikhonov penalty Σ‖θ‖² added to the loss (equals SGD weight decay 2·decay).
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        allow_negative_numbers = true,
+        help_heading = "Regularisation"
+    )]
+    decay: f64,
+    /// Parameters the Tikhonov penalty sums over: every trainable one (the reference's
+    /// actual behaviour) or only convolution/linear weights.
+    #[arg(long, value_enum, default_value_t = TikhonovScope::AllTrainable, help_heading = "Regularisation")]
+    decay_scope: TikhonovScope,
+
+    // ---- adversarial training (at most one) ----
+    /// FGSM training: x + ε·sign(∇)/√N.
+    #[arg(
+        long,
+        value_name = "EPS",
+        group = "adversarial",
+        allow_negative_numbers = true,
+        help_heading = "Adversarial training (at most one)"
+    )]
+    j1: Option<f64>,
+    /// Gradient-ascent training: x + ε·∇/‖∇‖₂.
+    #[arg(
+        long,
+        value_name = "EPS",
+        group = "adversarial",
+        allow_negative_numbers = true,
+        help_heading = "Adversarial training (at most one)"
+    )]
+    j2: Option<f64>,
+    /// Max-entry training: x + ε·sign(∇_k)e_k at the largest gradient entry.
+    #[arg(
+        long,
+        value_name = "EPS",
+        group = "adversarial",
+        allow_negative_numbers = true,
+        help_heading = "Adversarial training (at most one)"
+    )]
+    jinf: Option<f64>,
+    /// PGD-L∞ training. Optional settings, e.g. eps=8/255,steps=10,step-size=2/255,random-start=true
+    /// (these are the defaults).
+    #[arg(long, value_name = "SETTINGS", group = "adversarial", num_args = 0..=1, default_missing_value = "", help_heading = "Adversarial training (at most one)")]
+    pgd_inf: Option<String>,
+
+    // ---- output ----
+    /// Run directory (default runs/<dataset>/<model>/<timestamp>).
+    #[arg(long, value_name = "DIR", help_heading = "Output")]
+    log_dir: Option<PathBuf>,
+    /// Write a training.csv row every N steps.
+    #[arg(long, default_value_t = 100, value_name = "N", help_heading = "Output")]
+    log_interval: usize,
+    /// Skip the per-epoch evaluation on the training set (faster).
+    #[arg(long, help_heading = "Output")]
+    no_eval_train: bool,
+    /// No progress bars or summaries, only errors.
+    #[arg(long, conflicts_with = "json", help_heading = "Output")]
+    quiet: bool,
+    /// Print one JSON object per epoch on stdout instead of progress bars.
+    #[arg(long, help_heading = "Output")]
+    json: bool,
+}
+
+impl TrainArgs {
+    /// Converts the flags into a validated configuration (before any work is done).
+    fn to_config(&self) -> anyhow::Result<TrainConfig> {
+        let model = ModelConfig {
+            batch_norm: !self.no_bn,
+            dropout: self.dropout,
+            kernel_size: self.kernel_size,
+            tanh: self.tanh,
+            ..ModelConfig::new(
+                self.model,
+                self.dataset.classes(),
+                self.dataset.image_shape(),
+            )
+        };
+        let perturbation = if let Some(epsilon) = self.j1 {
+            Some(PerturbationKind::J1 { epsilon })
+        } else if let Some(epsilon) = self.j2 {
+            Some(PerturbationKind::J2 { epsilon })
+        } else if let Some(epsilon) = self.jinf {
+            Some(PerturbationKind::Jinf { epsilon })
+        } else if let Some(s) = &self.pgd_inf {
+            let cfg: PgdConfig = if s.trim().is_empty() {
+                PgdConfig {
+                    seed: self.seed,
+                    ..PgdConfig::default()
+                }
+            } else {
+                let parsed: PgdConfig = s
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--pgd-inf {s:?}: {e}"))?;
+                PgdConfig {
+                    seed: self.seed,
+                    ..parsed
+                }
+            };
+            Some(PerturbationKind::PgdInf(cfg))
+        } else {
+            None
+        };
+        for (flag, v) in [("--j1", self.j1), ("--j2", self.j2), ("--jinf", self.jinf)] {
+            if let Some(v) = v {
+                if !(v.is_finite() && v > 0.0) {
+                    bail!("{flag} must be a positive step size, got {v}");
+                }
+            }
+        }
+        let mut augmentation = if self.no_augment {
+            Augmentation::none()
+        } else {
+            Augmentation::standard()
+        };
+        augmentation.cutout = (self.cutout > 0).then_some(self.cutout);
+        let config = TrainConfig {
+            data_dir: self.data.clone(),
+            limit_train: self.limit_train,
+            limit_test: self.limit_test,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            test_batch_size: self.test_batch_size,
+            lr: self.lr,
+            lr_schedule: LrSchedule::parse(&self.lr_schedule)?,
+            momentum: self.momentum,
+            nesterov: self.nesterov,
+            augmentation,
+            seed: self.seed,
+            log_interval: self.log_interval,
+            eval_train: !self.no_eval_train,
+            device: self.device,
+            objective: ObjectiveConfig {
+                lip: self.lip,
+                lip_norm: self.lip_norm,
+                lip_summary: self.lip_summary,
+                penalty_method: self.penalty_method,
+                fd_step: self.fd_step,
+                decay: self.decay,
+                decay_scope: self.decay_scope,
+                perturbation,
+            },
+            ..TrainConfig::new(self.dataset, model)
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn output(&self) -> Output {
+        if self.quiet {
+            Output::Quiet
+        } else if self.json {
+            Output::Json
+        } else {
+            Output::Human
+        }
+    }
+}
+
+fn default_run_dir(config: &TrainConfig) -> PathBuf {
+    let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
+    Path::new("runs")
+        .join(config.dataset.name())
+        .join(config.model.architecture.name())
+        .join(stamp.to_string())
+}
+
+/// Sends library `tracing` events to stderr (warnings, or `RUST_LOG`) and to the run's log file.
+fn install_logging(run_dir: &Path) -> anyhow::Result<()> {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, EnvFilter};
+    let path = run_dir.join(files::LOG);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the log file {}", path.display()))?;
+    let stderr = fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")));
+    let to_file = fmt::layer()
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .with_filter(EnvFilter::new("info"));
+    // A second subscriber cannot be installed in one process; ignore that case.
+    let _ = tracing_subscriber::registry()
+        .with(stderr)
+        .with(to_file)
+        .try_init();
+    Ok(())
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    let output = args.output();
+    let mut trainer = match &args.resume {
+        Some(dir) => {
+            let (_, config) = tulip_train::RunDir::open(dir)
+                .with_context(|| format!("--resume {}: not a run directory", dir.display()))?;
+            let data = tulip_train::load_dataset(&config)?;
+            Trainer::resume(dir, data)?
+        }
+        None => {
+            let config = args.to_config()?;
+            let data = tulip_train::load_dataset(&config)?;
+            let dir = args
+                .log_dir
+                .clone()
+                .unwrap_or_else(|| default_run_dir(&config));
+            Trainer::new(config, data, &dir)?
+        }
+    };
+    install_logging(trainer.run_dir().path())?;
+    if output == Output::Human {
+        let c = trainer.config();
+        eprintln!(
+            "training {} ({} parameters) on {} for {} epochs → {}",
+            c.model.architecture,
+            trainer.model().params().trainable_count(),
+            c.dataset,
+            c.epochs,
+            trainer.run_dir().path().display()
+        );
+    }
+
+    let stop = trainer.stop_flag();
+    ctrlc::set_handler(move || {
+        if stop.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond interrupt: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: stopping after this step and writing a checkpoint (Ctrl-C again to quit now)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+
+    let mut observer = ProgressObserver::new(output);
+    match trainer.run(&mut observer) {
+        Ok(summary) => {
+            if output == Output::Human {
+                eprintln!(
+                    "done: {} epochs in {:.0}s, final test error {:.2}%, best {:.2}% — {}",
+                    summary.epochs,
+                    summary.elapsed,
+                    summary.final_test_error,
+                    summary.best_test_error,
+                    trainer.run_dir().path().display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ TrainError::Interrupted { .. }) => {
+            eprintln!(
+                "{e}: tulip train --resume {}",
+                trainer.run_dir().path().display()
+            );
+            Ok(ExitCode::from(130))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,198 @@
+//! The resolved configuration of a run: one serde struct, written into the run directory
+//! as `config.toml` and read back by `--resume`, `eval` and `attack`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tulip_adversarial::PerturbationKind;
+use tulip_data::{Augmentation, DatasetKind};
+use tulip_models::ModelConfig;
+use tulip_penalties::{Norm, PenaltyMethod, Summary, TikhonovScope};
+
+use crate::device::DeviceChoice;
+use crate::schedule::LrSchedule;
+use crate::{Result, TrainError};
+
+/// What the loss of one step is made of (SPEC §1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectiveConfig {
+    /// Weight of the Lipschitz (input-gradient) penalty; 0 = off.
+    pub lip: f64,
+    /// Norm of the input gradient in the penalty.
+    pub lip_norm: Norm,
+    /// How per-example norms are summarised over the batch; `None` takes the method's
+    /// own default: `max` for the exact penalty (the paper), `mean` for the
+    /// finite-difference one (the follow-up paper).
+    pub lip_summary: Option<Summary>,
+    /// Exact double backpropagation or the finite-difference approximation.
+    pub penalty_method: PenaltyMethod,
+    /// Step `h` of the finite-difference penalty.
+    pub fd_step: f64,
+    /// Weight of the Tikhonov penalty `Σ‖θ‖²`; 0 = off.
+    pub decay: f64,
+    /// Which parameters the Tikhonov penalty sums over.
+    pub decay_scope: TikhonovScope,
+    /// Adversarial training perturbation applied to each batch, if any.
+    pub perturbation: Option<PerturbationKind>,
+}
+
+impl ObjectiveConfig {
+    /// The batch summary in force.
+    pub fn lip_summary_or_default(&self) -> Summary {
+        self.lip_summary.unwrap_or(match self.penalty_method {
+            PenaltyMethod::FiniteDifference => Summary::Mean,
+            _ => Summary::Max,
+        })
+    }
+}
+
+impl Default for ObjectiveConfig {
+    fn default() -> Self {
+        Self {
+            lip: 0.0,
+            lip_norm: Norm::L2,
+            lip_summary: None,
+            penalty_method: PenaltyMethod::Exact,
+            fd_step: 0.01,
+            decay: 0.0,
+            decay_scope: TikhonovScope::AllTrainable,
+            perturbation: None,
+        }
+    }
+}
+
+/// Everything that determines a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Dataset to train on.
+    pub dataset: DatasetKind,
+    /// Explicit data directory (`--data`); otherwise the usual places are searched.
+    pub data_dir: Option<PathBuf>,
+    /// Use only the first N training images (0 = all).
+    pub limit_train: usize,
+    /// Use only the first N test images (0 = all).
+    pub limit_test: usize,
+    /// The network.
+    pub model: ModelConfig,
+    /// Number of epochs.
+    pub epochs: usize,
+    /// Training mini-batch size.
+    pub batch_size: usize,
+    /// Evaluation batch size.
+    pub test_batch_size: usize,
+    /// Base learning rate.
+    pub lr: f64,
+    /// Learning-rate multipliers by epoch.
+    pub lr_schedule: LrSchedule,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// Training augmentation.
+    pub augmentation: Augmentation,
+    /// Seed of the model initialisation, the data order and the augmentation.
+    pub seed: u64,
+    /// Write a `training.csv` row every this many steps.
+    pub log_interval: usize,
+    /// Evaluate loss and error on the training set after each epoch (as the reference does).
+    pub eval_train: bool,
+    /// Device to train on.
+    pub device: DeviceChoice,
+    /// Loss terms and adversarial training.
+    pub objective: ObjectiveConfig,
+}
+
+impl TrainConfig {
+    /// The reference defaults (SPEC §6) for `model` on `dataset`.
+    pub fn new(dataset: DatasetKind, model: ModelConfig) -> Self {
+        Self {
+            dataset,
+            data_dir: None,
+            limit_train: 0,
+            limit_test: 0,
+            model,
+            epochs: 200,
+            batch_size: 128,
+            test_batch_size: 1000,
+            lr: 0.1,
+            lr_schedule: LrSchedule::default(),
+            momentum: 0.9,
+            nesterov: false,
+            augmentation: Augmentation::standard(),
+            seed: 0,
+            log_interval: 100,
+            eval_train: true,
+            device: DeviceChoice::Cpu,
+            objective: ObjectiveConfig::default(),
+        }
+    }
+
+    /// Checks every value that does not depend on the data; messages name the flag.
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] for the first bad value.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(TrainError::InvalidConfig(m));
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("--lr must be positive, got {}", self.lr));
+        }
+        if self.epochs == 0 {
+            return bad("--epochs must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return bad("--batch-size must be at least 1".into());
+        }
+        if self.test_batch_size == 0 {
+            return bad("--test-batch-size must be at least 1".into());
+        }
+        if self.log_interval == 0 {
+            return bad("--log-interval must be at least 1".into());
+        }
+        let o = &self.objective;
+        for (flag, v) in [("--lip", o.lip), ("--decay", o.decay)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("{flag} must be ≥ 0, got {v}"));
+            }
+        }
+        if let Some(p) = &o.perturbation {
+            p.validate()
+                .map_err(|e| TrainError::InvalidConfig(e.to_string()))?;
+        }
+        if !(o.fd_step.is_finite() && o.fd_step > 0.0) {
+            return bad(format!("--fd-step must be positive, got {}", o.fd_step));
+        }
+        if (self.model.classes, self.model.input_shape)
+            != (self.dataset.classes(), self.dataset.image_shape())
+        {
+            return bad(format!(
+                "the model is built for {} classes on {:?} images but {} has {} classes of {:?}",
+                self.model.classes,
+                self.model.input_shape,
+                self.dataset,
+                self.dataset.classes(),
+                self.dataset.image_shape()
+            ));
+        }
+        self.model
+            .validate()
+            .map_err(|e| TrainError::InvalidConfig(e.to_string()))?;
+        Ok(())
+    }
+
+    /// The configuration as readable TOML.
+    ///
+    /// # Errors
+    /// Serialisation fails (it does not for valid configurations).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self)
+            .map_err(|e| TrainError::InvalidConfig(format!("cannot write the configuration: {e}")))
+    }
+
+    /// Parses a configuration written by [`TrainConfig::to_toml`].
+    ///
+    /// # Errors
+    /// The text is not a valid configuration.
+    pub fn from_toml(text: &str) -> std::result::Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,601 @@
+//! The training loop — the only one in the project. Methods plug in as a perturbation
+//! applied to the batch before the loss and a list of weighted penalty terms added to it
+//! (SPEC §1); nothing else about the loop changes between methods.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use tulip_adversarial::Perturbation;
+use tulip_data::{Dataset, Loader};
+use tulip_models::{loss, Checkpoint, Classifier, Model};
+use tulip_penalties::{Penalty, PenaltyInputs, TikhonovPenalty};
+
+use crate::config::TrainConfig;
+use crate::evaluate::{count_correct, evaluate, Evaluation};
+use crate::optim::Sgd;
+use crate::run_dir::{files, CsvWriter, RunDir};
+use crate::{Result, TrainError};
+
+/// Consecutive chance-level epochs after which a run counts as diverged.
+const CHANCE_LEVEL_EPOCHS: usize = 5;
+
+/// A penalty with its weight in the objective.
+struct WeightedPenalty {
+    weight: f64,
+    penalty: Box<dyn Penalty>,
+}
+
+/// What happened in one optimisation step.
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    /// Epoch (0-based).
+    pub epoch: usize,
+    /// Step within the epoch (0-based).
+    pub step_in_epoch: usize,
+    /// Steps in this epoch.
+    pub steps_in_epoch: usize,
+    /// Steps since the start of the run.
+    pub global_step: usize,
+    /// Objective minimised: cross-entropy plus weighted penalties.
+    pub objective: f64,
+    /// Cross-entropy of the (possibly perturbed) batch.
+    pub cross_entropy: f64,
+    /// Unweighted penalty values, by name.
+    pub penalties: Vec<(&'static str, f64)>,
+    /// Fraction of the batch classified correctly (training mode).
+    pub accuracy: f64,
+    /// Images in the batch.
+    pub images: usize,
+    /// Learning rate of the step.
+    pub lr: f64,
+}
+
+/// What happened in one epoch.
+#[derive(Debug, Clone)]
+pub struct EpochReport {
+    /// Epoch (0-based).
+    pub epoch: usize,
+    /// Clean test loss and error.
+    pub test: Evaluation,
+    /// Loss and error on the training set (evaluation mode), if enabled.
+    pub train: Option<Evaluation>,
+    /// Tikhonov value `Σ‖θ‖²` at the end of the epoch.
+    pub tikhonov: f64,
+    /// Learning rate of the epoch.
+    pub lr: f64,
+    /// Seconds since the run started.
+    pub elapsed: f64,
+    /// Whether this epoch has the best test error so far.
+    pub best: bool,
+}
+
+/// Receives progress; the binary draws progress bars from it. Libraries never print.
+pub trait Observer {
+    /// An epoch begins.
+    fn epoch_started(&mut self, _epoch: usize, _epochs: usize, _steps: usize, _first_step: usize) {}
+    /// A step finished.
+    fn step(&mut self, _report: &StepReport) {}
+    /// Evaluation of `what` (`"test"`, `"train"`) begins.
+    fn evaluating(&mut self, _what: &str) {}
+    /// An epoch finished.
+    fn epoch_finished(&mut self, _report: &EpochReport) {}
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Silent;
+impl Observer for Silent {}
+
+/// Where the run stands; saved in every checkpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Position {
+    epoch: usize,
+    step_in_epoch: usize,
+    global_step: usize,
+    elapsed: f64,
+    best_error: f64,
+    chance_epochs: usize,
+    training_rows: usize,
+    test_rows: usize,
+}
+
+/// The outcome of a finished run.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// Epochs completed.
+    pub epochs: usize,
+    /// Test error of the last epoch, %.
+    pub final_test_error: f64,
+    /// Lowest test error, %.
+    pub best_test_error: f64,
+    /// Seconds of training, all sessions of the run together.
+    pub elapsed: f64,
+}
+
+/// Loads the dataset of a configuration (with its train/test limits applied).
+///
+/// # Errors
+/// The data cannot be found or read.
+pub fn load_dataset(config: &TrainConfig) -> Result<Dataset> {
+    let dir = tulip_data::locate(config.dataset, config.data_dir.as_deref())?;
+    let mut data = tulip_data::load(config.dataset, &dir)?;
+    if config.limit_train > 0 {
+        data.train.truncate(config.limit_train);
+    }
+    if config.limit_test > 0 {
+        data.test.truncate(config.limit_test);
+    }
+    Ok(data)
+}
+
+/// A training run: model, optimizer, objective and run directory.
+pub struct Trainer {
+    config: TrainConfig,
+    data: Dataset,
+    device: Device,
+    model: Model,
+    optimizer: Sgd,
+    perturbation: Option<Box<dyn Perturbation>>,
+    penalties: Vec<WeightedPenalty>,
+    tikhonov: TikhonovPenalty,
+    run: RunDir,
+    pos: Position,
+    stop: Arc<AtomicBool>,
+}
+
+impl Trainer {
+    /// Starts a new run in `run_dir` (created; must not already hold a run).
+    ///
+    /// # Errors
+    /// An invalid configuration (checked before anything is written), a penalty that
+    /// cannot be computed correctly here (second-order gradients not live), or I/O.
+    pub fn new(config: TrainConfig, data: Dataset, run_dir: &Path) -> Result<Self> {
+        Self::check_against_data(&config, &data)?;
+        let device = config.device.open()?;
+        let model = Model::init(&config.model, config.seed, DType::F32, &device)?;
+        let (perturbation, penalties, tikhonov) = Self::objective(&config, 0)?;
+        let optimizer = Sgd::new(model.params(), config.momentum, config.nesterov)?;
+        let run = RunDir::create(run_dir, &config)?;
+        let pos = Position {
+            best_error: f64::INFINITY,
+            ..Position::default()
+        };
+        tracing::info!(run = %run.path().display(), params = model.params().trainable_count(), "new run");
+        Ok(Self {
+            config,
+            data,
+            device,
+            model,
+            optimizer,
+            perturbation,
+            penalties,
+            tikhonov,
+            run,
+            pos,
+            stop: Arc::default(),
+        })
+    }
+
+    /// Continues the run in `run_dir` from its last checkpoint, optimizer state included.
+    /// With the same data, the result equals that of an uninterrupted run.
+    ///
+    /// # Errors
+    /// The directory holds no run or no checkpoint, or the checkpoint does not fit.
+    pub fn resume(run_dir: &Path, data: Dataset) -> Result<Self> {
+        let (run, config) = RunDir::open(run_dir)?;
+        Self::check_against_data(&config, &data)?;
+        let device = config.device.open()?;
+        let model = Model::init(&config.model, config.seed, DType::F32, &device)?;
+        let ck_path = run.file(files::CHECKPOINT);
+        if !ck_path.exists() {
+            return Err(TrainError::BadRunFile {
+                path: ck_path,
+                reason: "no checkpoint to resume from (the run stopped before its first checkpoint); start a new run".into(),
+            });
+        }
+        let ck = Checkpoint::read(&ck_path, &device)?;
+        ck.load_into(model.params(), &ck_path)?;
+        let pos = Position::from_metadata(&ck, &ck_path)?;
+        let (perturbation, penalties, tikhonov) = Self::objective(&config, pos.global_step as u64)?;
+        let mut optimizer = Sgd::new(model.params(), config.momentum, config.nesterov)?;
+        optimizer.load_from(&ck)?;
+        tracing::info!(run = %run.path().display(), epoch = pos.epoch, step = pos.global_step, "resumed");
+        Ok(Self {
+            config,
+            data,
+            device,
+            model,
+            optimizer,
+            perturbation,
+            penalties,
+            tikhonov,
+            run,
+            pos,
+            stop: Arc::default(),
+        })
+    }
+
+    fn check_against_data(config: &TrainConfig, data: &Dataset) -> Result<()> {
+        config.validate()?;
+        let n = data.train.len();
+        if config.batch_size > n {
+            return Err(TrainError::InvalidConfig(format!(
+                "--batch-size {} is larger than the training set ({n} images)",
+                config.batch_size
+            )));
+        }
+        if data.test.is_empty() {
+            return Err(TrainError::InvalidConfig(
+                "the test set is empty (--limit-test 0 means all)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::type_complexity)]
+    /// The pieces of the objective; `steps_done` positions the perturbation's random
+    /// stream (one call per step) when resuming.
+    fn objective(
+        config: &TrainConfig,
+        steps_done: u64,
+    ) -> Result<(
+        Option<Box<dyn Perturbation>>,
+        Vec<WeightedPenalty>,
+        TikhonovPenalty,
+    )> {
+        let o = &config.objective;
+        let mut penalties = Vec::new();
+        if o.lip > 0.0 {
+            let penalty =
+                o.penalty_method
+                    .build(o.lip_norm, o.lip_summary_or_default(), o.fd_step)?;
+            penalties.push(WeightedPenalty {
+                weight: o.lip,
+                penalty,
+            });
+        }
+        let tikhonov = TikhonovPenalty::new(o.decay_scope);
+        if o.decay > 0.0 {
+            penalties.push(WeightedPenalty {
+                weight: o.decay,
+                penalty: Box::new(tikhonov),
+            });
+        }
+        let perturbation = o
+            .perturbation
+            .as_ref()
+            .map(|p| p.build_resumed(steps_done))
+            .transpose()?;
+        Ok((perturbation, penalties, tikhonov))
+    }
+
+    /// A flag that, once set (e.g. by a Ctrl-C handler), stops the run after the current
+    /// step with a checkpoint and [`TrainError::Interrupted`].
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> &RunDir {
+        &self.run
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    fn lr(&self, epoch: usize) -> f64 {
+        self.config.lr * self.config.lr_schedule.multiplier(epoch)
+    }
+
+    fn training_header(&self) -> Vec<&'static str> {
+        let mut h = vec!["index", "time", "loss", "lr", "cross_entropy"];
+        h.extend(self.penalties.iter().map(|p| p.penalty.name()));
+        h
+    }
+
+    const TEST_HEADER: [&'static str; 8] = [
+        "epoch",
+        "time",
+        "test_loss",
+        "test_error",
+        "train_loss",
+        "train_error",
+        "tikhonov",
+        "lr",
+    ];
+
+    /// Trains until the configured number of epochs, writing logs and checkpoints.
+    ///
+    /// # Errors
+    /// Divergence, interruption (after a checkpoint), or a failure of the pieces.
+    pub fn run(&mut self, observer: &mut dyn Observer) -> Result<RunSummary> {
+        let started = Instant::now() - std::time::Duration::from_secs_f64(self.pos.elapsed);
+        let header = self.training_header();
+        let keep =
+            (self.pos.global_step > 0 || self.pos.epoch > 0).then_some(self.pos.training_rows);
+        let mut training_csv = CsvWriter::open(&self.run.file(files::TRAINING_CSV), &header, keep)?;
+        let keep = (self.pos.global_step > 0 || self.pos.epoch > 0).then_some(self.pos.test_rows);
+        let mut test_csv =
+            CsvWriter::open(&self.run.file(files::TEST_CSV), &Self::TEST_HEADER, keep)?;
+
+        let data = self.data.clone();
+        let loader = Loader::train(
+            &data.train,
+            self.config.batch_size,
+            self.config.augmentation,
+            self.config.seed,
+            &self.device,
+        )?;
+        let steps = loader.batches_per_epoch();
+        let mut last_error = f64::NAN;
+        let mut interval = IntervalMean::default();
+
+        while self.pos.epoch < self.config.epochs {
+            let epoch = self.pos.epoch;
+            let lr = self.lr(epoch);
+            observer.epoch_started(epoch, self.config.epochs, steps, self.pos.step_in_epoch);
+            for batch in loader.epoch(epoch).skip(self.pos.step_in_epoch) {
+                let batch = batch?;
+                let report = self.step(&batch.images, &batch.labels, lr, steps)?;
+                interval.add(&report);
+                self.pos.step_in_epoch += 1;
+                self.pos.global_step += 1;
+                if self.pos.global_step % self.config.log_interval == 0 {
+                    let mut row =
+                        vec![self.pos.global_step as f64, started.elapsed().as_secs_f64()];
+                    row.extend(interval.take());
+                    training_csv.row(&row)?;
+                    self.pos.training_rows += 1;
+                }
+                observer.step(&report);
+                if self.stop.load(Ordering::SeqCst) {
+                    self.pos.elapsed = started.elapsed().as_secs_f64();
+                    self.save_checkpoint()?;
+                    return Err(TrainError::Interrupted {
+                        epoch,
+                        step: self.pos.global_step,
+                    });
+                }
+            }
+
+            observer.evaluating("test");
+            let test = evaluate(
+                &self.model,
+                &data.test,
+                self.config.test_batch_size,
+                &self.device,
+            )?;
+            let train = if self.config.eval_train {
+                observer.evaluating("train");
+                Some(evaluate(
+                    &self.model,
+                    &data.train,
+                    self.config.test_batch_size,
+                    &self.device,
+                )?)
+            } else {
+                None
+            };
+            let tikhonov = scalar(&self.tikhonov.sum_of_squares(self.model.params())?)?;
+            let elapsed = started.elapsed().as_secs_f64();
+            let best = test.error < self.pos.best_error;
+            test_csv.row(&[
+                epoch as f64,
+                elapsed,
+                test.loss,
+                test.error,
+                train.map_or(f64::NAN, |t| t.loss),
+                train.map_or(f64::NAN, |t| t.error),
+                tikhonov,
+                lr,
+            ])?;
+            self.pos.test_rows += 1;
+            last_error = test.error;
+
+            self.pos.epoch += 1;
+            self.pos.step_in_epoch = 0;
+            self.pos.elapsed = elapsed;
+            let chance = 100.0 * (1.0 - 1.0 / self.config.model.classes as f64) - 1.0;
+            self.pos.chance_epochs = if test.error >= chance {
+                self.pos.chance_epochs + 1
+            } else {
+                0
+            };
+            if best {
+                self.pos.best_error = test.error;
+                let mut ck = Checkpoint::from_params(self.model.params());
+                self.pos.write_metadata(&mut ck, &self.config, test.error);
+                ck.write(&self.run.file(files::BEST))?;
+            }
+            self.save_checkpoint_with_error(test.error)?;
+            tracing::info!(
+                epoch,
+                test_error = test.error,
+                test_loss = test.loss,
+                "epoch finished"
+            );
+            observer.epoch_finished(&EpochReport {
+                epoch,
+                test,
+                train,
+                tikhonov,
+                lr,
+                elapsed,
+                best,
+            });
+
+            if self.pos.chance_epochs >= CHANCE_LEVEL_EPOCHS {
+                return Err(TrainError::ChanceLevel {
+                    error: test.error,
+                    epochs: self.pos.chance_epochs,
+                });
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                return Err(TrainError::Interrupted {
+                    epoch,
+                    step: self.pos.global_step,
+                });
+            }
+        }
+        Ok(RunSummary {
+            epochs: self.pos.epoch,
+            final_test_error: last_error,
+            best_test_error: self.pos.best_error,
+            elapsed: self.pos.elapsed,
+        })
+    }
+
+    /// One optimisation step (SPEC §1): perturb, loss, penalties, SGD.
+    fn step(&mut self, x: &Tensor, labels: &Tensor, lr: f64, steps: usize) -> Result<StepReport> {
+        let x = match &self.perturbation {
+            Some(p) => p.perturb(&self.model, x, labels)?,
+            None => x.clone(),
+        };
+        // The exact penalty differentiates through ∇ₓL, so x must be a graph leaf.
+        let x = if self.penalties.iter().any(|p| p.penalty.needs_input_graph()) {
+            Var::from_tensor(&x.detach())?.as_tensor().clone()
+        } else {
+            x
+        };
+        let logits = self.model.forward_t(&x, true)?;
+        let ce = loss::cross_entropy(&logits, labels)?;
+        let inputs = PenaltyInputs {
+            model: &self.model,
+            x: &x,
+            labels,
+            logits: &logits,
+            loss: &ce,
+        };
+        let mut objective = ce.clone();
+        let mut values = Vec::with_capacity(self.penalties.len());
+        for wp in &self.penalties {
+            let v = wp.penalty.value(&inputs)?;
+            objective = (objective + (&v * wp.weight)?)?;
+            values.push((wp.penalty.name(), scalar(&v)?));
+        }
+        let objective_value = scalar(&objective)?;
+        if !objective_value.is_finite() {
+            return Err(TrainError::NonFiniteLoss {
+                value: objective_value,
+                epoch: self.pos.epoch,
+                step: self.pos.global_step,
+            });
+        }
+        let grads = objective.backward()?;
+        self.optimizer.step(&grads, lr)?;
+        let images = labels.dim(0)?;
+        Ok(StepReport {
+            epoch: self.pos.epoch,
+            step_in_epoch: self.pos.step_in_epoch,
+            steps_in_epoch: steps,
+            global_step: self.pos.global_step,
+            objective: objective_value,
+            cross_entropy: scalar(&ce)?,
+            penalties: values,
+            accuracy: count_correct(&logits.detach(), labels)? as f64 / images as f64,
+            images,
+            lr,
+        })
+    }
+
+    fn save_checkpoint(&self) -> Result<()> {
+        self.save_checkpoint_with_error(f64::NAN)
+    }
+
+    fn save_checkpoint_with_error(&self, test_error: f64) -> Result<()> {
+        let mut ck = Checkpoint::from_params(self.model.params());
+        self.optimizer.save_into(&mut ck);
+        self.pos.write_metadata(&mut ck, &self.config, test_error);
+        ck.write(&self.run.file(files::CHECKPOINT))?;
+        Ok(())
+    }
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// Means of the step values over a logging interval.
+#[derive(Default)]
+struct IntervalMean {
+    sums: Vec<f64>,
+    lr: f64,
+    n: usize,
+}
+
+impl IntervalMean {
+    fn add(&mut self, r: &StepReport) {
+        let values: Vec<f64> = [r.objective, r.cross_entropy]
+            .into_iter()
+            .chain(r.penalties.iter().map(|p| p.1))
+            .collect();
+        if self.sums.len() != values.len() {
+            self.sums = vec![0.0; values.len()];
+        }
+        for (s, v) in self.sums.iter_mut().zip(values) {
+            *s += v;
+        }
+        self.lr = r.lr;
+        self.n += 1;
+    }
+
+    /// `loss, lr, cross_entropy, penalties…` averaged since the last call.
+    fn take(&mut self) -> Vec<f64> {
+        let n = self.n.max(1) as f64;
+        let mut means: Vec<f64> = self.sums.iter().map(|s| s / n).collect();
+        means.insert(1, self.lr);
+        self.sums.iter_mut().for_each(|s| *s = 0.0);
+        self.n = 0;
+        means
+    }
+}
+
+impl Position {
+    fn write_metadata(&self, ck: &mut Checkpoint, config: &TrainConfig, test_error: f64) {
+        let m = &mut ck.metadata;
+        m.insert("epoch".into(), self.epoch.to_string());
+        m.insert("step_in_epoch".into(), self.step_in_epoch.to_string());
+        m.insert("global_step".into(), self.global_step.to_string());
+        m.insert("elapsed_seconds".into(), self.elapsed.to_string());
+        m.insert("best_test_error".into(), self.best_error.to_string());
+        m.insert("chance_epochs".into(), self.chance_epochs.to_string());
+        m.insert("training_rows".into(), self.training_rows.to_string());
+        m.insert("test_rows".into(), self.test_rows.to_string());
+        m.insert("test_error".into(), test_error.to_string());
+        if let Ok(json) = serde_json::to_string(config) {
+            m.insert("config".into(), json);
+        }
+    }
+
+    fn from_metadata(ck: &Checkpoint, path: &Path) -> Result<Self> {
+        fn get<T: std::str::FromStr>(ck: &Checkpoint, path: &Path, key: &str) -> Result<T> {
+            ck.metadata
+                .get(key)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| TrainError::BadRunFile {
+                    path: path.into(),
+                    reason: format!("checkpoint metadata lacks a valid {key:?}"),
+                })
+        }
+        Ok(Self {
+            epoch: get(ck, path, "epoch")?,
+            step_in_epoch: get(ck, path, "step_in_epoch")?,
+            global_step: get(ck, path, "global_step")?,
+            elapsed: get(ck, path, "elapsed_seconds")?,
+            best_error: get(ck, path, "best_test_error")?,
+            chance_epochs: get(ck, path, "chance_epochs")?,
+            training_rows: get(ck, path, "training_rows")?,
+            test_rows: get(ck, path, "test_rows")?,
+        })
+    }
+}
