@@ -1,0 +1,4 @@
+//! End-to-end tests of the `tulip` binary on real Fashion-MNIST (the Debian package
+//! `dataset-fashion-mnist`; `.ci/run` installs it).
+
+mod train;

@@ -1,0 +1,65 @@
+//! Helpers for the end-to-end tests: find the built `tulip` binary, run it in a
+//! temporary directory, read the run files back.
+//!
+//! The binary is the one cargo built for this test run (`target/<profile>/tulip`, beside
+//! the test executable's `deps/` folder).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Path of the `tulip` binary built alongside these tests.
+///
+/// # Panics
+/// If the binary has not been built (run the tests through `cargo test --workspace`).
+pub fn tulip_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join(format!("tulip{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} not found: build it with `cargo build -p tulip-cli` or run `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
+
+/// A `tulip` command with the given arguments, its output captured.
+pub fn tulip(args: &[&str]) -> Command {
+    let mut cmd = Command::new(tulip_binary());
+    cmd.args(args);
+    cmd
+}
+
+/// Runs a command and returns its output, printing it on failure to help debugging.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("tulip runs");
+    if !out.status.success() {
+        eprintln!("stdout:\n{}", String::from_utf8_lossy(&out.stdout));
+        eprintln!("stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    out
+}
+
+/// Header and numeric rows of a CSV file of a run directory.
+///
+/// # Panics
+/// If the file is missing or not numeric.
+pub fn csv(path: &Path) -> (Vec<String>, Vec<Vec<f64>>) {
+    tulip_train::run_dir::read_csv(path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The column `name` of a CSV.
+///
+/// # Panics
+/// If there is no such column.
+pub fn column(csv: &(Vec<String>, Vec<Vec<f64>>), name: &str) -> Vec<f64> {
+    let i = csv
+        .0
+        .iter()
+        .position(|h| h == name)
+        .unwrap_or_else(|| panic!("no column {name} in {:?}", csv.0));
+    csv.1.iter().map(|r| r[i]).collect()
+}
