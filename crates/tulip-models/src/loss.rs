@@ -25,7 +25,9 @@ pub fn one_hot(labels: &Tensor, classes: usize, like: &Tensor) -> Result<Tensor>
 pub fn cross_entropy_per_example(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let classes = logits.dim(D::Minus1)?;
     let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    (log_p * one_hot(labels, classes, logits)?)?.sum(D::Minus1)?.neg()
+    (log_p * one_hot(labels, classes, logits)?)?
+        .sum(D::Minus1)?
+        .neg()
 }
 
 /// Batch-mean cross-entropy `L = (1/B) Σ ℓ_i` (a scalar tensor).
@@ -45,7 +47,10 @@ mod tests {
     fn matches_the_closed_form() {
         let z = Tensor::new(&[[1.0f64, 2.0, 3.0], [0.0, 0.0, 0.0]], &Device::Cpu).unwrap();
         let y = Tensor::new(&[2u32, 1], &Device::Cpu).unwrap();
-        let l: Vec<f64> = cross_entropy_per_example(&z, &y).unwrap().to_vec1().unwrap();
+        let l: Vec<f64> = cross_entropy_per_example(&z, &y)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let lse = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
         assert!((l[0] - (lse - 3.0)).abs() < 1e-12);
         assert!((l[1] - 3f64.ln()).abs() < 1e-12);

@@ -1,5 +1,6 @@
 use candle_core::{Result as CResult, Tensor, Var};
 
+use super::fast_ops::{channel_affine, channel_dot, channel_sum};
 use super::Mode;
 use crate::params::{Init, ParamBuilder};
 use crate::Result;
@@ -43,42 +44,45 @@ impl BatchNorm {
     /// Normalises `x`. In [`Mode::Train`] this also updates the running statistics (with
     /// detached values: they are state, not part of the graph).
     ///
+    /// Written with the per-channel ops of `fast_ops` (contiguous channel sums and one
+    /// fused `x·a + b` per pass) rather than broadcasting, whose backward sums over
+    /// dimensions 0, 2, 3 with Candle's slow strided reduction: two-pass statistics
+    /// (mean, then the mean square of the centred values) and a single scale-and-shift.
+    ///
     /// # Errors
     /// Fails on a shape mismatch.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> CResult<Tensor> {
         let channels = x.dim(1)?;
-        let mut stat_shape = vec![1; x.rank()];
-        stat_shape[1] = channels;
-        let reduce: Vec<usize> = (0..x.rank()).filter(|&d| d != 1).collect();
-
-        let normalised = match mode {
+        let (scale, shift, input) = match mode {
             Mode::Train => {
-                let mean = x.mean_keepdim(reduce.as_slice())?;
-                let centred = x.broadcast_sub(&mean)?;
-                let var = centred.sqr()?.mean_keepdim(reduce.as_slice())?;
                 let n = (x.elem_count() / channels) as f64;
+                let mean = (channel_sum(x)? / n)?;
+                let ones = mean.ones_like()?;
+                let centred = channel_affine(x, &ones, &mean.neg()?)?;
+                let var = (channel_dot(&centred, &centred)? / n)?;
                 self.update_running(&mean, &var, n)?;
-                centred.broadcast_div(&(var + EPS)?.sqrt()?)?
+                let inv_std = (var + EPS)?.sqrt()?.recip()?;
+                match &self.affine {
+                    Some((w, b)) => ((w * inv_std)?, b.clone(), centred),
+                    None => (inv_std.clone(), inv_std.zeros_like()?, centred),
+                }
             }
             Mode::Eval | Mode::Linearised => {
-                let mean = self
-                    .running_mean
-                    .as_detached_tensor()
-                    .reshape(stat_shape.as_slice())?;
-                let var = self
-                    .running_var
-                    .as_detached_tensor()
-                    .reshape(stat_shape.as_slice())?;
-                x.broadcast_sub(&mean)?
-                    .broadcast_div(&(var + EPS)?.sqrt()?)?
+                let mean = self.running_mean.as_detached_tensor();
+                let var = self.running_var.as_detached_tensor();
+                let inv_std = (var + EPS)?.sqrt()?.recip()?;
+                let scale = match &self.affine {
+                    Some((w, _)) => (w * inv_std)?,
+                    None => inv_std,
+                };
+                let shift = match &self.affine {
+                    Some((_, b)) => (b - (&mean * &scale)?)?,
+                    None => (&mean * &scale)?.neg()?,
+                };
+                (scale, shift, x.clone())
             }
         };
-        match &self.affine {
-            Some((w, b)) => normalised
-                .broadcast_mul(&w.reshape(stat_shape.as_slice())?)?
-                .broadcast_add(&b.reshape(stat_shape.as_slice())?),
-            None => Ok(normalised),
-        }
+        channel_affine(&input, &scale, &shift)
     }
 
     fn update_running(&self, mean: &Tensor, var: &Tensor, n: f64) -> CResult<()> {
@@ -90,5 +94,122 @@ impl BatchNorm {
             ((self.running_var.as_detached_tensor() * (1.0 - MOMENTUM))? + (unbiased * MOMENTUM)?)?;
         self.running_mean.set(&rm)?;
         self.running_var.set(&rv)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    fn seq(shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let v: Vec<f64> = (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 11) as f64 / (1u64 << 53) as f64 * 4.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// The straightforward broadcasting formula the layer used before `fast_ops`.
+    fn reference(x: &Tensor, w: &Tensor, b: &Tensor) -> CResult<Tensor> {
+        let c = x.dim(1)?;
+        let r = [0usize, 2, 3];
+        let mean = x.mean_keepdim(r.as_slice())?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(r.as_slice())?;
+        centred
+            .broadcast_div(&(var + EPS)?.sqrt()?)?
+            .broadcast_mul(&w.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&b.reshape((1, c, 1, 1))?)
+    }
+
+    #[test]
+    fn train_mode_matches_the_reference_formula_to_second_order() {
+        if std::env::var("CANDLE_GRAD_DO_NOT_DETACH").map_or(true, |v| v.is_empty() || v == "0") {
+            std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
+        }
+        let pb = ParamBuilder::new(3, DType::F64, &Device::Cpu);
+        let bn = BatchNorm::new(3, true, pb.clone()).unwrap();
+        let (w, b) = bn.affine.clone().unwrap();
+        let x = Var::from_tensor(&seq(&[4, 3, 5, 6], 1).affine(3.0, 2.0).unwrap()).unwrap();
+        let r = seq(&[4, 3, 5, 6], 2);
+        let q = seq(&[4, 3, 5, 6], 3);
+        // L = Σ r·y + ‖∂(Σ q·y)/∂x‖²: first and second derivatives of the layer.
+        let run = |f: &dyn Fn(&Tensor) -> CResult<Tensor>| -> Vec<Tensor> {
+            let y = f(x.as_tensor()).unwrap();
+            let inner = (&y * &q).unwrap().sum_all().unwrap().backward().unwrap();
+            let gx = inner.get(x.as_tensor()).unwrap().clone();
+            let l = ((&y * &r).unwrap().sum_all().unwrap() + gx.sqr().unwrap().sum_all().unwrap())
+                .unwrap();
+            let g = l.backward().unwrap();
+            vec![
+                y,
+                gx,
+                g.get(x.as_tensor()).unwrap().clone(),
+                g.get(&w).unwrap().clone(),
+                g.get(&b).unwrap().clone(),
+            ]
+        };
+        let ours = run(&|x| bn.forward(x, Mode::Train));
+        let theirs = run(&|x| reference(x, &w, &b));
+        for (i, (a, t)) in ours.iter().zip(&theirs).enumerate() {
+            assert_eq!(a.dims(), t.dims());
+            assert!(max_diff(a, t) < 1e-9, "output {i}: {}", max_diff(a, t));
+        }
+    }
+
+    #[test]
+    fn running_statistics_and_eval_mode_follow_pytorch() {
+        let pb = ParamBuilder::new(3, DType::F64, &Device::Cpu);
+        let bn = BatchNorm::new(2, false, pb).unwrap();
+        let x = seq(&[3, 2, 2, 2], 4);
+        let _ = bn.forward(&x, Mode::Train).unwrap();
+        let n = 12.0;
+        let mean = x.mean((0, 2, 3)).unwrap();
+        let var = x
+            .broadcast_sub(&mean.reshape((1, 2, 1, 1)).unwrap())
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum((0, 2, 3))
+            .unwrap()
+            / (n - 1.0);
+        let want_rm = (&mean * MOMENTUM).unwrap();
+        let want_rv = ((var.unwrap() * MOMENTUM).unwrap() + (1.0 - MOMENTUM)).unwrap();
+        assert!(max_diff(bn.running_mean.as_tensor(), &want_rm) < 1e-14);
+        assert!(max_diff(bn.running_var.as_tensor(), &want_rv) < 1e-14);
+        let y = bn.forward(&x, Mode::Eval).unwrap();
+        let want = x
+            .broadcast_sub(&want_rm.reshape((1, 2, 1, 1)).unwrap())
+            .unwrap()
+            .broadcast_div(
+                &(want_rv + EPS)
+                    .unwrap()
+                    .sqrt()
+                    .unwrap()
+                    .reshape((1, 2, 1, 1))
+                    .unwrap(),
+            )
+            .unwrap();
+        assert!(max_diff(&y, &want) < 1e-12);
     }
 }

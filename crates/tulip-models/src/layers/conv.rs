@@ -1,5 +1,6 @@
 use candle_core::{Result as CResult, Tensor};
 
+use super::fast_ops::{channel_affine, conv2d_s1};
 use crate::params::{Init, ParamBuilder};
 use crate::Result;
 
@@ -106,19 +107,99 @@ impl Conv2d {
 
     /// Applies the convolution to `[B, I, H, W]`.
     ///
+    /// Stride-1 convolutions on the CPU (every Tulip model except AllCNN's downsampling
+    /// layers) run through [`conv2d_s1`], whose backward pass avoids Candle's slow CPU
+    /// `conv_transpose2d` and stays differentiable; grouped ones apply it group by group
+    /// (narrow + cat, as Candle does). Other strides use Candle's `conv2d`.
+    ///
     /// # Errors
     /// Fails on a shape mismatch.
     pub fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        let y = x.conv2d(
-            &self.weight,
-            self.cfg.padding,
-            self.cfg.stride,
-            1,
-            self.cfg.groups,
-        )?;
+        let cfg = &self.cfg;
+        let y = if cfg.stride == 1 && cfg.padding < cfg.kernel_size && x.device().is_cpu() {
+            if cfg.groups == 1 {
+                conv2d_s1(x, &self.weight, cfg.padding)?
+            } else {
+                let (ig, og) = (cfg.in_channels / cfg.groups, cfg.out_channels / cfg.groups);
+                let parts = (0..cfg.groups)
+                    .map(|g| {
+                        conv2d_s1(
+                            &x.narrow(1, g * ig, ig)?,
+                            &self.weight.narrow(0, g * og, og)?,
+                            cfg.padding,
+                        )
+                    })
+                    .collect::<CResult<Vec<_>>>()?;
+                Tensor::cat(&parts, 1)?
+            }
+        } else {
+            x.conv2d(&self.weight, cfg.padding, cfg.stride, 1, cfg.groups)?
+        };
         match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            Some(b) => channel_affine(&y, &b.ones_like()?, b),
             None => Ok(y),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn layer_matches_candle_conv2d_including_groups_bias_and_gradients() {
+        for &(cin, cout, k, groups, bias) in &[
+            (4, 6, 3, 2, false),
+            (3, 4, 1, 1, true),
+            (2, 3, 5, 1, true),
+            (4, 4, 3, 4, true),
+        ] {
+            let cfg = Conv2dConfig {
+                groups,
+                ..Conv2dConfig::same(cin, cout, k, bias)
+            };
+            let pb = ParamBuilder::new(5, DType::F64, &Device::Cpu);
+            let conv = Conv2d::new(&cfg, pb).unwrap();
+            let x =
+                Var::from_tensor(&Tensor::randn(0f64, 1.0, (2, cin, 6, 5), &Device::Cpu).unwrap())
+                    .unwrap();
+            let reference = |x: &Tensor| -> CResult<Tensor> {
+                let y = x.conv2d(&conv.weight, cfg.padding, 1, 1, groups)?;
+                match &conv.bias {
+                    Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+                    None => Ok(y),
+                }
+            };
+            let ours = conv.forward(x.as_tensor()).unwrap();
+            let theirs = reference(x.as_tensor()).unwrap();
+            assert!(max_diff(&ours, &theirs) < 1e-12);
+            let r = Tensor::randn(0f64, 1.0, ours.dims(), &Device::Cpu).unwrap();
+            let g1 = (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (&theirs * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let mut vars = vec![x.as_tensor().clone(), conv.weight.clone()];
+            vars.extend(conv.bias.clone());
+            for v in &vars {
+                assert!(max_diff(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-12);
+            }
         }
     }
 }

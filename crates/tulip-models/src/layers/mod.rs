@@ -7,6 +7,7 @@
 
 mod batch_norm;
 mod conv;
+mod fast_ops;
 mod linear;
 mod tanh_output;
 
@@ -64,6 +65,49 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
 }
 
 /// 2×2 average pooling with stride 2 (floor on odd sizes, like PyTorch's `AvgPool2d(2)`).
+///
+/// Written as crop + reshape + mean rather than Candle's `avg_pool2d`, whose backward
+/// pass is wrong on odd sizes (it spreads gradient over the dropped last row/column) and
+/// whose upsample-based backward is slow; reshape and mean are differentiable to any order.
 pub fn avg_pool2x2(x: &Tensor) -> Result<Tensor> {
-    x.avg_pool2d(2)
+    let (b, c, h, w) = x.dims4()?;
+    let (h2, w2) = (h / 2, w / 2);
+    let x = if h % 2 == 1 || w % 2 == 1 {
+        x.narrow(2, 0, 2 * h2)?.narrow(3, 0, 2 * w2)?
+    } else {
+        x.clone()
+    };
+    x.reshape((b, c, h2, 2, w2, 2))?.mean((3, 5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn avg_pool_floors_odd_sizes_and_its_gradient_skips_dropped_pixels() {
+        // 1×1×3×3 input 0..9: the only window is the top-left 2×2 = (0+1+3+4)/4.
+        let x = Var::from_vec(
+            (0..9).map(f64::from).collect::<Vec<_>>(),
+            (1, 1, 3, 3),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let y = avg_pool2x2(x.as_tensor()).unwrap();
+        assert_eq!(y.dims(), &[1, 1, 1, 1]);
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            vec![2.0]
+        );
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let gx: Vec<f64> = g
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(gx, vec![0.25, 0.25, 0.0, 0.25, 0.25, 0.0, 0.0, 0.0, 0.0]);
+    }
 }

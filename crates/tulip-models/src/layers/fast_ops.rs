@@ -1,0 +1,957 @@
+//! Fast CPU kernels for the two hot spots of training, written as Candle custom ops whose
+//! backward passes are themselves built from differentiable ops (these same custom ops),
+//! so that gradients of gradients (the exact Lipschitz penalty) keep working when
+//! `CANDLE_GRAD_DO_NOT_DETACH=1`.
+//!
+//! * **Per-channel ops** over `[B, C, …]`: [`channel_sum`] (sum over every dimension but
+//!   1), [`channel_expand`] (its adjoint: broadcast a `[C]` vector) and [`channel_affine`]
+//!   (`x·a_c + b_c`). Candle differentiates a broadcast by summing over several
+//!   non-trailing dimensions at once, which its CPU backend does element by element with
+//!   index arithmetic (~20 ms for a 128×16×28×28 tensor); these do it with contiguous
+//!   loops.
+//! * **Stride-1 convolution** as a family of three bilinear ops closed under
+//!   differentiation: the convolution `F(x, w)`, its input gradient `Gx(g, w)` (a
+//!   convolution with the transposed, flipped kernel) and its weight gradient `Gw(x, g)`.
+//!   With `⟨F(x,w), g⟩ = ⟨x, Gx(g,w)⟩ = ⟨w, Gw(x,g)⟩` each one's derivatives are the other
+//!   two, so Candle's slow CPU `conv_transpose2d` is never used. All three run as an
+//!   im2col (batch chunks, column layout `[C·kh·kw, B·H'·W']`) followed by one large GEMM
+//!   through Candle's matmul.
+//!
+//! Only the CPU has kernels; callers fall back to Candle's ops on other devices.
+
+use std::borrow::Cow;
+
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Storage,
+    Tensor, WithDType,
+};
+
+// ---------------------------------------------------------------------------------------
+// helpers
+
+/// The elements of a storage in row-major order of `l`, borrowed when already contiguous.
+fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<Cow<'a, [T]>> {
+    let data = T::cpu_storage_as_slice(s)?;
+    if let Some((a, b)) = l.contiguous_offsets() {
+        return Ok(Cow::Borrowed(&data[a..b]));
+    }
+    let dims = l.dims();
+    let strides = l.stride();
+    let n = l.shape().elem_count();
+    let mut out = Vec::with_capacity(n);
+    if n == 0 {
+        return Ok(Cow::Owned(out));
+    }
+    let rank = dims.len();
+    if rank == 0 {
+        out.push(data[l.start_offset()]);
+        return Ok(Cow::Owned(out));
+    }
+    let (last_d, last_s) = (dims[rank - 1], strides[rank - 1]);
+    let mut idx = vec![0usize; rank];
+    let mut off = l.start_offset();
+    loop {
+        out.extend((0..last_d).map(|i| data[off + i * last_s]));
+        let mut r = rank - 1;
+        loop {
+            if r == 0 {
+                return Ok(Cow::Owned(out));
+            }
+            r -= 1;
+            idx[r] += 1;
+            off += strides[r];
+            if idx[r] < dims[r] {
+                break;
+            }
+            off -= strides[r] * dims[r];
+            idx[r] = 0;
+        }
+    }
+}
+
+/// Calls `f` on the contiguous CPU data of `t`.
+fn with_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (st, l) = t.storage_and_layout();
+    match &*st {
+        Storage::Cpu(cs) => {
+            let d = T::cpu_storage_as_slice(cs)?;
+            match l.contiguous_offsets() {
+                Some((a, b)) => Ok(f(&d[a..b])),
+                None => bail!("with_slice: tensor not contiguous"),
+            }
+        }
+        _ => bail!("with_slice: tensor not on the CPU"),
+    }
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8)
+}
+
+/// `[B, C, S]` view of a `[B, C, …]` shape.
+fn bcs(dims: &[usize]) -> Result<(usize, usize, usize)> {
+    if dims.len() < 2 {
+        bail!("per-channel op needs a [B, C, …] tensor, got {dims:?}");
+    }
+    Ok((dims[0], dims[1], dims[2..].iter().product()))
+}
+
+macro_rules! float_dispatch {
+    ($s:expr, $f:ident ( $($arg:expr),* )) => {
+        match $s {
+            CpuStorage::F32(_) => $f::<f32>($($arg),*),
+            CpuStorage::F64(_) => $f::<f64>($($arg),*),
+            _ => bail!("fast_ops: only f32 and f64 are supported"),
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------
+// per-channel ops
+
+/// Sum over every dimension but 1: `[B, C, …] → [C]`.
+struct ChannelSum;
+
+/// `Σ v` with eight independent accumulators (so it vectorises), returned in f64.
+fn block_sum<T: WithDType>(v: &[T]) -> f64 {
+    let zero = T::from_f64(0.0);
+    let mut acc = [zero; 8];
+    let chunks = v.chunks_exact(8);
+    let rest = chunks.remainder();
+    for ch in chunks {
+        for (a, &x) in acc.iter_mut().zip(ch) {
+            *a += x;
+        }
+    }
+    let mut tail = zero;
+    for &x in rest {
+        tail += x;
+    }
+    acc.iter().map(|a| a.to_f64()).sum::<f64>() + tail.to_f64()
+}
+
+/// `Σ u·v` with eight independent accumulators, returned in f64.
+fn block_dot<T: WithDType>(u: &[T], v: &[T]) -> f64 {
+    let zero = T::from_f64(0.0);
+    let mut acc = [zero; 8];
+    let (cu, cv) = (u.chunks_exact(8), v.chunks_exact(8));
+    let (ru, rv) = (cu.remainder(), cv.remainder());
+    for (a8, b8) in cu.zip(cv) {
+        for ((a, &x), &y) in acc.iter_mut().zip(a8).zip(b8) {
+            *a += x * y;
+        }
+    }
+    let mut tail = zero;
+    for (&x, &y) in ru.iter().zip(rv) {
+        tail += x * y;
+    }
+    acc.iter().map(|a| a.to_f64()).sum::<f64>() + tail.to_f64()
+}
+
+fn channel_sum_cpu<T: WithDType>(s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    let (b, c, sz) = bcs(l.dims())?;
+    let x = contiguous::<T>(s, l)?;
+    let mut acc = vec![0f64; c];
+    for bi in 0..b {
+        for (ci, a) in acc.iter_mut().enumerate() {
+            let start = (bi * c + ci) * sz;
+            *a += block_sum(&x[start..start + sz]);
+        }
+    }
+    let out: Vec<T> = acc.into_iter().map(T::from_f64).collect();
+    Ok((T::to_cpu_storage_owned(out), Shape::from(c)))
+}
+
+impl CustomOp1 for ChannelSum {
+    fn name(&self) -> &'static str {
+        "tulip-channel-sum"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        float_dispatch!(s, channel_sum_cpu(s, l))
+    }
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(channel_expand(grad, arg.dims())?))
+    }
+}
+
+/// `Σ x·y` over every dimension but 1: `[B, C, …]² → [C]` (no full-size temporary).
+struct ChannelDot;
+
+fn channel_dot_cpu<T: WithDType>(
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    if l1.dims() != l2.dims() {
+        bail!(
+            "channel_dot: shapes {:?} and {:?} differ",
+            l1.dims(),
+            l2.dims()
+        );
+    }
+    let (b, c, sz) = bcs(l1.dims())?;
+    let x = contiguous::<T>(s1, l1)?;
+    let y = contiguous::<T>(s2, l2)?;
+    let mut acc = vec![0f64; c];
+    for bi in 0..b {
+        for (ci, a) in acc.iter_mut().enumerate() {
+            let start = (bi * c + ci) * sz;
+            *a += block_dot(&x[start..start + sz], &y[start..start + sz]);
+        }
+    }
+    let out: Vec<T> = acc.into_iter().map(T::from_f64).collect();
+    Ok((T::to_cpu_storage_owned(out), Shape::from(c)))
+}
+
+impl CustomOp2 for ChannelDot {
+    fn name(&self) -> &'static str {
+        "tulip-channel-dot"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        float_dispatch!(s1, channel_dot_cpu(s1, l1, s2, l2))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let zero = grad.zeros_like()?;
+        let dx = x
+            .track_op()
+            .then(|| channel_affine(y, grad, &zero))
+            .transpose()?;
+        let dy = y
+            .track_op()
+            .then(|| channel_affine(x, grad, &zero))
+            .transpose()?;
+        Ok((dx, dy))
+    }
+}
+
+/// Broadcasts a `[C]` vector to `[B, C, …]` (materialised).
+struct ChannelExpand(Vec<usize>);
+
+fn channel_expand_cpu<T: WithDType>(
+    dims: &[usize],
+    s: &CpuStorage,
+    l: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let (b, c, sz) = bcs(dims)?;
+    let v = contiguous::<T>(s, l)?;
+    if v.len() != c {
+        bail!("channel_expand: {} values for {c} channels", v.len());
+    }
+    let mut out = Vec::with_capacity(b * c * sz);
+    for _ in 0..b {
+        for &vc in v.iter() {
+            out.extend(std::iter::repeat_n(vc, sz));
+        }
+    }
+    Ok((T::to_cpu_storage_owned(out), Shape::from(dims.to_vec())))
+}
+
+impl CustomOp1 for ChannelExpand {
+    fn name(&self) -> &'static str {
+        "tulip-channel-expand"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        float_dispatch!(s, channel_expand_cpu(&self.0, s, l))
+    }
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(channel_sum(grad)?))
+    }
+}
+
+/// `y[b, c, …] = x[b, c, …] · a[c] + s[c]`.
+struct ChannelAffine;
+
+fn channel_affine_cpu<T: WithDType>(
+    xs: &CpuStorage,
+    xl: &Layout,
+    as_: &CpuStorage,
+    al: &Layout,
+    ss: &CpuStorage,
+    sl: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let (b, c, sz) = bcs(xl.dims())?;
+    let x = contiguous::<T>(xs, xl)?;
+    let a = contiguous::<T>(as_, al)?;
+    let s = contiguous::<T>(ss, sl)?;
+    if a.len() != c || s.len() != c {
+        bail!(
+            "channel_affine: scale/shift of {}/{} for {c} channels",
+            a.len(),
+            s.len()
+        );
+    }
+    let mut out = Vec::with_capacity(b * c * sz);
+    for bi in 0..b {
+        for ci in 0..c {
+            let (ac, sc) = (a[ci], s[ci]);
+            let start = (bi * c + ci) * sz;
+            out.extend(x[start..start + sz].iter().map(|&v| v * ac + sc));
+        }
+    }
+    Ok((T::to_cpu_storage_owned(out), xl.shape().clone()))
+}
+
+impl CustomOp3 for ChannelAffine {
+    fn name(&self) -> &'static str {
+        "tulip-channel-affine"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        float_dispatch!(s1, channel_affine_cpu(s1, l1, s2, l2, s3, l3))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        s: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = if x.track_op() {
+            Some(channel_affine(grad, a, &a.zeros_like()?)?)
+        } else {
+            None
+        };
+        let da = if a.track_op() {
+            Some(channel_dot(grad, x)?)
+        } else {
+            None
+        };
+        let ds = if s.track_op() {
+            Some(channel_sum(grad)?)
+        } else {
+            None
+        };
+        Ok((dx, da, ds))
+    }
+}
+
+/// Sum of `x: [B, C, …]` over every dimension but 1, as `[C]`; differentiable to any order.
+///
+/// # Errors
+/// Fails on a tensor of rank below 2.
+pub fn channel_sum(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        x.apply_op1(ChannelSum)
+    } else {
+        let dims: Vec<usize> = (0..x.rank()).filter(|&d| d != 1).collect();
+        x.sum(dims.as_slice())
+    }
+}
+
+/// `Σ x·y` of two `[B, C, …]` tensors over every dimension but 1, as `[C]`, without a
+/// full-size temporary; differentiable to any order.
+///
+/// # Errors
+/// Fails if the shapes differ or have rank below 2.
+pub fn channel_dot(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        x.apply_op2(y, ChannelDot)
+    } else {
+        let dims: Vec<usize> = (0..x.rank()).filter(|&d| d != 1).collect();
+        (x * y)?.sum(dims.as_slice())
+    }
+}
+
+/// Broadcasts `v: [C]` to `dims = [B, C, …]`; differentiable to any order.
+///
+/// # Errors
+/// Fails if `v` does not have `dims[1]` elements.
+pub fn channel_expand(v: &Tensor, dims: &[usize]) -> Result<Tensor> {
+    if v.device().is_cpu() {
+        v.apply_op1(ChannelExpand(dims.to_vec()))
+    } else {
+        let mut shape = vec![1; dims.len()];
+        shape[1] = dims[1];
+        v.reshape(shape)?.broadcast_as(dims)?.contiguous()
+    }
+}
+
+/// `x·a + s` with `a`, `s: [C]` applied along dimension 1 of `x: [B, C, …]`;
+/// differentiable to any order.
+///
+/// # Errors
+/// Fails on a shape mismatch.
+pub fn channel_affine(x: &Tensor, a: &Tensor, s: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        x.apply_op3(a, s, ChannelAffine)
+    } else {
+        let mut shape = vec![1; x.rank()];
+        shape[1] = x.dim(1)?;
+        x.broadcast_mul(&a.reshape(shape.as_slice())?)?
+            .broadcast_add(&s.reshape(shape.as_slice())?)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// stride-1 convolution
+
+/// Elements of the im2col matrix per GEMM: big enough for an efficient GEMM, small enough
+/// to stay out of the page-fault path (f32: 16 MiB).
+const COLS_TARGET: usize = 4 << 20;
+
+#[derive(Debug, Clone, Copy)]
+struct ConvGeom {
+    b: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    ph: usize,
+    pw: usize,
+}
+
+impl ConvGeom {
+    fn ho(&self) -> usize {
+        self.h + 2 * self.ph + 1 - self.kh
+    }
+    fn wo(&self) -> usize {
+        self.w + 2 * self.pw + 1 - self.kw
+    }
+    fn k(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+    fn chunk(&self) -> usize {
+        (COLS_TARGET / (self.k() * self.ho() * self.wo()).max(1)).clamp(1, self.b.max(1))
+    }
+}
+
+/// im2col of images `b0..b0+nb` of `x: [B, C, H, W]` into `[C·kh·kw, nb·H'·W']`.
+fn im2col<T: WithDType>(x: &[T], g: &ConvGeom, b0: usize, nb: usize) -> Vec<T> {
+    let (ho, wo) = (g.ho(), g.wo());
+    let hw = ho * wo;
+    let ncol = nb * hw;
+    let rows = g.k();
+    let mut cols = vec![T::from_f64(0.0); rows * ncol];
+    let fill = |row0: usize, dst: &mut [T]| {
+        for (r, drow) in dst.chunks_mut(ncol).enumerate() {
+            let row = row0 + r;
+            let j = row % g.kw;
+            let i = (row / g.kw) % g.kh;
+            let ci = row / (g.kw * g.kh);
+            // output column range whose input column w = wo + j - pw is in [0, W)
+            let lo = g.pw.saturating_sub(j);
+            let hi = (g.w + g.pw).saturating_sub(j).min(wo);
+            if lo >= hi {
+                continue;
+            }
+            for bl in 0..nb {
+                let src_img = &x[((b0 + bl) * g.c + ci) * g.h * g.w..][..g.h * g.w];
+                let dimg = &mut drow[bl * hw..(bl + 1) * hw];
+                for oh in 0..ho {
+                    let ih = oh + i;
+                    if ih < g.ph || ih >= g.h + g.ph {
+                        continue;
+                    }
+                    let ih = ih - g.ph;
+                    let src = &src_img[ih * g.w + lo + j - g.pw..ih * g.w + hi + j - g.pw];
+                    dimg[oh * wo + lo..oh * wo + hi].copy_from_slice(src);
+                }
+            }
+        }
+    };
+    let nt = threads().min(rows);
+    if nt <= 1 || rows * ncol < 1 << 16 {
+        fill(0, &mut cols);
+    } else {
+        let per = rows.div_ceil(nt);
+        std::thread::scope(|sc| {
+            for (t, part) in cols.chunks_mut(per * ncol).enumerate() {
+                let fill = &fill;
+                sc.spawn(move || fill(t * per, part));
+            }
+        });
+    }
+    cols
+}
+
+/// `y = F(x, w)`: `x: [B, C, H, W]`, `wm: [O, C·kh·kw]` → `[B, O, H', W']`.
+fn conv_core<T: WithDType>(x: &[T], g: &ConvGeom, wm: &[T], o: usize) -> Result<Vec<T>> {
+    let hw = g.ho() * g.wo();
+    let k = g.k();
+    let dev = Device::Cpu;
+    let wt = Tensor::from_slice(wm, (o, k), &dev)?;
+    let mut out = vec![T::from_f64(0.0); g.b * o * hw];
+    let chunk = g.chunk();
+    let mut b0 = 0;
+    while b0 < g.b {
+        let nb = chunk.min(g.b - b0);
+        let cols = Tensor::from_vec(im2col(x, g, b0, nb), (k, nb * hw), &dev)?;
+        let y = wt.matmul(&cols)?;
+        with_slice::<T, ()>(&y, |ys| {
+            for oo in 0..o {
+                for bl in 0..nb {
+                    out[((b0 + bl) * o + oo) * hw..][..hw]
+                        .copy_from_slice(&ys[oo * nb * hw + bl * hw..][..hw]);
+                }
+            }
+        })?;
+        b0 += nb;
+    }
+    Ok(out)
+}
+
+/// `Gw(x, gr)`: `x: [B, C, H, W]`, `gr: [B, O, H', W']` → `[O, C·kh·kw]`.
+fn grad_weight_core<T: WithDType>(x: &[T], g: &ConvGeom, gr: &[T], o: usize) -> Result<Vec<T>> {
+    let hw = g.ho() * g.wo();
+    let k = g.k();
+    let dev = Device::Cpu;
+    let chunk = g.chunk();
+    let mut acc: Option<Tensor> = None;
+    let mut b0 = 0;
+    while b0 < g.b {
+        let nb = chunk.min(g.b - b0);
+        let cols = Tensor::from_vec(im2col(x, g, b0, nb), (k, nb * hw), &dev)?;
+        let mut gp = Vec::with_capacity(o * nb * hw);
+        for oo in 0..o {
+            for bl in 0..nb {
+                gp.extend_from_slice(&gr[((b0 + bl) * o + oo) * hw..][..hw]);
+            }
+        }
+        let gp = Tensor::from_vec(gp, (o, nb * hw), &dev)?;
+        let part = gp.matmul(&cols.t()?)?;
+        acc = Some(match acc {
+            Some(a) => (a + part)?,
+            None => part,
+        });
+        b0 += nb;
+    }
+    match acc {
+        Some(a) => with_slice::<T, Vec<T>>(&a, <[T]>::to_vec),
+        None => Ok(vec![T::from_f64(0.0); o * k]),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConvKind {
+    /// `(x, w) ↦ conv(x, w)`.
+    Forward,
+    /// `(g, w) ↦ ∂⟨conv(x, w), g⟩/∂x`.
+    GradInput,
+    /// `(x, g) ↦ ∂⟨conv(x, w), g⟩/∂w`.
+    GradWeight,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ConvS1 {
+    kind: ConvKind,
+    padding: usize,
+}
+
+fn conv_s1_cpu<T: WithDType>(
+    op: &ConvS1,
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let a = contiguous::<T>(s1, l1)?;
+    let bt = contiguous::<T>(s2, l2)?;
+    let (d1, d2) = (l1.dims(), l2.dims());
+    if d1.len() != 4 || d2.len() != 4 {
+        bail!("conv: 4-D tensors expected, got {d1:?} and {d2:?}");
+    }
+    let p = op.padding;
+    match op.kind {
+        ConvKind::Forward => {
+            let (o, c, kh, kw) = (d2[0], d2[1], d2[2], d2[3]);
+            if d1[1] != c || d1[2] + 2 * p < kh || d1[3] + 2 * p < kw {
+                bail!("conv: input {d1:?} and kernel {d2:?} do not match (padding {p})");
+            }
+            let g = ConvGeom {
+                b: d1[0],
+                c,
+                h: d1[2],
+                w: d1[3],
+                kh,
+                kw,
+                ph: p,
+                pw: p,
+            };
+            let y = conv_core(&a, &g, &bt, o)?;
+            Ok((
+                T::to_cpu_storage_owned(y),
+                Shape::from((g.b, o, g.ho(), g.wo())),
+            ))
+        }
+        ConvKind::GradInput => {
+            // F(g, w̃) with w̃[c, o, i, j] = w[o, c, kh-1-i, kw-1-j], padding k-1-p.
+            let (o, c, kh, kw) = (d2[0], d2[1], d2[2], d2[3]);
+            if d1[1] != o || p + 1 > kh || p + 1 > kw {
+                bail!("conv grad-input: {d1:?} and kernel {d2:?} do not match (padding {p})");
+            }
+            let mut wf = Vec::with_capacity(o * c * kh * kw);
+            for ci in 0..c {
+                for oo in 0..o {
+                    for i in 0..kh {
+                        for j in 0..kw {
+                            wf.push(bt[((oo * c + ci) * kh + kh - 1 - i) * kw + kw - 1 - j]);
+                        }
+                    }
+                }
+            }
+            let g = ConvGeom {
+                b: d1[0],
+                c: o,
+                h: d1[2],
+                w: d1[3],
+                kh,
+                kw,
+                ph: kh - 1 - p,
+                pw: kw - 1 - p,
+            };
+            let y = conv_core(&a, &g, &wf, c)?;
+            Ok((
+                T::to_cpu_storage_owned(y),
+                Shape::from((g.b, c, g.ho(), g.wo())),
+            ))
+        }
+        ConvKind::GradWeight => {
+            let (b, c, h, w) = (d1[0], d1[1], d1[2], d1[3]);
+            let (o, ho, wo) = (d2[1], d2[2], d2[3]);
+            if d2[0] != b || ho > h + 2 * p || wo > w + 2 * p {
+                bail!("conv grad-weight: input {d1:?} and gradient {d2:?} do not match");
+            }
+            let (kh, kw) = (h + 2 * p + 1 - ho, w + 2 * p + 1 - wo);
+            let g = ConvGeom {
+                b,
+                c,
+                h,
+                w,
+                kh,
+                kw,
+                ph: p,
+                pw: p,
+            };
+            let y = grad_weight_core(&a, &g, &bt, o)?;
+            Ok((T::to_cpu_storage_owned(y), Shape::from((o, c, kh, kw))))
+        }
+    }
+}
+
+impl CustomOp2 for ConvS1 {
+    fn name(&self) -> &'static str {
+        match self.kind {
+            ConvKind::Forward => "tulip-conv2d-s1",
+            ConvKind::GradInput => "tulip-conv2d-s1-grad-input",
+            ConvKind::GradWeight => "tulip-conv2d-s1-grad-weight",
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        float_dispatch!(s1, conv_s1_cpu(self, s1, l1, s2, l2))
+    }
+
+    fn bwd(
+        &self,
+        arg1: &Tensor,
+        arg2: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let p = self.padding;
+        let (d1, d2) = match self.kind {
+            // ⟨F(x,w), r⟩: ∂x = Gx(r, w), ∂w = Gw(x, r)
+            ConvKind::Forward => (
+                arg1.track_op().then(|| conv2d_grad_input(grad, arg2, p)),
+                arg2.track_op().then(|| conv2d_grad_weight(arg1, grad, p)),
+            ),
+            // ⟨Gx(g,w), r⟩ = ⟨g, F(r,w)⟩ = ⟨w, Gw(r,g)⟩
+            ConvKind::GradInput => (
+                arg1.track_op().then(|| conv2d_s1(grad, arg2, p)),
+                arg2.track_op().then(|| conv2d_grad_weight(grad, arg1, p)),
+            ),
+            // ⟨Gw(x,g), r⟩ = ⟨x, Gx(g,r)⟩ = ⟨g, F(x,r)⟩
+            ConvKind::GradWeight => (
+                arg1.track_op().then(|| conv2d_grad_input(arg2, grad, p)),
+                arg2.track_op().then(|| conv2d_s1(arg1, grad, p)),
+            ),
+        };
+        Ok((d1.transpose()?, d2.transpose()?))
+    }
+}
+
+/// Stride-1, dilation-1, single-group 2-D convolution of `x: [B, C, H, W]` with
+/// `w: [O, C, kh, kw]` and zero padding `padding ≤ k - 1` on every side; equal to
+/// `x.conv2d(w, padding, 1, 1, 1)` and differentiable to any order without
+/// `conv_transpose2d`.
+///
+/// # Errors
+/// Fails on a shape mismatch.
+pub fn conv2d_s1(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return x.conv2d(w, padding, 1, 1, 1);
+    }
+    x.apply_op2(
+        w,
+        ConvS1 {
+            kind: ConvKind::Forward,
+            padding,
+        },
+    )
+}
+
+/// The input gradient of [`conv2d_s1`]: `g: [B, O, H', W']`, `w: [O, C, kh, kw]` →
+/// `[B, C, H, W]`.
+fn conv2d_grad_input(g: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
+    g.apply_op2(
+        w,
+        ConvS1 {
+            kind: ConvKind::GradInput,
+            padding,
+        },
+    )
+}
+
+/// The weight gradient of [`conv2d_s1`]: `x: [B, C, H, W]`, `g: [B, O, H', W']` →
+/// `[O, C, kh, kw]`.
+fn conv2d_grad_weight(x: &Tensor, g: &Tensor, padding: usize) -> Result<Tensor> {
+    x.apply_op2(
+        g,
+        ConvS1 {
+            kind: ConvKind::GradWeight,
+            padding,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    fn randn(shape: &[usize], seed: u64) -> Tensor {
+        // Deterministic pseudo-random values without relying on the device RNG.
+        let n: usize = shape.iter().product();
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let v: Vec<f64> = (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn conv_forward_and_gradients_match_candle() {
+        for &(b, c, o, h, w, k, p) in &[
+            (2, 3, 4, 7, 6, 3, 1),
+            (3, 2, 5, 5, 5, 1, 0),
+            (2, 4, 3, 6, 8, 5, 2),
+            (1, 1, 1, 4, 4, 3, 0),
+            (2, 2, 3, 5, 4, 3, 2),
+        ] {
+            let x = Var::from_tensor(&randn(&[b, c, h, w], 1)).unwrap();
+            let wt = Var::from_tensor(&randn(&[o, c, k, k], 2)).unwrap();
+            let r = randn(&[b, o, h + 2 * p + 1 - k, w + 2 * p + 1 - k], 3);
+            let ours = conv2d_s1(x.as_tensor(), wt.as_tensor(), p).unwrap();
+            let theirs = x.as_tensor().conv2d(wt.as_tensor(), p, 1, 1, 1).unwrap();
+            assert_eq!(ours.dims(), theirs.dims());
+            assert!(max_diff(&ours, &theirs) < 1e-12, "forward k={k} p={p}");
+            let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (theirs * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for v in [x.as_tensor(), wt.as_tensor()] {
+                let (a, bb) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+                assert_eq!(a.dims(), bb.dims());
+                assert!(max_diff(a, bb) < 1e-12, "gradient k={k} p={p}");
+            }
+        }
+    }
+
+    #[test]
+    fn conv_handles_strided_inputs_and_f32() {
+        let x = randn(&[2, 6, 5, 5], 4).to_dtype(DType::F32).unwrap();
+        let w = randn(&[3, 3, 3, 3], 5).to_dtype(DType::F32).unwrap();
+        let xs = x.narrow(1, 2, 3).unwrap();
+        let ours = conv2d_s1(&xs, &w, 1).unwrap();
+        let theirs = xs.conv2d(&w, 1, 1, 1, 1).unwrap();
+        assert!(max_diff(&ours, &theirs) < 1e-5);
+    }
+
+    /// `L(x, w) = Σ r·F(x, w) + ½‖∂Σ(q·F)/∂x‖² + ½‖∂Σ(q·F)/∂w‖²`, whose derivative needs
+    /// the derivatives of `Gx` and `Gw`; compared with a central finite difference.
+    #[test]
+    fn conv_second_order_matches_finite_differences() {
+        if std::env::var("CANDLE_GRAD_DO_NOT_DETACH").map_or(true, |v| v.is_empty() || v == "0") {
+            std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
+        }
+        let (b, c, o, h, k, p) = (2, 2, 3, 5, 3, 1);
+        let x0 = randn(&[b, c, h, h], 6);
+        let w0 = randn(&[o, c, k, k], 7);
+        let q = randn(&[b, o, h, h], 8);
+        let loss = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
+            let y = conv2d_s1(x, w, p)?;
+            let inner = (&y * &q)?.sum_all()?.backward()?;
+            let gx = inner.get(x).expect("gx").clone();
+            let gw = inner.get(w).expect("gw").clone();
+            (y.sqr()?.sum_all()? * 0.1)? + ((gx.sqr()?.sum_all()? + gw.sqr()?.sum_all()?)? * 0.5)?
+        };
+        let x = Var::from_tensor(&x0).unwrap();
+        let w = Var::from_tensor(&w0).unwrap();
+        let l = loss(x.as_tensor(), w.as_tensor()).unwrap();
+        let grads = l.backward().unwrap();
+        let (gx, gw) = (
+            grads.get(x.as_tensor()).unwrap(),
+            grads.get(w.as_tensor()).unwrap(),
+        );
+        // directional derivatives along random directions
+        let eps = 1e-5;
+        for (dir_seed, which) in [(9u64, 0), (10, 1)] {
+            let (base, grad) = if which == 0 { (&x0, gx) } else { (&w0, gw) };
+            let d = randn(base.dims(), dir_seed);
+            let eval = |s: f64| -> f64 {
+                let moved = (base + (&d * s).unwrap()).unwrap();
+                let xv = Var::from_tensor(if which == 0 { &moved } else { &x0 }).unwrap();
+                let wv = Var::from_tensor(if which == 1 { &moved } else { &w0 }).unwrap();
+                loss(xv.as_tensor(), wv.as_tensor())
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+            };
+            let fd = (eval(eps) - eval(-eps)) / (2.0 * eps);
+            let an = (grad * &d)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert!(
+                (fd - an).abs() <= 1e-6 * (1.0 + an.abs()),
+                "second order ({which}): finite difference {fd} vs autodiff {an}"
+            );
+        }
+    }
+
+    #[test]
+    fn channel_ops_match_broadcasting_and_differentiate_twice() {
+        if std::env::var("CANDLE_GRAD_DO_NOT_DETACH").map_or(true, |v| v.is_empty() || v == "0") {
+            std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
+        }
+        let x0 = randn(&[3, 4, 2, 5], 11);
+        let a0 = randn(&[4], 12);
+        let s0 = randn(&[4], 13);
+        let y = channel_affine(&x0, &a0, &s0).unwrap();
+        let want = x0
+            .broadcast_mul(&a0.reshape((1, 4, 1, 1)).unwrap())
+            .unwrap()
+            .broadcast_add(&s0.reshape((1, 4, 1, 1)).unwrap())
+            .unwrap();
+        assert!(max_diff(&y, &want) < 1e-14);
+        let cd = channel_dot(&x0, &y).unwrap();
+        assert!(max_diff(&cd, &(&x0 * &y).unwrap().sum((0, 2, 3)).unwrap()) < 1e-12);
+        let cs = channel_sum(&x0).unwrap();
+        assert!(max_diff(&cs, &x0.sum((0, 2, 3)).unwrap()) < 1e-12);
+        let ex = channel_expand(&a0, &[3, 4, 2, 5]).unwrap();
+        assert!(
+            max_diff(
+                &ex,
+                &a0.reshape((1, 4, 1, 1))
+                    .unwrap()
+                    .broadcast_as((3, 4, 2, 5))
+                    .unwrap()
+            ) < 1e-15
+        );
+
+        // second order: L = Σ tanh(affine)² + ‖∂/∂x Σ q·tanh(affine)‖²
+        let q = randn(&[3, 4, 2, 5], 14);
+        let loss = |x: &Tensor, a: &Tensor, s: &Tensor| -> Result<Tensor> {
+            let z = channel_affine(x, a, s)?.tanh()?;
+            let e = channel_expand(&channel_sum(&z)?, z.dims())?;
+            let e = (e + channel_expand(&channel_dot(&z, x)?, z.dims())?)?;
+            let z = (z + (e * 0.1)?)?;
+            let inner = (&z * &q)?.sum_all()?.backward()?;
+            let gx = inner.get(x).expect("gx").clone();
+            z.sqr()?.sum_all()? + gx.sqr()?.sum_all()?
+        };
+        let (x, a, s) = (
+            Var::from_tensor(&x0).unwrap(),
+            Var::from_tensor(&a0).unwrap(),
+            Var::from_tensor(&s0).unwrap(),
+        );
+        let grads = loss(x.as_tensor(), a.as_tensor(), s.as_tensor())
+            .unwrap()
+            .backward()
+            .unwrap();
+        let eps = 1e-5;
+        for which in 0..3 {
+            let base = [&x0, &a0, &s0][which];
+            let v = [&x, &a, &s][which];
+            let d = randn(base.dims(), 20 + which as u64);
+            let eval = |e: f64| -> f64 {
+                let mut args = [x0.clone(), a0.clone(), s0.clone()];
+                args[which] = (base + (&d * e).unwrap()).unwrap();
+                let vs: Vec<Var> = args.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+                loss(vs[0].as_tensor(), vs[1].as_tensor(), vs[2].as_tensor())
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+            };
+            let fd = (eval(eps) - eval(-eps)) / (2.0 * eps);
+            let an = (grads.get(v.as_tensor()).unwrap() * &d)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert!(
+                (fd - an).abs() <= 1e-6 * (1.0 + an.abs()),
+                "arg {which}: fd {fd} vs {an}"
+            );
+        }
+    }
+}
