@@ -151,7 +151,9 @@ fn cuda_without_a_cuda_build_is_an_error_not_a_cpu_fallback() {
     assert!(stderr(&out).contains("--features cuda"), "{}", stderr(&out));
 }
 
-fn without_time(rows: &(Vec<String>, Vec<Vec<f64>>)) -> Vec<Vec<f64>> {
+/// The rows without the wall-clock column, as bit patterns (so NaN, written for the
+/// switched-off train-set columns, compares equal to itself).
+fn without_time(rows: &(Vec<String>, Vec<Vec<f64>>)) -> Vec<Vec<u64>> {
     let t = rows.0.iter().position(|h| h == "time").unwrap();
     rows.1
         .iter()
@@ -159,7 +161,7 @@ fn without_time(rows: &(Vec<String>, Vec<Vec<f64>>)) -> Vec<Vec<f64>> {
             r.iter()
                 .enumerate()
                 .filter(|(i, _)| *i != t)
-                .map(|(_, v)| *v)
+                .map(|(_, v)| v.to_bits())
                 .collect()
         })
         .collect()
@@ -234,7 +236,11 @@ fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
     );
 }
 
-/// max_i ‖∇ₓ ℓ_i‖₂ over the first test images, for the best model of a run.
+/// max_i ‖∇ₓ ℓ_i‖₂ over the first test images, for the best model of a run, with batch
+/// statistics (training-mode batch norm over test batches of 100), as the penalty sees
+/// it. After only a few steps, evaluation-mode batch norm (running statistics lagging
+/// the weights) often collapses these models to a constant output whose input gradient
+/// is exactly zero, so evaluation mode would compare nothing.
 fn max_input_gradient_norm(dir: &Path) -> f64 {
     let (_, config) = RunDir::open(dir).unwrap();
     let model = Model::init(&config.model, 0, DType::F32, &Device::Cpu).unwrap();
@@ -249,7 +255,7 @@ fn max_input_gradient_norm(dir: &Path) -> f64 {
     for batch in loader.epoch(0) {
         let batch = batch.unwrap();
         let (_, g) =
-            tulip_penalties::input_gradient(&model, &batch.images, &batch.labels, false).unwrap();
+            tulip_penalties::input_gradient(&model, &batch.images, &batch.labels, true).unwrap();
         let norms: Tensor = tulip_penalties::row_norms(&g, tulip_penalties::Norm::L2).unwrap();
         let m: f32 = norms.max_all().unwrap().to_scalar().unwrap();
         max = max.max(f64::from(m));
@@ -263,18 +269,9 @@ fn max_input_gradient_norm(dir: &Path) -> f64 {
 #[test]
 fn lipschitz_penalty_shrinks_the_input_gradient_and_the_best_setting_runs() {
     let tmp = tempfile::tempdir().unwrap();
-    let budget = [
-        "--epochs",
-        "1",
-        "--limit-train",
-        "512",
-        "--batch-size",
-        "64",
-        "--lr",
-        "0.05",
-        "--seed",
-        "9",
-    ];
+    // Measured here (seed 9): max ‖∇ₓℓ‖ 0.89 without the penalty, 0.31 with it.
+    #[rustfmt::skip]
+    let budget = ["--epochs", "1", "--limit-train", "512", "--batch-size", "64", "--lr", "0.05", "--seed", "9"];
     let plain = tmp.path().join("plain");
     let lip = tmp.path().join("lip");
     let out = train(&plain, &budget);

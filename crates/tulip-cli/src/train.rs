@@ -17,11 +17,14 @@ use crate::progress::{Output, ProgressObserver};
 
 /// Flags of `tulip train`. Names follow the reference code where it has them.
 #[derive(Args, Debug)]
-#[command(after_help = "Examples:
+#[command(
+    args_override_self = true,
+    after_help = "Examples:
   tulip train                                   # ResNet22 on Fashion-MNIST, reference protocol
   tulip train --epochs 2 --limit-train 10000    # a quick look (minutes on a laptop CPU)
   tulip train --tanh --decay 5e-4 --lip 0.1 --j2 0.01   # the paper's best setting
-  tulip train --resume runs/fashion-mnist/resnet22/20261125-140000")]
+  tulip train --resume runs/fashion-mnist/resnet22/20261125-140000"
+)]
 pub struct TrainArgs {
     /// Continue the run in this directory from its last checkpoint; its settings come
     /// from the run's config.toml (other flags are ignored).

@@ -5,8 +5,12 @@
 use std::process::Command;
 
 fn tulip(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tulip")).args(args).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let out = Command::new(env!("CARGO_BIN_EXE_tulip"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -18,16 +22,48 @@ fn help_explains_the_commands_and_flags() {
     let (ok, text) = tulip(&["train", "--help"]);
     assert!(ok);
     for flag in [
-        "--model", "--dataset", "--data", "--epochs", "--batch-size", "--test-batch-size", "--lr",
-        "--lr-schedule", "--momentum", "--nesterov", "--dropout", "--cutout", "--no-bn", "--kernel-size",
-        "--tanh", "--seed", "--log-dir", "--log-interval", "--device", "--limit-train", "--limit-test",
-        "--resume", "--lip", "--decay", "--j1", "--j2", "--jinf", "--pgd-inf", "--penalty-method", "--quiet",
+        "--model",
+        "--dataset",
+        "--data",
+        "--epochs",
+        "--batch-size",
+        "--test-batch-size",
+        "--lr",
+        "--lr-schedule",
+        "--momentum",
+        "--nesterov",
+        "--dropout",
+        "--cutout",
+        "--no-bn",
+        "--kernel-size",
+        "--tanh",
+        "--seed",
+        "--log-dir",
+        "--log-interval",
+        "--device",
+        "--limit-train",
+        "--limit-test",
+        "--resume",
+        "--lip",
+        "--decay",
+        "--j1",
+        "--j2",
+        "--jinf",
+        "--pgd-inf",
+        "--penalty-method",
+        "--quiet",
         "--json",
     ] {
         assert!(text.contains(flag), "train --help lacks {flag}");
     }
     // Choices are listed, not just named.
-    for value in ["resnet22", "wrn-28-10", "fashion-mnist", "cifar100", "finite-difference"] {
+    for value in [
+        "resnet22",
+        "wrn-28-10",
+        "fashion-mnist",
+        "cifar100",
+        "finite-difference",
+    ] {
         assert!(text.contains(value), "train --help lacks {value}");
     }
 }

@@ -455,6 +455,17 @@ impl Trainer {
         })
     }
 
+    /// One optimisation step (SPEC §1) on a batch outside the epoch loop, at the
+    /// learning rate of the current epoch: what benchmarks time. It does not advance the
+    /// run's position or write any file.
+    ///
+    /// # Errors
+    /// A non-finite objective, or a failure of the pieces.
+    pub fn train_step(&mut self, x: &Tensor, labels: &Tensor) -> Result<StepReport> {
+        let lr = self.lr(self.pos.epoch);
+        self.step(x, labels, lr, 1)
+    }
+
     /// One optimisation step (SPEC §1): perturb, loss, penalties, SGD.
     fn step(&mut self, x: &Tensor, labels: &Tensor, lr: f64, steps: usize) -> Result<StepReport> {
         let x = match &self.perturbation {
