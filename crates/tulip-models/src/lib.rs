@@ -38,6 +38,8 @@ pub mod loss;
 mod model;
 pub mod params;
 mod resnet;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use allcnn::AllCnn;
 pub use checkpoint::Checkpoint;
