@@ -218,7 +218,7 @@ fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
     let ck = Checkpoint::read(&dir.join(files::CHECKPOINT), &Device::Cpu)
         .expect("checkpoint after Ctrl-C");
     let step: usize = ck.metadata["global_step"].parse().unwrap();
-    assert!(step >= 1 && step < 20, "stopped at step {step} of 20");
+    assert!((1..20).contains(&step), "stopped at step {step} of 20");
 
     let out = run(&mut tulip(&[
         "train",

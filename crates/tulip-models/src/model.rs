@@ -150,7 +150,7 @@ impl ModelConfig {
         if self.classes < 2 {
             return bad(format!("classes must be at least 2, got {}", self.classes));
         }
-        if self.kernel_size % 2 == 0 {
+        if self.kernel_size.is_multiple_of(2) {
             return bad(format!("kernel size must be odd, got {}", self.kernel_size));
         }
         if !(0.0..1.0).contains(&self.dropout) {

@@ -350,7 +350,11 @@ impl Trainer {
                 interval.add(&report);
                 self.pos.step_in_epoch += 1;
                 self.pos.global_step += 1;
-                if self.pos.global_step % self.config.log_interval == 0 {
+                if self
+                    .pos
+                    .global_step
+                    .is_multiple_of(self.config.log_interval)
+                {
                     let mut row =
                         vec![self.pos.global_step as f64, started.elapsed().as_secs_f64()];
                     row.extend(interval.take());
