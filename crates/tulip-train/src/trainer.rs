@@ -134,7 +134,8 @@ pub fn load_dataset(config: &TrainConfig) -> Result<Dataset> {
 /// A training run: model, optimizer, objective and run directory.
 pub struct Trainer {
     config: TrainConfig,
-    data: Dataset,
+    // Shared so the epoch loop can borrow the data while `self` steps the model.
+    data: Arc<Dataset>,
     device: Device,
     model: Model,
     optimizer: Sgd,
@@ -166,7 +167,7 @@ impl Trainer {
         tracing::info!(run = %run.path().display(), params = model.params().trainable_count(), "new run");
         Ok(Self {
             config,
-            data,
+            data: Arc::new(data),
             device,
             model,
             optimizer,
@@ -205,7 +206,7 @@ impl Trainer {
         tracing::info!(run = %run.path().display(), epoch = pos.epoch, step = pos.global_step, "resumed");
         Ok(Self {
             config,
-            data,
+            data: Arc::new(data),
             device,
             model,
             optimizer,
@@ -328,7 +329,7 @@ impl Trainer {
         let mut test_csv =
             CsvWriter::open(&self.run.file(files::TEST_CSV), &Self::TEST_HEADER, keep)?;
 
-        let data = self.data.clone();
+        let data = Arc::clone(&self.data);
         let loader = Loader::train(
             &data.train,
             self.config.batch_size,
