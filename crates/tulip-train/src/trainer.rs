@@ -131,6 +131,16 @@ pub fn load_dataset(config: &TrainConfig) -> Result<Dataset> {
     Ok(data)
 }
 
+/// What `new` and `resume` build before the trainer is put together.
+struct Parts {
+    device: Device,
+    model: Model,
+    optimizer: Sgd,
+    perturbation: Option<Box<dyn Perturbation>>,
+    penalties: Vec<WeightedPenalty>,
+    tikhonov: TikhonovPenalty,
+}
+
 /// A training run: model, optimizer, objective and run directory.
 pub struct Trainer {
     config: TrainConfig,
@@ -157,6 +167,8 @@ impl Trainer {
         Self::check_against_data(&config, &data)?;
         let device = config.device.open()?;
         let model = Model::init(&config.model, config.seed, DType::F32, &device)?;
+        // Build the objective before creating the directory: a penalty that cannot run
+        // here (second-order gradients not live) must fail before anything is written.
         let (perturbation, penalties, tikhonov) = Self::objective(&config, 0)?;
         let optimizer = Sgd::new(model.params(), config.momentum, config.nesterov)?;
         let run = RunDir::create(run_dir, &config)?;
@@ -165,19 +177,15 @@ impl Trainer {
             ..Position::default()
         };
         tracing::info!(run = %run.path().display(), params = model.params().trainable_count(), "new run");
-        Ok(Self {
-            config,
-            data: Arc::new(data),
+        let parts = Parts {
             device,
             model,
             optimizer,
             perturbation,
             penalties,
             tikhonov,
-            run,
-            pos,
-            stop: Arc::default(),
-        })
+        };
+        Ok(Self::assemble(config, data, run, pos, parts))
     }
 
     /// Continues the run in `run_dir` from its last checkpoint, optimizer state included.
@@ -204,7 +212,33 @@ impl Trainer {
         let mut optimizer = Sgd::new(model.params(), config.momentum, config.nesterov)?;
         optimizer.load_from(&ck)?;
         tracing::info!(run = %run.path().display(), epoch = pos.epoch, step = pos.global_step, "resumed");
-        Ok(Self {
+        let parts = Parts {
+            device,
+            model,
+            optimizer,
+            perturbation,
+            penalties,
+            tikhonov,
+        };
+        Ok(Self::assemble(config, data, run, pos, parts))
+    }
+
+    fn assemble(
+        config: TrainConfig,
+        data: Dataset,
+        run: RunDir,
+        pos: Position,
+        parts: Parts,
+    ) -> Self {
+        let Parts {
+            device,
+            model,
+            optimizer,
+            perturbation,
+            penalties,
+            tikhonov,
+        } = parts;
+        Self {
             config,
             data: Arc::new(data),
             device,
@@ -216,7 +250,7 @@ impl Trainer {
             run,
             pos,
             stop: Arc::default(),
-        })
+        }
     }
 
     fn check_against_data(config: &TrainConfig, data: &Dataset) -> Result<()> {
