@@ -116,18 +116,7 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use crate::layers::max_abs_diff as max_diff;
 
     /// The straightforward broadcasting formula the layer used before `fast_ops`.
     fn reference(x: &Tensor, w: &Tensor, b: &Tensor) -> CResult<Tensor> {

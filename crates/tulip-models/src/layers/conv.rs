@@ -147,18 +147,7 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device, Var};
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use crate::layers::max_abs_diff as max_diff;
 
     #[test]
     fn layer_matches_candle_conv2d_including_groups_bias_and_gradients() {

@@ -750,20 +750,7 @@ mod tests {
     use super::*;
     use candle_core::{DType, Var};
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    }
+    use crate::layers::max_abs_diff as max_diff;
 
     fn randn(shape: &[usize], seed: u64) -> Tensor {
         // Deterministic pseudo-random values without relying on the device RNG.

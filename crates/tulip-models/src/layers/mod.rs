@@ -80,6 +80,20 @@ pub fn avg_pool2x2(x: &Tensor) -> Result<Tensor> {
     x.reshape((b, c, h2, 2, w2, 2))?.mean((3, 5))
 }
 
+/// Largest absolute entry of `a − b`, for the layer tests.
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b)
+        .and_then(|d| {
+            d.abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()
+        })
+        .expect("tensors of the same shape")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
