@@ -17,6 +17,11 @@ pub enum Architecture {
     #[serde(rename = "allcnn")]
     #[value(name = "allcnn")]
     AllCnn,
+    /// ResNet with [1,1,1] basic blocks, base width 16: not in the paper; a small model
+    /// for quick experiments on a CPU (the quick profile of `cargo xtask reproduce-paper`).
+    #[serde(rename = "resnet8")]
+    #[value(name = "resnet8")]
+    ResNet8,
     /// ResNet with [3,3,3] basic blocks, base width 16.
     #[serde(rename = "resnet22")]
     #[value(name = "resnet22")]
@@ -53,8 +58,9 @@ pub enum Architecture {
 
 impl Architecture {
     /// Every architecture, for listings and tests.
-    pub const ALL: [Architecture; 9] = [
+    pub const ALL: [Architecture; 10] = [
         Architecture::AllCnn,
+        Architecture::ResNet8,
         Architecture::ResNet22,
         Architecture::ResNet34,
         Architecture::ResNeXt34,
@@ -69,6 +75,7 @@ impl Architecture {
     pub fn name(self) -> &'static str {
         match self {
             Architecture::AllCnn => "allcnn",
+            Architecture::ResNet8 => "resnet8",
             Architecture::ResNet22 => "resnet22",
             Architecture::ResNet34 => "resnet34",
             Architecture::ResNeXt34 => "resnext34",
@@ -84,6 +91,7 @@ impl Architecture {
     pub fn resnet_spec(self) -> Option<ResNetSpec> {
         Some(match self {
             Architecture::AllCnn => return None,
+            Architecture::ResNet8 => ResNetSpec::resnet([1, 1, 1], 16, BlockKind::Basic),
             Architecture::ResNet22 => ResNetSpec::resnet([3, 3, 3], 16, BlockKind::Basic),
             Architecture::ResNet34 => ResNetSpec::resnet([5, 5, 5], 16, BlockKind::Basic),
             Architecture::ResNeXt34 => {

@@ -25,12 +25,14 @@ pub enum TrainError {
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
     /// Reading or writing a run file failed.
-    #[error("{path}: {source}")]
+    // `error`, not `source`: the message already includes it, and a `source` would be
+    // printed twice by error-chain reporters (`{:#}`).
+    #[error("{path}: {error}")]
     Io {
         /// The file involved.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A run file exists but cannot be understood.
     #[error("{path}: {reason}")]

@@ -56,14 +56,14 @@ impl RunDir {
                 path.display()
             )));
         }
-        std::fs::create_dir_all(path).map_err(|source| TrainError::Io {
+        std::fs::create_dir_all(path).map_err(|error| TrainError::Io {
             path: path.into(),
-            source,
+            error,
         })?;
         let text = config.to_toml()?;
         let file = dir.file(files::CONFIG);
         tulip_models::checkpoint::write_atomic(&file, text.as_bytes())
-            .map_err(|source| TrainError::Io { path: file, source })?;
+            .map_err(|error| TrainError::Io { path: file, error })?;
         Ok(dir)
     }
 
@@ -76,9 +76,9 @@ impl RunDir {
             path: path.to_path_buf(),
         };
         let file = dir.file(files::CONFIG);
-        let text = std::fs::read_to_string(&file).map_err(|source| TrainError::Io {
+        let text = std::fs::read_to_string(&file).map_err(|error| TrainError::Io {
             path: file.clone(),
-            source,
+            error,
         })?;
         let config = TrainConfig::from_toml(&text)
             .map_err(|reason| TrainError::BadRunFile { path: file, reason })?;
@@ -112,9 +112,9 @@ impl CsvWriter {
     /// # Errors
     /// I/O failure, or an existing file with another header.
     pub fn open(path: &Path, header: &[&str], keep_rows: Option<usize>) -> Result<Self> {
-        let io = |source| TrainError::Io {
+        let io = |error| TrainError::Io {
             path: path.into(),
-            source,
+            error,
         };
         let header_line = header.join(",");
         if path.exists() {
@@ -164,9 +164,9 @@ impl CsvWriter {
         let line: Vec<String> = values.iter().map(|v| v.to_string()).collect();
         writeln!(self.file, "{}", line.join(","))
             .and_then(|()| self.file.flush())
-            .map_err(|source| TrainError::Io {
+            .map_err(|error| TrainError::Io {
                 path: self.path.clone(),
-                source,
+                error,
             })
     }
 }
@@ -180,9 +180,9 @@ pub fn read_csv(path: &Path) -> Result<(Vec<String>, Vec<Vec<f64>>)> {
         path: path.into(),
         reason,
     };
-    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| TrainError::Io {
         path: path.into(),
-        source,
+        error,
     })?;
     let mut lines = text.lines();
     let header: Vec<String> = lines
