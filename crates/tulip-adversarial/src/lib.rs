@@ -5,6 +5,9 @@
 //! implements [`Perturbation`]; [`PerturbationKind`] is the serialisable selection the
 //! trainer's configuration holds, and [`PerturbationKind::build`] turns it into one.
 //!
+//! The evaluation attacks of SPEC §5 (DeepFool, basic iterative method, FGSM, gradient,
+//! Boundary, and PGD at a fixed ε) are in [`attacks`]; [`run_attack`] runs one on a batch.
+//!
 //! Sits above `tulip-models` (written against the [`Classifier`] trait only) and
 //! `tulip-penalties` (whose [`tulip_penalties::input_gradient`] and
 //! [`tulip_penalties::steepest_ascent_direction`] it uses), below the trainer.
@@ -27,10 +30,15 @@
 //!   [`PgdConfig::validate`] for PGD) and so returns a `Result`.
 #![warn(missing_docs)]
 
+pub mod attacks;
 mod error;
 mod pgd;
 mod single_step;
 
+pub use attacks::{
+    run_attack, run_attack_with_adversarials, AttackConfig, AttackKind, AttackNorm, AttackOutcome,
+    AttackRun, AttackStatus,
+};
 pub use error::{AdversarialError, Result};
 pub use pgd::{PgdConfig, PgdConfigBuilder, PgdLinf};
 pub use single_step::{Fgsm, GradientAscent, MaxEntry};
