@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use anyhow::{bail, Context};
 use clap::{ArgAction, Args};
 use tulip_adversarial::{PerturbationKind, PgdConfig};
+use tulip_data::download::{locate_or_download, BarProgress, NoProgress, Progress};
 use tulip_data::{Augmentation, DatasetKind};
 use tulip_models::{Architecture, Classifier, ModelConfig};
 use tulip_penalties::{Norm, PenaltyMethod, Summary, TikhonovScope};
@@ -27,7 +28,7 @@ use crate::progress::{Output, ProgressObserver};
 )]
 pub struct TrainArgs {
     /// Continue the run in this directory from its last checkpoint; its settings come
-    /// from the run's config.toml (other flags are ignored).
+    /// from the run's config.toml (other flags but --no-download are ignored).
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
 
@@ -39,6 +40,11 @@ pub struct TrainArgs {
     /// /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist).
     #[arg(long, value_name = "DIR", help_heading = "Data")]
     data: Option<PathBuf>,
+    /// Do not download the dataset when it is not found locally (by default it is
+    /// fetched from its canonical source into DIR/<dataset> or ./data/<dataset>,
+    /// verified by SHA-256; $TULIP_DATA_MIRROR=URL fetches from a mirror instead).
+    #[arg(long, help_heading = "Data")]
+    no_download: bool,
     /// Train on the first N training images only (0 = all).
     #[arg(long, value_name = "N", default_value_t = 0, help_heading = "Data")]
     limit_train: usize,
@@ -261,6 +267,7 @@ impl TrainArgs {
         augmentation.cutout = (self.cutout > 0).then_some(self.cutout);
         let config = TrainConfig {
             data_dir: self.data.clone(),
+            download: !self.no_download,
             limit_train: self.limit_train,
             limit_test: self.limit_test,
             epochs: self.epochs,
@@ -335,17 +342,39 @@ fn install_logging(run_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Downloads the dataset, with a progress bar in human output, if it is not found locally
+/// and downloading is on. Done here rather than left to [`tulip_train::load_dataset`]
+/// (which would download silently) so the user sees what a long wait is.
+fn fetch_if_missing(config: &TrainConfig, output: Output) -> anyhow::Result<()> {
+    if !config.download {
+        return Ok(()); // load_dataset reports the data as not found
+    }
+    let mut bar = BarProgress::new();
+    let mut silent = NoProgress;
+    let progress: &mut dyn Progress = if output == Output::Human {
+        &mut bar
+    } else {
+        &mut silent
+    };
+    locate_or_download(config.dataset, config.data_dir.as_deref(), true, progress)?;
+    Ok(())
+}
+
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let output = args.output();
     let mut trainer = match &args.resume {
         Some(dir) => {
-            let (_, config) = tulip_train::RunDir::open(dir)
+            let (_, mut config) = tulip_train::RunDir::open(dir)
                 .with_context(|| format!("--resume {}: not a run directory", dir.display()))?;
+            // The one flag a resumed run honours: it changes nothing about the training.
+            config.download &= !args.no_download;
+            fetch_if_missing(&config, output)?;
             let data = tulip_train::load_dataset(&config)?;
             Trainer::resume(dir, data)?
         }
         None => {
             let config = args.to_config()?;
+            fetch_if_missing(&config, output)?;
             let data = tulip_train::load_dataset(&config)?;
             let dir = args
                 .log_dir

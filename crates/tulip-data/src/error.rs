@@ -183,6 +183,156 @@ pub enum DataError {
     /// Building a tensor failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+
+    // ---- downloads (crate::download) ----
+    /// The server of a download could not be reached: no network, a DNS failure, a refused
+    /// connection or a connect timeout.
+    #[error(
+        "could not connect to download {url}: {error} (no network? A mirror can be set \
+         with {mirror_env}=URL)",
+        mirror_env = crate::download::MIRROR_ENV
+    )]
+    Connect {
+        /// The URL requested.
+        url: String,
+        /// What the HTTP client said.
+        error: String,
+    },
+
+    /// The server answered a download with an HTTP error status.
+    #[error("download of {url} failed: HTTP status {status} {reason}")]
+    HttpStatus {
+        /// The URL requested.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+        /// The status line's reason phrase.
+        reason: String,
+    },
+
+    /// A download failed midway for a reason other than the connection closing early.
+    #[error("download of {url} failed: {error}")]
+    Transfer {
+        /// The URL requested.
+        url: String,
+        /// What went wrong.
+        error: String,
+    },
+
+    /// The connection closed before the whole file had arrived.
+    #[error(
+        "download of {url} is truncated: the transfer broke off after {received} of \
+         {expected} bytes; the partial file was deleted"
+    )]
+    DownloadTruncated {
+        /// The URL requested.
+        url: String,
+        /// Bytes received.
+        received: u64,
+        /// Bytes announced (Content-Length) or, without that, listed in the manifest.
+        expected: u64,
+    },
+
+    /// A downloaded file does not have the size the manifest lists.
+    #[error(
+        "{file} (from {url}) has the wrong size: the manifest lists {expected} bytes, \
+         {found} arrived; the file was deleted"
+    )]
+    DownloadSize {
+        /// The file's name.
+        file: String,
+        /// Where it came from.
+        url: String,
+        /// Size listed in the manifest.
+        expected: u64,
+        /// Size received (or received so far, when the transfer overran).
+        found: u64,
+    },
+
+    /// A downloaded file's SHA-256 digest is not the one the manifest lists.
+    #[error(
+        "{file} (from {url}) failed SHA-256 verification, so it is corrupt or not the \
+         expected file: expected {expected}, got {found}; the file was deleted"
+    )]
+    Checksum {
+        /// The file's name.
+        file: String,
+        /// Where it came from.
+        url: String,
+        /// Digest listed in the manifest.
+        expected: String,
+        /// Digest of what arrived.
+        found: String,
+    },
+
+    /// The manifest has no digest for a file: it is refused rather than used unverified.
+    #[error(
+        "the dataset manifest has no SHA-256 digest for {file} of {dataset}: refusing to \
+         download a file that cannot be verified (add its digest to data/manifest.toml)"
+    )]
+    NoChecksum {
+        /// The dataset.
+        dataset: DatasetKind,
+        /// The file's name.
+        file: String,
+    },
+
+    /// The dataset manifest does not parse or lists something impossible.
+    #[error("invalid dataset manifest ({origin}): {error}")]
+    Manifest {
+        /// Which manifest (a path, or "data/manifest.toml (built in)").
+        origin: String,
+        /// What is wrong.
+        error: String,
+    },
+
+    /// The manifest lists no file for a dataset.
+    #[error("the dataset manifest lists no files for {0}")]
+    NotInManifest(DatasetKind),
+
+    /// A downloaded archive could not be unpacked.
+    #[error("cannot unpack {}: {error}; nothing was kept", path.display())]
+    Unpack {
+        /// The archive.
+        path: PathBuf,
+        /// What went wrong.
+        error: String,
+    },
+
+    /// A verified archive unpacked without a file the dataset needs.
+    #[error("{archive} unpacked without {member}: not the expected archive; nothing was kept")]
+    MissingMember {
+        /// The archive's name.
+        archive: String,
+        /// The file missing from it.
+        member: String,
+    },
+
+    /// A file or directory could not be written while installing a download.
+    #[error("cannot write {}: {error}", path.display())]
+    Write {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the operating system said.
+        error: std::io::Error,
+    },
+
+    /// A dataset was not found, and fetching it failed as well.
+    #[error(
+        "{dataset} data not found, and downloading it into {} failed: {download}\n{not_found}",
+        root.display()
+    )]
+    DownloadFailed {
+        /// The dataset.
+        dataset: DatasetKind,
+        /// The data root it was to be downloaded into.
+        root: PathBuf,
+        /// Why the download failed.
+        download: Box<DataError>,
+        /// The [`DataError::NotFound`] that started the download: where it was looked for
+        /// and how else to get it.
+        not_found: Box<DataError>,
+    },
 }
 
 fn not_found_message(dataset: DatasetKind, looked: &[(PathBuf, &'static str)]) -> String {

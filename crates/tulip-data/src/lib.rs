@@ -23,8 +23,10 @@
 //! Fashion-MNIST and MNIST as IDX files (raw or gzip, told apart by the gzip magic bytes),
 //! CIFAR-10 and CIFAR-100 in their binary versions ([`idx`], [`cifar`]). [`locate`]
 //! searches `--data`, `$TULIP_DATA`, `./data/<name>` and, for Fashion-MNIST, the files of
-//! the Debian/Ubuntu package `dataset-fashion-mnist`; this crate never downloads
-//! (`cargo xtask download` does). Splits stay in memory as bytes and are converted to
+//! the Debian/Ubuntu package `dataset-fashion-mnist`. [`download`] fetches a dataset that
+//! is nowhere to be found from its canonical source, verified by SHA-256 against the
+//! committed `data/manifest.toml` (`cargo xtask download`, and `tulip train` unless
+//! `--no-download`); [`locate`] and [`load`] themselves never touch the network. Splits stay in memory as bytes and are converted to
 //! `f32` in `[0, 1]` per batch, with no mean/std normalisation (SPEC: the bounds matter
 //! to attacks). A bad file gives a [`DataError`] naming the file and the problem.
 //!
@@ -49,6 +51,7 @@
 mod augment;
 pub mod cifar;
 mod dataset;
+pub mod download;
 pub mod error;
 pub mod idx;
 mod loader;

@@ -61,6 +61,10 @@ impl Default for ObjectiveConfig {
     }
 }
 
+fn download_default() -> bool {
+    true
+}
+
 /// Everything that determines a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -68,6 +72,12 @@ pub struct TrainConfig {
     pub dataset: DatasetKind,
     /// Explicit data directory (`--data`); otherwise the usual places are searched.
     pub data_dir: Option<PathBuf>,
+    /// Download the dataset (verified by SHA-256) when it is not found locally, into
+    /// `data_dir` or `./data` (`--no-download` turns it off). Not a training setting, but
+    /// kept so a resumed run behaves as the original did; run directories written before
+    /// it existed read as `true`.
+    #[serde(default = "download_default")]
+    pub download: bool,
     /// Use only the first N training images (0 = all).
     pub limit_train: usize,
     /// Use only the first N test images (0 = all).
@@ -108,6 +118,7 @@ impl TrainConfig {
         Self {
             dataset,
             data_dir: None,
+            download: true,
             limit_train: 0,
             limit_test: 0,
             model,
@@ -194,5 +205,26 @@ impl TrainConfig {
     /// The text is not a valid configuration.
     pub fn from_toml(text: &str) -> std::result::Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tulip_models::Architecture;
+
+    /// Run directories written before the `download` switch existed still resume, and
+    /// read as downloading (the default).
+    #[test]
+    fn config_without_the_download_switch_reads_as_true() {
+        let kind = DatasetKind::Mnist;
+        let model = ModelConfig::new(Architecture::ResNet22, kind.classes(), kind.image_shape());
+        let mut config = TrainConfig::new(kind, model);
+        config.download = false;
+        let text = config.to_toml().unwrap();
+        assert!(text.contains("download = false"));
+        assert!(!TrainConfig::from_toml(&text).unwrap().download);
+        let old = text.replace("download = false\n", "");
+        assert!(TrainConfig::from_toml(&old).unwrap().download);
     }
 }

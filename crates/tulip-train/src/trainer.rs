@@ -117,10 +117,22 @@ pub struct RunSummary {
 
 /// Loads the dataset of a configuration (with its train/test limits applied).
 ///
+/// Data found locally (`--data`, `$TULIP_DATA`, `./data/<name>`, the Debian
+/// Fashion-MNIST package) is used as it is. Only when none is found, and
+/// `config.download` is set, is the dataset fetched, verified, into `data_dir` or
+/// `./data` ([`tulip_data::download::locate_or_download`]), without progress output: a
+/// caller that wants a progress bar calls that function itself first, and this one then
+/// finds the data locally.
+///
 /// # Errors
-/// The data cannot be found or read.
+/// The data cannot be found (or downloaded) or read.
 pub fn load_dataset(config: &TrainConfig) -> Result<Dataset> {
-    let dir = tulip_data::locate(config.dataset, config.data_dir.as_deref())?;
+    let dir = tulip_data::download::locate_or_download(
+        config.dataset,
+        config.data_dir.as_deref(),
+        config.download,
+        &mut tulip_data::download::NoProgress,
+    )?;
     let mut data = tulip_data::load(config.dataset, &dir)?;
     if config.limit_train > 0 {
         data.train.truncate(config.limit_train);

@@ -2,6 +2,7 @@
 //! directories, plus the real Fashion-MNIST from the `dataset-fashion-mnist` package.
 
 mod cifar;
+mod download;
 mod fashion_mnist;
 mod idx;
 mod loader;
