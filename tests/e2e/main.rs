@@ -1,4 +1,7 @@
 //! End-to-end tests of the `tulip` binary on real Fashion-MNIST (the Debian package
 //! `dataset-fashion-mnist`; `.ci/run` installs it).
 
+mod attack;
+mod download;
+mod eval;
 mod train;

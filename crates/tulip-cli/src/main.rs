@@ -1,7 +1,11 @@
 //! `tulip`: train image classifiers that are robust to adversarial examples, and measure
 //! how robust they are. See `tulip --help` and `tulip <command> --help`.
 
+mod attack;
+mod eval;
+mod nn_attack;
 mod progress;
+mod run_loading;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +23,16 @@ struct Cli {
 enum Command {
     /// Train a model (defaults: ResNet22 on Fashion-MNIST, the reference protocol).
     Train(Box<train::TrainArgs>),
+    /// Summary statistics of a trained run on the test set (error, loss, gradient,
+    /// Jacobian and weight-product norms, margin and certified distance bound).
+    Eval(Box<eval::EvalArgs>),
+    /// Minimum-distance adversarial attacks on a trained run's test images (DeepFool,
+    /// iterative, FGSM, gradient, Boundary; PGD at a fixed ε), with per-image results,
+    /// a summary and the robustness curve.
+    Attack(Box<attack::AttackArgs>),
+    /// Distance of each image to the nearest training image with another label, and the
+    /// data's Lipschitz constant.
+    NnAttack(Box<nn_attack::NnAttackArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -29,6 +43,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train::run(*args),
+        Command::Eval(args) => eval::run(*args),
+        Command::Attack(args) => attack::run(*args),
+        Command::NnAttack(args) => nn_attack::run(*args),
     };
     match result {
         Ok(code) => code,

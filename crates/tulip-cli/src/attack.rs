@@ -1,0 +1,275 @@
+//! `tulip attack`: minimum-distance adversarial attacks on a trained run's test images
+//! (SPEC §5), with a per-image CSV, a summary, and the robustness curve.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use tulip_adversarial::attacks::{
+    run_attack, AttackConfig, AttackKind, AttackNorm, AttackOutcome, AttackStatus,
+};
+use tulip_eval::plot::{certified_scatter, robustness_curves, write_svg, Series};
+use tulip_eval::{
+    certificate_violations, certified_pairs, misclassification_curve, read_certified_csv,
+    write_attack_csv, AttackRecord, AttackSummary, DistanceNorm,
+};
+use tulip_train::DeviceChoice;
+
+use crate::eval::CERTIFIED_CSV;
+use crate::run_loading::{load_run, RunSource};
+
+/// Flags of `tulip attack`.
+#[derive(Args, Debug)]
+#[command(after_help = "Attacks and their norms:
+  deepfool   l2, linf   DeepFool (linearise every class, step to the nearest boundary)
+  iterative  l2, linf   basic iterative method (L∞: I-FGSM), smallest ε by search
+  fgsm       linf       fast gradient sign method, smallest ε by search
+  gradient   l2         single normalised-gradient step, smallest ε by search
+  boundary   l2         decision-based Boundary attack (needs no gradients)
+  pgd        l2, linf   projected gradient descent at a fixed --epsilon (robust accuracy)
+
+Examples:
+  tulip attack RUN_DIR --attack deepfool --norm l2 --images 1000
+  tulip attack RUN_DIR --attack pgd --norm linf --epsilon 0.1 --steps 40
+  tulip attack RUN_DIR --attack boundary --norm l2 --images 100 --steps 2000
+
+Writes RUN_DIR/attacks/ATTACK-NORM.csv (per image: index,label,predicted,l2,linf,success),
+ATTACK-NORM.json (the summary) and ATTACK-NORM.svg (fraction misclassified vs ε). When
+`tulip eval` has written RUN_DIR/certified.csv, also ATTACK-NORM-certified.svg (certified
+lower bound against attack distance) and a count of images whose attack distance is
+below their bound.
+
+An image the model already misclassifies has distance 0; an image the attack fails on is
+a failure, counted apart and left out of the median and mean (never counted as 0).")]
+pub struct AttackArgs {
+    /// Run directory written by `tulip train`.
+    #[arg(value_name = "RUN_DIR")]
+    run_dir: PathBuf,
+    /// The attack.
+    #[arg(long, value_parser = parse_kind)]
+    attack: AttackKind,
+    /// The norm it minimises (for pgd: the norm of the ε-ball).
+    #[arg(long, value_parser = parse_norm)]
+    norm: AttackNorm,
+    /// Attack the first N test images.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    images: usize,
+    /// Images attacked together.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    batch_size: usize,
+    /// Iterations [default per attack: deepfool 50, iterative 10, pgd 20, boundary 5000].
+    #[arg(long, value_name = "N")]
+    steps: Option<usize>,
+    /// pgd: the fixed radius (required; fractions like 8/255 are accepted). iterative,
+    /// fgsm, gradient: the first ε of the search.
+    #[arg(long, value_parser = parse_number)]
+    epsilon: Option<f64>,
+    /// Bisection steps of the ε search (iterative, fgsm, gradient).
+    #[arg(long, value_name = "N")]
+    search_steps: Option<usize>,
+    /// Seed of the random streams (Boundary noise, PGD random start).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// L2 budgets at which to report the fraction misclassified.
+    #[arg(long, value_delimiter = ',', value_parser = parse_number, default_value = "0.1,0.25,0.5,1,2")]
+    eps_l2: Vec<f64>,
+    /// L∞ budgets at which to report the fraction misclassified.
+    #[arg(long, value_delimiter = ',', value_parser = parse_number, default_value = "1/255,2/255,4/255,8/255,0.1,0.2,0.3")]
+    eps_linf: Vec<f64>,
+    /// Checkpoint to attack [default: RUN_DIR/best.safetensors, else
+    /// RUN_DIR/checkpoint.safetensors].
+    #[arg(long, value_name = "FILE")]
+    checkpoint: Option<PathBuf>,
+    /// Directory holding the dataset [default: the run's, then the usual places].
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Where to write the results [default: RUN_DIR/attacks].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    /// Print the summary as JSON on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_kind(s: &str) -> Result<AttackKind, String> {
+    s.parse::<AttackKind>().map_err(|e| e.to_string())
+}
+
+fn parse_norm(s: &str) -> Result<AttackNorm, String> {
+    s.parse::<AttackNorm>().map_err(|e| e.to_string())
+}
+
+/// A non-negative number, or a fraction `a/b` (budgets are often written `8/255`).
+fn parse_number(s: &str) -> Result<f64, String> {
+    let value = match s.split_once('/') {
+        Some((a, b)) => {
+            let a: f64 = a
+                .trim()
+                .parse()
+                .map_err(|_| format!("{s:?} is not a number"))?;
+            let b: f64 = b
+                .trim()
+                .parse()
+                .map_err(|_| format!("{s:?} is not a number"))?;
+            a / b
+        }
+        None => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a number"))?,
+    };
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!("{s:?} must be a finite number ≥ 0"));
+    }
+    Ok(value)
+}
+
+fn record(index: usize, o: &AttackOutcome) -> AttackRecord {
+    match o.status {
+        AttackStatus::AlreadyMisclassified => {
+            AttackRecord::already_misclassified(index, o.label, o.clean_prediction)
+        }
+        AttackStatus::Found => {
+            AttackRecord::found(index, o.label, o.adversarial_prediction, o.l2, o.linf)
+        }
+        AttackStatus::Failed => AttackRecord::failed(index, o.label, o.clean_prediction),
+    }
+}
+
+pub fn run(args: AttackArgs) -> anyhow::Result<ExitCode> {
+    if args.images == 0 {
+        bail!("--images must be at least 1");
+    }
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let mut cfg = AttackConfig::new(args.attack, args.norm).with_seed(args.seed);
+    if let Some(steps) = args.steps {
+        cfg = cfg.with_steps(steps);
+    }
+    if let Some(eps) = args.epsilon {
+        cfg = cfg.with_epsilon(eps);
+    }
+    if let Some(n) = args.search_steps {
+        cfg = cfg.with_search_steps(n);
+    }
+    // Before any file is read: an attack/norm pair that does not exist is a usage error.
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("--attack/--norm: {e}"))?;
+
+    let loaded = load_run(&RunSource {
+        dir: &args.run_dir,
+        checkpoint: args.checkpoint.as_deref(),
+        data: args.data.as_deref(),
+        device: args.device,
+        limit: Some(args.images),
+    })?;
+    let test = &loaded.test;
+    let name = format!("{}-{}", args.attack.name(), args.norm.name());
+    eprintln!(
+        "attack {name}: {} ({}) on {} {} test images",
+        loaded.checkpoint.display(),
+        loaded.config.model.architecture,
+        test.len(),
+        loaded.config.dataset
+    );
+
+    let bar = ProgressBar::new(test.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30.cyan/blue}] {pos}/{len} images {msg} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(name.clone());
+    let batch = args.batch_size.min(test.len());
+    let loader = tulip_data::Loader::test(test, batch, &loaded.device)?;
+    let mut records = Vec::with_capacity(test.len());
+    for (b, item) in loader.epoch(0).enumerate() {
+        let item = item?;
+        // Each batch its own random streams (the attack seeds image i of a batch with
+        // stream i), so results do not depend on where a batch starts.
+        let batch_cfg = cfg.with_seed(args.seed.wrapping_add(b as u64 * 1_000_003));
+        let outcomes = run_attack(&loaded.model, &item.images, &item.labels, &batch_cfg)?;
+        let start = records.len();
+        records.extend(
+            outcomes
+                .iter()
+                .enumerate()
+                .map(|(i, o)| record(start + i, o)),
+        );
+        let failed = records
+            .iter()
+            .filter(|r| r.status == tulip_eval::AttackStatus::Failed)
+            .count();
+        bar.set_message(format!("({failed} failed)"));
+        bar.set_position(records.len() as u64);
+    }
+    bar.finish_and_clear();
+
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| loaded.run.path().join("attacks"));
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let summary = AttackSummary::new(&name, &records, &args.eps_l2, &args.eps_linf);
+    let csv = out.join(format!("{name}.csv"));
+    let json = out.join(format!("{name}.json"));
+    let svg = out.join(format!("{name}.svg"));
+    write_attack_csv(&csv, &records)?;
+    summary.write_json(&json)?;
+    let norm = match args.norm {
+        AttackNorm::L2 => DistanceNorm::L2,
+        AttackNorm::Linf => DistanceNorm::Linf,
+    };
+    write_svg(
+        &svg,
+        &robustness_curves(
+            norm,
+            &[Series::new(&name, misclassification_curve(&records, norm))],
+        ),
+    )?;
+    let mut written = vec![csv, json, svg];
+
+    // The certified lower bounds of `tulip eval`, if it has been run on this checkpoint.
+    let certified_csv = loaded.run.file(CERTIFIED_CSV);
+    let mut violations = None;
+    if certified_csv.is_file() {
+        let certified = read_certified_csv(&certified_csv)?;
+        let pairs: Vec<(f64, f64)> = certified_pairs(&certified, &records)
+            .into_iter()
+            .map(|(_, d, b)| (d, b))
+            .collect();
+        let scatter = out.join(format!("{name}-certified.svg"));
+        write_svg(&scatter, &certified_scatter(&pairs))?;
+        written.push(scatter);
+        violations = Some(certificate_violations(&certified, &records).len());
+    }
+
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print!("{}", summary.to_table());
+        match violations {
+            Some(0) => println!("certified lower bound   no attack distance below it"),
+            Some(n) => println!(
+                "certified lower bound   {n} images attacked below their bound (the bound uses the \
+                 linearised model's norm and is not guaranteed for a ReLU network)"
+            ),
+            None => println!(
+                "certified lower bound   run `tulip eval {}` to compare with it",
+                args.run_dir.display()
+            ),
+        }
+        for p in &written {
+            eprintln!("wrote {}", p.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

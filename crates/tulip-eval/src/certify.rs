@@ -1,0 +1,121 @@
+//! Certified lower bounds against attack distances: the check that no attack beats a
+//! bound, the pairs behind the scatter plot, and the per-image bound file.
+//!
+//! The bound `margin / (2 · weight-product norm)` is the reference's; the weight-product
+//! norm is that of the *linearised* model, which bounds the Lipschitz constant of an
+//! affine model but not, in general, of a network with ReLUs. So a violation found by
+//! [`certificate_violations`] on a real network is a finding about that bound, not
+//! necessarily a bug in the attack.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::report::{AttackRecord, DistanceNorm};
+use crate::summary::CertifiedImage;
+use crate::{EvalError, Result};
+
+/// Relative slack of [`certificate_violations`]: an attack distance counts as below the
+/// bound only if it is below `bound · (1 − TOLERANCE)`, so rounding (the model runs in
+/// `f32`) at a distance equal to the bound is not reported.
+pub const TOLERANCE: f64 = 1e-6;
+
+/// An image whose attack distance is below its certified lower bound.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Violation {
+    /// Image index.
+    pub index: usize,
+    /// Its certified L2 lower bound.
+    pub lower_bound: f64,
+    /// The L2 distance at which the attack misclassified it.
+    pub attack_distance: f64,
+}
+
+/// The images (matched by index) whose L2 attack distance is below their certified lower
+/// bound. Failed attacks cannot violate a bound; an image certified (correctly classified)
+/// but recorded as already misclassified violates it (distance 0), which points to a
+/// mismatch between the evaluated and the attacked model.
+pub fn certificate_violations(
+    certified: &[CertifiedImage],
+    attacks: &[AttackRecord],
+) -> Vec<Violation> {
+    certified_pairs(certified, attacks)
+        .into_iter()
+        .filter(|&(_, d, b)| d < b * (1.0 - TOLERANCE))
+        .map(|(index, attack_distance, lower_bound)| Violation {
+            index,
+            lower_bound,
+            attack_distance,
+        })
+        .collect()
+}
+
+/// `(index, attack L2 distance, certified lower bound)` for every certified image the
+/// attack misclassified, in the order of `certified`: the points of the scatter plot.
+pub fn certified_pairs(
+    certified: &[CertifiedImage],
+    attacks: &[AttackRecord],
+) -> Vec<(usize, f64, f64)> {
+    let by_index: std::collections::HashMap<usize, &AttackRecord> =
+        attacks.iter().map(|r| (r.index, r)).collect();
+    certified
+        .iter()
+        .filter_map(|c| {
+            let d = by_index.get(&c.index)?.distance(DistanceNorm::L2)?;
+            Some((c.index, d, c.lower_bound))
+        })
+        .collect()
+}
+
+/// Header of the per-image bound file.
+pub const CERTIFIED_CSV_HEADER: &str = "index,label,margin,lower_bound";
+
+/// Writes `index,label,margin,lower_bound`, one correctly classified image per line.
+///
+/// # Errors
+/// The file cannot be written.
+pub fn write_certified_csv(path: &Path, certified: &[CertifiedImage]) -> Result<()> {
+    let mut text = format!("{CERTIFIED_CSV_HEADER}\n");
+    for c in certified {
+        let _ = writeln!(
+            text,
+            "{},{},{},{}",
+            c.index, c.label, c.margin, c.lower_bound
+        );
+    }
+    std::fs::write(path, text).map_err(EvalError::io(path))
+}
+
+/// Reads a file written by [`write_certified_csv`].
+///
+/// # Errors
+/// The file cannot be read, has another header, or a malformed line.
+pub fn read_certified_csv(path: &Path) -> Result<Vec<CertifiedImage>> {
+    let text = std::fs::read_to_string(path).map_err(EvalError::io(path))?;
+    let bad = |reason: String| EvalError::BadFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut lines = text.lines();
+    if lines.next().map(str::trim) != Some(CERTIFIED_CSV_HEADER) {
+        return Err(bad(format!("expected the header {CERTIFIED_CSV_HEADER:?}")));
+    }
+    lines
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            let c: Vec<&str> = line.split(',').map(str::trim).collect();
+            let err = || bad(format!("line {}: malformed {line:?}", i + 2));
+            if c.len() != 4 {
+                return Err(err());
+            }
+            Ok(CertifiedImage {
+                index: c[0].parse().map_err(|_| err())?,
+                label: c[1].parse().map_err(|_| err())?,
+                margin: c[2].parse().map_err(|_| err())?,
+                lower_bound: c[3].parse().map_err(|_| err())?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,56 @@
+//! # tulip-eval
+//!
+//! Evaluation of Tulip-rs models (SPEC §5):
+//!
+//! - [`summary`]: test error, loss, the per-example gradient norm, the Jacobian and
+//!   weight-product norms, the smallest softmax margin and the lower bound on the
+//!   adversarial distance it gives, `‖w‖₂` and the tanh scale — plus each correctly
+//!   classified image's own lower bound ([`CertifiedImage`]).
+//! - [`nearest_different_label`]: the nearest-different-label-neighbour distances of a
+//!   dataset and its Lipschitz constant, as blocked matrix products.
+//! - [`AttackRecord`] / [`AttackSummary`]: per-image attack results (written as CSV) and
+//!   their median, mean and misclassified fraction at given budgets; failures are counted,
+//!   never treated as distance 0.
+//! - [`plot`]: robustness curves and the bound-vs-attack scatter as dependency-free SVG;
+//!   [`certificate_violations`] checks that no attack beats a certified bound.
+//!
+//! Sits above `tulip-models`, `tulip-data` and `tulip-penalties` (it programs against the
+//! [`tulip_models::Classifier`] trait) and below the CLI. It does not depend on the
+//! attacks: their outcomes are mapped onto [`AttackRecord`] by the caller.
+//!
+//! ## Design record
+//! - The gradient statistic is the *unscaled* per-example `max_i ‖∇_x ℓ_i‖₂`, not the
+//!   `1/B`-scaled row of the training penalty (SPEC §2), so it does not depend on the
+//!   batch size; outputs say so.
+//! - `‖w‖₂` counts the Tikhonov penalty's [`tulip_penalties::TikhonovScope::WeightsOnly`]
+//!   set (trainable tensors of rank ≥ 2: convolution and linear weights). A name-based
+//!   "not ending in `bias`" filter would also count batch-norm scales and the tanh
+//!   scale, which are not weights of a linear map.
+//! - Loss, prediction and softmax margin are computed on the host in `f64` from the
+//!   logits of one evaluation-mode forward pass per batch.
+//! - Nearest-neighbour distances: `f32` GEMM to choose each neighbour, then the chosen
+//!   distance recomputed exactly from the bytes (see [`nn`]), so duplicates are exactly
+//!   0 and negative rounding cannot occur.
+#![warn(missing_docs)]
+
+mod certify;
+mod error;
+pub mod nn;
+pub mod plot;
+mod report;
+mod summary;
+
+pub use certify::{
+    certificate_violations, certified_pairs, read_certified_csv, write_certified_csv, Violation,
+    CERTIFIED_CSV_HEADER, TOLERANCE,
+};
+pub use error::{EvalError, Result};
+pub use nn::{nearest_different_label, NearestNeighbours, NnOptions, NnStats};
+pub use report::{
+    epsilon_grid, fraction_misclassified, misclassification_curve, read_attack_csv,
+    write_attack_csv, write_json, AttackRecord, AttackStatus, AttackSummary, DistanceNorm,
+    DistanceStats, FractionAt, ATTACK_CSV_HEADER,
+};
+pub use summary::{
+    summary, summary_of_tensors, CertifiedImage, Summary, SummaryOptions, SummaryReport,
+};

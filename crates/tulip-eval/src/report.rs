@@ -1,0 +1,385 @@
+//! Per-image attack results and their summary (SPEC §5, "Attacks").
+//!
+//! This crate does not depend on the attacks: callers map their outcomes onto
+//! [`AttackRecord`]. An image the model already misclassifies has distance 0; an image
+//! the attack fails on is a failure, counted separately and never treated as distance 0
+//! (nor as ∞) in the median and mean.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::summary::fmt_num;
+use crate::{EvalError, Result};
+
+/// What an attack achieved on one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttackStatus {
+    /// The clean image is already misclassified: distance 0.
+    AlreadyMisclassified,
+    /// The attack found a misclassified image at the recorded distance.
+    Found,
+    /// The attack found no misclassified image; the distances mean nothing.
+    Failed,
+}
+
+/// A perturbation norm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DistanceNorm {
+    /// Euclidean norm.
+    L2,
+    /// Largest absolute pixel change.
+    Linf,
+}
+
+impl DistanceNorm {
+    /// `L2` or `L∞`, for labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            DistanceNorm::L2 => "L2",
+            DistanceNorm::Linf => "L∞",
+        }
+    }
+}
+
+/// One image's attack result.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AttackRecord {
+    /// Position of the image in the attacked split.
+    pub index: usize,
+    /// True label.
+    pub label: u32,
+    /// The model's prediction on the attacked image: the adversarial one when found,
+    /// else the clean one.
+    pub predicted: u32,
+    /// L2 norm of the perturbation (0 if already misclassified, `NaN` if failed).
+    pub l2: f64,
+    /// L∞ norm of the perturbation (0 if already misclassified, `NaN` if failed).
+    pub linf: f64,
+    /// What happened.
+    pub status: AttackStatus,
+}
+
+impl AttackRecord {
+    /// An image the model misclassifies before any attack.
+    pub fn already_misclassified(index: usize, label: u32, predicted: u32) -> Self {
+        Self {
+            index,
+            label,
+            predicted,
+            l2: 0.0,
+            linf: 0.0,
+            status: AttackStatus::AlreadyMisclassified,
+        }
+    }
+
+    /// A successful attack at distances `l2` and `linf`.
+    pub fn found(index: usize, label: u32, predicted: u32, l2: f64, linf: f64) -> Self {
+        Self {
+            index,
+            label,
+            predicted,
+            l2,
+            linf,
+            status: AttackStatus::Found,
+        }
+    }
+
+    /// A failed attack (`predicted` is then the clean prediction).
+    pub fn failed(index: usize, label: u32, predicted: u32) -> Self {
+        Self {
+            index,
+            label,
+            predicted,
+            l2: f64::NAN,
+            linf: f64::NAN,
+            status: AttackStatus::Failed,
+        }
+    }
+
+    /// The distance under `norm`, or `None` for a failure.
+    pub fn distance(&self, norm: DistanceNorm) -> Option<f64> {
+        match (self.status, norm) {
+            (AttackStatus::Failed, _) => None,
+            (_, DistanceNorm::L2) => Some(self.l2),
+            (_, DistanceNorm::Linf) => Some(self.linf),
+        }
+    }
+}
+
+/// Header of the per-image CSV.
+pub const ATTACK_CSV_HEADER: &str = "index,label,predicted,l2,linf,success";
+
+/// Writes the per-image CSV `index,label,predicted,l2,linf,success`: `success` is 1 for
+/// a found or already-misclassified image (distances 0), 0 for a failure (distances
+/// `NaN`).
+///
+/// # Errors
+/// The file cannot be written.
+pub fn write_attack_csv(path: &Path, records: &[AttackRecord]) -> Result<()> {
+    let mut text = format!("{ATTACK_CSV_HEADER}\n");
+    for r in records {
+        let success = u8::from(r.status != AttackStatus::Failed);
+        let _ = writeln!(
+            text,
+            "{},{},{},{},{},{success}",
+            r.index, r.label, r.predicted, r.l2, r.linf
+        );
+    }
+    std::fs::write(path, text).map_err(EvalError::io(path))
+}
+
+/// Reads a CSV written by [`write_attack_csv`]. A success at distance 0 in both norms
+/// reads back as [`AttackStatus::AlreadyMisclassified`] (an attack cannot find a
+/// misclassified image at distance 0 otherwise).
+///
+/// # Errors
+/// The file cannot be read, has another header, or a malformed line.
+pub fn read_attack_csv(path: &Path) -> Result<Vec<AttackRecord>> {
+    let text = std::fs::read_to_string(path).map_err(EvalError::io(path))?;
+    let bad = |reason: String| EvalError::BadFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut lines = text.lines();
+    match lines.next() {
+        Some(h) if h.trim() == ATTACK_CSV_HEADER => {}
+        other => {
+            return Err(bad(format!(
+                "header {:?}, expected {ATTACK_CSV_HEADER:?}",
+                other.unwrap_or("")
+            )))
+        }
+    }
+    lines
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            let line_no = i + 2;
+            let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+            if cells.len() != 6 {
+                return Err(bad(format!(
+                    "line {line_no}: {} cells, expected 6",
+                    cells.len()
+                )));
+            }
+            let int = |k: usize| {
+                cells[k]
+                    .parse::<u64>()
+                    .map_err(|_| bad(format!("line {line_no}: {:?} is not an integer", cells[k])))
+            };
+            let num = |k: usize| {
+                cells[k]
+                    .parse::<f64>()
+                    .map_err(|_| bad(format!("line {line_no}: {:?} is not a number", cells[k])))
+            };
+            let (index, label, predicted) = (int(0)? as usize, int(1)? as u32, int(2)? as u32);
+            let (l2, linf) = (num(3)?, num(4)?);
+            Ok(match int(5)? {
+                0 => AttackRecord::failed(index, label, predicted),
+                1 if l2 == 0.0 && linf == 0.0 => {
+                    AttackRecord::already_misclassified(index, label, predicted)
+                }
+                1 => AttackRecord::found(index, label, predicted, l2, linf),
+                s => return Err(bad(format!("line {line_no}: success {s} is not 0 or 1"))),
+            })
+        })
+        .collect()
+}
+
+/// Median and mean of the distances of the images an attack misclassified (found or
+/// already misclassified); `None` when there are none.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DistanceStats {
+    /// Median (mean of the two middle values for an even count).
+    pub median: Option<f64>,
+    /// Mean.
+    pub mean: Option<f64>,
+}
+
+impl DistanceStats {
+    /// Statistics of `records` under `norm`, failures excluded.
+    pub fn of(records: &[AttackRecord], norm: DistanceNorm) -> Self {
+        let mut d: Vec<f64> = records.iter().filter_map(|r| r.distance(norm)).collect();
+        if d.is_empty() {
+            return Self {
+                median: None,
+                mean: None,
+            };
+        }
+        d.sort_by(f64::total_cmp);
+        let n = d.len();
+        let median = if n % 2 == 1 {
+            d[n / 2]
+        } else {
+            0.5 * (d[n / 2 - 1] + d[n / 2])
+        };
+        Self {
+            median: Some(median),
+            mean: Some(d.iter().sum::<f64>() / n as f64),
+        }
+    }
+}
+
+/// The fraction of all images misclassified with a perturbation of norm at most ε.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FractionAt {
+    /// The budget ε.
+    pub epsilon: f64,
+    /// Misclassified images (already, or found at distance ≤ ε) over all images; a
+    /// failure counts as not misclassified at every ε.
+    pub fraction: f64,
+}
+
+/// `fraction misclassified` at `epsilon` (see [`FractionAt::fraction`]); 0 for no records.
+pub fn fraction_misclassified(records: &[AttackRecord], norm: DistanceNorm, epsilon: f64) -> f64 {
+    if records.is_empty() {
+        return 0.0;
+    }
+    let hit = records
+        .iter()
+        .filter(|r| r.distance(norm).is_some_and(|d| d <= epsilon))
+        .count();
+    hit as f64 / records.len() as f64
+}
+
+/// The whole curve "fraction misclassified vs ε" as the corners of its step function,
+/// from ε = 0 to the largest distance found, for plotting ([`crate::plot`]).
+pub fn misclassification_curve(records: &[AttackRecord], norm: DistanceNorm) -> Vec<(f64, f64)> {
+    let n = records.len().max(1) as f64;
+    let mut d: Vec<f64> = records.iter().filter_map(|r| r.distance(norm)).collect();
+    d.sort_by(f64::total_cmp);
+    let at_zero = d.iter().filter(|&&v| v <= 0.0).count();
+    let mut points = vec![(0.0, at_zero as f64 / n)];
+    // One vertical step per distinct distance.
+    let mut i = at_zero;
+    while i < d.len() {
+        let v = d[i];
+        let j = i + d[i..].iter().take_while(|&&w| w == v).count();
+        points.push((v, i as f64 / n));
+        points.push((v, j as f64 / n));
+        i = j;
+    }
+    points
+}
+
+/// `steps` evenly spaced budgets from `max/steps` to `max` (plus 0).
+pub fn epsilon_grid(max: f64, steps: usize) -> Vec<f64> {
+    (0..=steps)
+        .map(|i| max * i as f64 / steps.max(1) as f64)
+        .collect()
+}
+
+/// The summary of one attack over a set of images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttackSummary {
+    /// Name of the attack (free text, e.g. `deepfool-l2`).
+    pub attack: String,
+    /// Images attacked.
+    pub images: usize,
+    /// Images the attack found an adversarial example for.
+    pub found: usize,
+    /// Images misclassified before the attack (distance 0).
+    pub already_misclassified: usize,
+    /// Images the attack failed on (excluded from the median and mean).
+    pub failed: usize,
+    /// L2 distances over found and already-misclassified images.
+    pub l2: DistanceStats,
+    /// L∞ distances over found and already-misclassified images.
+    pub linf: DistanceStats,
+    /// Fraction misclassified at each L2 budget asked for.
+    pub misclassified_at_l2: Vec<FractionAt>,
+    /// Fraction misclassified at each L∞ budget asked for.
+    pub misclassified_at_linf: Vec<FractionAt>,
+}
+
+impl AttackSummary {
+    /// Summarises `records` of `attack`, with the misclassified fraction at each budget
+    /// of `l2_grid` and `linf_grid`.
+    pub fn new(attack: &str, records: &[AttackRecord], l2_grid: &[f64], linf_grid: &[f64]) -> Self {
+        let count = |s| records.iter().filter(|r| r.status == s).count();
+        let at = |norm, grid: &[f64]| {
+            grid.iter()
+                .map(|&epsilon| FractionAt {
+                    epsilon,
+                    fraction: fraction_misclassified(records, norm, epsilon),
+                })
+                .collect()
+        };
+        Self {
+            attack: attack.to_string(),
+            images: records.len(),
+            found: count(AttackStatus::Found),
+            already_misclassified: count(AttackStatus::AlreadyMisclassified),
+            failed: count(AttackStatus::Failed),
+            l2: DistanceStats::of(records, DistanceNorm::L2),
+            linf: DistanceStats::of(records, DistanceNorm::Linf),
+            misclassified_at_l2: at(DistanceNorm::L2, l2_grid),
+            misclassified_at_linf: at(DistanceNorm::Linf, linf_grid),
+        }
+    }
+
+    /// A human-readable table.
+    pub fn to_table(&self) -> String {
+        let opt = |v: Option<f64>| v.map_or_else(|| "—".to_string(), fmt_num);
+        let mut out = String::new();
+        let _ = writeln!(out, "attack                  {}", self.attack);
+        let _ = writeln!(out, "images                  {}", self.images);
+        let _ = writeln!(out, "found                   {}", self.found);
+        let _ = writeln!(
+            out,
+            "already misclassified   {}",
+            self.already_misclassified
+        );
+        let _ = writeln!(out, "failed (not counted)    {}", self.failed);
+        let _ = writeln!(
+            out,
+            "L2 distance             median {}  mean {}",
+            opt(self.l2.median),
+            opt(self.l2.mean)
+        );
+        let _ = writeln!(
+            out,
+            "L∞ distance             median {}  mean {}",
+            opt(self.linf.median),
+            opt(self.linf.mean)
+        );
+        for (name, grid) in [
+            ("L2", &self.misclassified_at_l2),
+            ("L∞", &self.misclassified_at_linf),
+        ] {
+            for f in grid {
+                let _ = writeln!(
+                    out,
+                    "misclassified at {name} ε = {:<8} {:.2} %",
+                    fmt_num(f.epsilon),
+                    100.0 * f.fraction
+                );
+            }
+        }
+        out
+    }
+
+    /// Writes the summary as pretty JSON.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        write_json(path, self)
+    }
+}
+
+/// Writes any serialisable value as pretty JSON (non-finite numbers become `null`).
+///
+/// # Errors
+/// The file cannot be written.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| EvalError::BadFile {
+        path: path.to_path_buf(),
+        reason: format!("cannot serialise: {e}"),
+    })?;
+    std::fs::write(path, text + "\n").map_err(EvalError::io(path))
+}

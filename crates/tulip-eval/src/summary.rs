@@ -1,0 +1,392 @@
+//! The summary statistics of a model on a test split (SPEC §5).
+
+use std::fmt::Write as _;
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use tulip_data::{Loader, Split};
+use tulip_models::Classifier;
+use tulip_penalties::{
+    input_gradient, jacobian_norm, row_norms, weight_product_norm, Norm, TikhonovPenalty,
+    TikhonovScope,
+};
+
+use crate::{EvalError, Result};
+
+/// How [`summary`] runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SummaryOptions {
+    /// Images per forward/backward pass. Each batch costs one forward pass, one backward
+    /// pass for the loss gradient and one per class for the Jacobian norm.
+    pub batch_size: usize,
+    /// The tanh scale `t` to report (the [`Classifier`] trait does not expose it; pass
+    /// [`tulip_models::Model::tanh_scale`]), or `None` for a model without the tanh layer.
+    pub tanh_scale: Option<f64>,
+    /// Compute the Jacobian norm over the first this many images only (`None`: all).
+    /// The Jacobian costs one backward pass per class, about 80 % of the whole summary
+    /// for a 10-class ResNet on the CPU, so a subset makes a quick look affordable.
+    pub jacobian_images: Option<usize>,
+}
+
+impl Default for SummaryOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            tanh_scale: None,
+            jacobian_images: None,
+        }
+    }
+}
+
+/// The SPEC §5 summary of a model on a set of images, model in evaluation mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Number of images evaluated.
+    pub images: usize,
+    /// Number of them classified correctly.
+    pub correct: usize,
+    /// Misclassified fraction, in percent.
+    pub test_error_percent: f64,
+    /// Mean per-example cross-entropy.
+    pub mean_loss: f64,
+    /// `max_i ‖∇_x ℓ_i‖₂`: the *per-example, unscaled* input gradient of the loss, not
+    /// the `1/B`-scaled row that the training penalty sees (SPEC §2), so it does not
+    /// depend on the batch size.
+    pub lipschitz_estimate: f64,
+    /// `max_i max_k ‖∂f_k(x_i)/∂x_i‖₂` (largest row 2-norm of the model Jacobian).
+    pub jacobian_norm: f64,
+    /// Number of images (the first ones) the Jacobian norm is the maximum over.
+    pub jacobian_images: usize,
+    /// Largest row 2-norm of the linearised model's matrix `M` (the "2,∞" norm).
+    pub weight_product_norm: f64,
+    /// Smallest softmax margin (top-1 minus top-2 probability) over the correctly
+    /// classified images; `None` if none is.
+    pub min_margin: Option<f64>,
+    /// `min_margin / (2 · weight_product_norm)`, the reference's lower bound on the
+    /// adversarial L2 distance; `None` if no image is correctly classified.
+    pub distance_lower_bound: Option<f64>,
+    /// `‖w‖₂` over the convolution and linear weights (the Tikhonov penalty's
+    /// [`TikhonovScope::WeightsOnly`] set: biases, batch-norm terms and `t` excluded).
+    pub weight_norm: f64,
+    /// The tanh scale `t`, if the model has the tanh output layer.
+    pub tanh_scale: Option<f64>,
+}
+
+/// The certified lower bound of one correctly classified image.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CertifiedImage {
+    /// Position of the image in the evaluated split.
+    pub index: usize,
+    /// Its label (the model predicts it).
+    pub label: u32,
+    /// Its softmax margin, top-1 minus top-2 probability.
+    pub margin: f64,
+    /// `margin / (2 · weight-product norm)`: no L2 perturbation smaller than this should
+    /// change the prediction (the reference's bound; see [`crate::certificate_violations`]).
+    pub lower_bound: f64,
+}
+
+/// What [`summary`] returns: the statistics and the per-image bounds behind them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummaryReport {
+    /// The summary statistics.
+    pub summary: Summary,
+    /// One entry per correctly classified image, in split order.
+    pub certified: Vec<CertifiedImage>,
+}
+
+impl Summary {
+    /// A human-readable table, one statistic per line.
+    pub fn to_table(&self) -> String {
+        let opt = |v: Option<f64>, none: &str| v.map_or_else(|| none.to_string(), fmt_num);
+        let rows: Vec<(&str, String)> = vec![
+            ("images", self.images.to_string()),
+            ("test error", format!("{:.2} %", self.test_error_percent)),
+            ("mean cross-entropy loss", fmt_num(self.mean_loss)),
+            (
+                "Lipschitz estimate max_i ‖∇ₓℓ_i‖₂",
+                format!(
+                    "{}  (per-example, unscaled)",
+                    fmt_num(self.lipschitz_estimate)
+                ),
+            ),
+            (
+                "Jacobian norm",
+                if self.jacobian_images == self.images {
+                    fmt_num(self.jacobian_norm)
+                } else {
+                    format!(
+                        "{}  (first {} images)",
+                        fmt_num(self.jacobian_norm),
+                        self.jacobian_images
+                    )
+                },
+            ),
+            (
+                "weight-product norm (2,∞)",
+                fmt_num(self.weight_product_norm),
+            ),
+            (
+                "min softmax margin (correct images)",
+                opt(self.min_margin, "— (no image correct)"),
+            ),
+            (
+                "distance lower bound margin/(2·wpn)",
+                opt(self.distance_lower_bound, "—"),
+            ),
+            ("‖w‖₂ (conv/linear weights)", fmt_num(self.weight_norm)),
+            ("tanh scale t", opt(self.tanh_scale, "— (no tanh layer)")),
+        ];
+        let width = rows
+            .iter()
+            .map(|(k, _)| k.chars().count())
+            .max()
+            .unwrap_or(0);
+        let mut out = String::new();
+        for (k, v) in rows {
+            let pad = width - k.chars().count();
+            let _ = writeln!(out, "{k}{}  {v}", " ".repeat(pad));
+        }
+        out
+    }
+}
+
+/// Six significant digits, scientific notation for very small or large values.
+pub(crate) fn fmt_num(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() || (1e-3..1e6).contains(&v.abs()) {
+        format!("{v:.6}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+    } else {
+        format!("{v:.5e}")
+    }
+}
+
+/// The summary of `model` on every image of `split` (converted to the model's dtype and
+/// device), in batches of `options.batch_size`. `progress(done, total)` is called after
+/// each batch with the number of images done.
+///
+/// # Errors
+/// An empty split, a zero batch size, a model without tensors, or a failed tensor
+/// operation (e.g. images of another shape than the model's input).
+pub fn summary(
+    model: &dyn Classifier,
+    split: &Split,
+    options: &SummaryOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<SummaryReport> {
+    check(split.len(), options)?;
+    let (_, device) = model_dtype_device(model)?;
+    let loader = Loader::test(split, options.batch_size.min(split.len()), &device)?;
+    let batches = loader
+        .epoch(0)
+        .map(|b| b.map(|b| (b.images, b.labels)).map_err(EvalError::from));
+    run(model, batches, split.len(), options, progress)
+}
+
+/// [`summary`] of in-memory images `[N, C, H, W]` with labels `[N]` (any integer dtype),
+/// for callers (and tests) whose images are not a byte [`Split`].
+///
+/// # Errors
+/// As [`summary`].
+pub fn summary_of_tensors(
+    model: &dyn Classifier,
+    images: &Tensor,
+    labels: &Tensor,
+    options: &SummaryOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<SummaryReport> {
+    let n = images.dim(0)?;
+    check(n, options)?;
+    if labels.dims() != [n] {
+        return Err(EvalError::InvalidInput(format!(
+            "{n} images but labels of shape {:?}",
+            labels.dims()
+        )));
+    }
+    let bs = options.batch_size;
+    let batches = (0..n).step_by(bs).map(|start| {
+        let len = bs.min(n - start);
+        Ok((images.narrow(0, start, len)?, labels.narrow(0, start, len)?))
+    });
+    run(model, batches, n, options, progress)
+}
+
+fn check(n: usize, options: &SummaryOptions) -> Result<()> {
+    if n == 0 {
+        return Err(EvalError::InvalidInput("no images to evaluate".into()));
+    }
+    if options.batch_size == 0 {
+        return Err(EvalError::InvalidInput(
+            "the batch size must be at least 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn model_dtype_device(model: &dyn Classifier) -> Result<(DType, Device)> {
+    let p = model.params().all().first().ok_or_else(|| {
+        EvalError::InvalidInput("the model has no tensors (dtype and device unknown)".into())
+    })?;
+    Ok((p.var.dtype(), p.var.device().clone()))
+}
+
+/// Running totals over the batches.
+#[derive(Default)]
+struct Totals {
+    images: usize,
+    correct: usize,
+    loss_sum: f64,
+    lipschitz: f64,
+    jacobian: f64,
+    jacobian_images: usize,
+    certified: Vec<(usize, u32, f64)>,
+}
+
+fn run(
+    model: &dyn Classifier,
+    batches: impl Iterator<Item = Result<(Tensor, Tensor)>>,
+    total: usize,
+    options: &SummaryOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<SummaryReport> {
+    let (dtype, device) = model_dtype_device(model)?;
+    let mut t = Totals::default();
+    for batch in batches {
+        let (images, labels) = batch?;
+        let x = images.to_device(&device)?.to_dtype(dtype)?;
+        let labels = labels.to_device(&device)?.to_dtype(DType::U32)?;
+        let jacobian_left = options
+            .jacobian_images
+            .map_or(usize::MAX, |n| n.saturating_sub(t.jacobian_images));
+        accumulate(model, &x, &labels, jacobian_left, &mut t)?;
+        progress(t.images, total);
+    }
+    let wpn = weight_product_norm(model)?;
+    let weight_norm = TikhonovPenalty::new(TikhonovScope::WeightsOnly)
+        .sum_of_squares(model.params())?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()?
+        .sqrt();
+    let certified: Vec<CertifiedImage> = t
+        .certified
+        .iter()
+        .map(|&(index, label, margin)| CertifiedImage {
+            index,
+            label,
+            margin,
+            lower_bound: margin / (2.0 * wpn),
+        })
+        .collect();
+    let min_margin = certified.iter().map(|c| c.margin).reduce(f64::min);
+    let n = t.images as f64;
+    let summary = Summary {
+        images: t.images,
+        correct: t.correct,
+        test_error_percent: 100.0 * (1.0 - t.correct as f64 / n),
+        mean_loss: t.loss_sum / n,
+        lipschitz_estimate: t.lipschitz,
+        jacobian_norm: t.jacobian,
+        jacobian_images: t.jacobian_images,
+        weight_product_norm: wpn,
+        min_margin,
+        distance_lower_bound: min_margin.map(|m| m / (2.0 * wpn)),
+        weight_norm,
+        tanh_scale: options.tanh_scale,
+    };
+    Ok(SummaryReport { summary, certified })
+}
+
+/// Adds one batch to the totals. Loss, prediction and margin are computed on the host in
+/// `f64` from the logits (one forward pass); the gradient and Jacobian norms come from
+/// the penalty crate's helpers.
+fn accumulate(
+    model: &dyn Classifier,
+    x: &Tensor,
+    labels: &Tensor,
+    jacobian_left: usize,
+    t: &mut Totals,
+) -> Result<()> {
+    let logits: Vec<Vec<f64>> = model
+        .forward_t(x, false)?
+        .detach()
+        .to_dtype(DType::F64)?
+        .to_vec2()?;
+    let ys: Vec<u32> = labels.to_vec1()?;
+    for (row, &y) in logits.iter().zip(&ys) {
+        let s = softmax_stats(row, y as usize)?;
+        t.loss_sum += s.loss;
+        if s.predicted == y as usize {
+            t.correct += 1;
+            t.certified.push((t.images, y, s.margin));
+        }
+        t.images += 1;
+    }
+    let (_, g) = input_gradient(model, x, labels, false)?;
+    let lip = row_norms(&g, Norm::L2)?
+        .max(0)?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()?;
+    t.lipschitz = t.lipschitz.max(lip);
+    let jn = jacobian_left.min(ys.len());
+    if jn > 0 {
+        t.jacobian = t.jacobian.max(jacobian_norm(model, &x.narrow(0, 0, jn)?)?);
+        t.jacobian_images += jn;
+    }
+    Ok(())
+}
+
+/// Cross-entropy, prediction and softmax margin of one row of logits.
+struct SoftmaxStats {
+    loss: f64,
+    predicted: usize,
+    margin: f64,
+}
+
+fn softmax_stats(z: &[f64], label: usize) -> Result<SoftmaxStats> {
+    if label >= z.len() {
+        return Err(EvalError::InvalidInput(format!(
+            "label {label} out of range for {} classes",
+            z.len()
+        )));
+    }
+    // First index of the maximum (ties go to the lower class, as Candle's argmax).
+    let predicted = z
+        .iter()
+        .enumerate()
+        .fold(0, |best, (k, &v)| if v > z[best] { k } else { best });
+    let max = z[predicted];
+    let sum: f64 = z.iter().map(|v| (v - max).exp()).sum();
+    let loss = sum.ln() + max - z[label];
+    let mut p: Vec<f64> = z.iter().map(|v| (v - max).exp() / sum).collect();
+    p.sort_by(|a, b| b.total_cmp(a));
+    let margin = p[0] - p.get(1).copied().unwrap_or(0.0);
+    Ok(SoftmaxStats {
+        loss,
+        predicted,
+        margin,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_stats_closed_form() {
+        let s = softmax_stats(&[0.0, (2f64).ln(), 0.0], 1).unwrap();
+        // Probabilities 1/4, 1/2, 1/4.
+        assert_eq!(s.predicted, 1);
+        assert!((s.margin - 0.25).abs() < 1e-15);
+        assert!((s.loss - 2f64.ln()).abs() < 1e-15);
+        assert!(softmax_stats(&[0.0, 1.0], 2).is_err());
+    }
+
+    #[test]
+    fn numbers_format_compactly() {
+        assert_eq!(fmt_num(1.5), "1.5");
+        assert_eq!(fmt_num(0.0), "0");
+        assert_eq!(fmt_num(1.25e-5), "1.25000e-5");
+    }
+}
