@@ -1,0 +1,587 @@
+//! `cargo xtask bench`: the project's performance figures (issue 7), and the side-by-side
+//! comparison with the PyTorch reference (`../shared/bench/torch_step_bench.py`).
+//!
+//! Every case runs in a process of its own (this binary re-executed with the hidden
+//! `bench-case` command), so the peak RSS it reports (`VmHWM`) belongs to that case alone.
+//! With `--torch PYTHON`, the PyTorch script runs the same case right after ours, with the
+//! same threads and malloc settings, so that the ratio compares like with like on a shared,
+//! noisy machine: only the ratio is meaningful, absolute times drift between hosts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use serde_json::{json, Value};
+use tulip_adversarial::{PerturbationKind, PgdConfig};
+use tulip_data::{Dataset, DatasetKind, Split};
+use tulip_models::{Architecture, Classifier, Model, ModelConfig};
+use tulip_penalties::{Norm, PenaltyMethod};
+use tulip_train::{ObjectiveConfig, TrainConfig, Trainer};
+
+/// The cases of the issue-7 table: every training mode on ResNet22 (CIFAR shape, as the
+/// PyTorch anchor), evaluation throughput, the max-gradient-norm pass, the
+/// nearest-neighbour attack.
+pub const DEFAULT_CASES: &str = "resnet22:plain,resnet22:lip,resnet22:fd,resnet22:j2,\
+resnet22:lipj2,resnet22:pgd,resnet22:infer,resnet22:gradpass,fashion:nn-attack";
+
+/// glibc malloc told to keep the memory it has (the PyTorch script's default): on this VM,
+/// memory handed back to the kernel is slow to get again.
+const RETAIN_MALLOC: [(&str, &str); 3] = [
+    ("MALLOC_MMAP_MAX_", "0"),
+    ("MALLOC_TRIM_THRESHOLD_", "68719476736"),
+    ("MALLOC_TOP_PAD_", "1073741824"),
+];
+
+/// Options of `cargo xtask bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Comma-separated `model:mode` cases. Models: resnet22 (3×32×32), resnet22_fashion
+    /// (1×28×28), resnet8_fashion, allcnn, resnext34. Modes: plain, lip, fd, j2, lipj2, pgd (training
+    /// steps, batch 128), infer (eval forward, batch 1000), gradpass (max ‖∇ₓℓ‖ over the
+    /// test images, batch 1000); and `fashion:nn-attack` (10k × 60k Fashion-MNIST).
+    #[arg(long, default_value = DEFAULT_CASES)]
+    pub cases: String,
+    /// Timed training steps per case (after one untimed warm-up step); the median is
+    /// reported.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Images of the max-gradient-norm pass (the reference figure is for 10,000; fewer
+    /// are extrapolated linearly and marked).
+    #[arg(long, default_value_t = 10_000)]
+    pub gradpass_images: usize,
+    /// Also run the PyTorch side with this Python (a venv with torch; see
+    /// `../shared/bench/README.md`), case by case right after ours, and print the ratios.
+    #[arg(long, value_name = "PYTHON")]
+    pub torch: Option<PathBuf>,
+    /// The PyTorch benchmark script.
+    #[arg(long, default_value = "../shared/bench/torch_step_bench.py")]
+    pub torch_script: PathBuf,
+    /// glibc malloc settings for both sides: `retain` (keep freed memory, the PyTorch
+    /// script's default) or `default`.
+    #[arg(long, default_value = "retain", value_parser = ["retain", "default"])]
+    pub malloc: String,
+    /// Where to write `RESULTS.md` and `results.json`.
+    #[arg(long, default_value = "bench")]
+    pub out: PathBuf,
+    /// Directory of the Fashion-MNIST files for the nn-attack case (default: the usual
+    /// search: $TULIP_DATA, ./data/fashion-mnist, /usr/share/datasets/fashion-mnist).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+/// One measured case (either side).
+#[derive(Debug, Clone)]
+struct Measured {
+    /// Seconds: per training step, per eval batch, per 10k-image pass, or per nn-attack.
+    seconds: f64,
+    images_per_s: f64,
+    peak_rss_mib: f64,
+    raw: Value,
+}
+
+/// Runs `cargo xtask bench`.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let cases: Vec<&str> = args
+        .cases
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    for case in &cases {
+        parse_case(case)?;
+    }
+    if let Some(py) = &args.torch {
+        if !args.torch_script.exists() {
+            bail!(
+                "--torch-script {}: no such file (the PyTorch benchmark lives in ../shared/bench/)",
+                args.torch_script.display()
+            );
+        }
+        if !py.exists() {
+            bail!("--torch {}: no such Python interpreter", py.display());
+        }
+    }
+    let exe = std::env::current_exe()?;
+    let mut rows = Vec::new();
+    for case in &cases {
+        eprintln!("bench: {case} (tulip)…");
+        let ours = run_child(
+            Command::new(&exe)
+                .args(["bench-case", case, "--steps", &args.steps.to_string()])
+                .args(["--gradpass-images", &args.gradpass_images.to_string()])
+                .args(
+                    args.data
+                        .iter()
+                        .flat_map(|d| ["--data".as_ref(), d.as_os_str()]),
+                ),
+            &args.malloc,
+        )
+        .with_context(|| format!("tulip side of {case}"))?;
+        let torch = match (&args.torch, torch_case(case)) {
+            (Some(py), Some(single)) => {
+                eprintln!("bench: {case} (pytorch)…");
+                let mut cmd = Command::new(py);
+                cmd.arg(&args.torch_script)
+                    .args(["--single", &single, "--threads", "2", "--warmup", "1"])
+                    .args(["--min-steps", &args.steps.to_string()])
+                    .args(["--max-steps", &args.steps.to_string()])
+                    .args(["--test-images", &args.gradpass_images.to_string()]);
+                Some(
+                    run_child(&mut cmd, &args.malloc)
+                        .with_context(|| format!("PyTorch side of {case}"))?,
+                )
+            }
+            _ => None,
+        };
+        print_row(case, &ours, torch.as_ref());
+        rows.push((case.to_string(), ours, torch));
+    }
+    write_results(args, &rows)
+}
+
+/// The PyTorch script's name for a case, if it has one.
+fn torch_case(case: &str) -> Option<String> {
+    let (model, mode) = case.split_once(':')?;
+    (mode != "nn-attack").then(|| format!("{model}:{mode}"))
+}
+
+fn run_child(cmd: &mut Command, malloc: &str) -> Result<Measured> {
+    if malloc == "retain" {
+        cmd.envs(RETAIN_MALLOC);
+    } else {
+        for (k, _) in RETAIN_MALLOC {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .output()
+        .context("could not start the benchmark process")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let Some(line) = stdout.lines().find_map(|l| l.strip_prefix("RESULT ")) else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "the case printed no result ({}): {}",
+            out.status,
+            stderr.lines().rev().take(5).collect::<Vec<_>>().join(" / ")
+        );
+    };
+    let raw: Value = serde_json::from_str(line).context("unreadable RESULT line")?;
+    let num = |k: &str| raw.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    // A gradient pass is reported per 10,000 images, as in the issue's table.
+    let seconds = match raw.get("kind").and_then(Value::as_str) {
+        Some("gradpass") => num("pass_s") * 10_000.0 / num("images"),
+        _ => num("median_s"),
+    };
+    Ok(Measured {
+        seconds,
+        images_per_s: num("images_per_s"),
+        peak_rss_mib: num("peak_rss_mib"),
+        raw,
+    })
+}
+
+fn unit(case: &str) -> &'static str {
+    match case.split_once(':').map(|(_, m)| m) {
+        Some("infer") => "s/batch 1000",
+        Some("gradpass") => "s/10k images",
+        Some("nn-attack") => "s",
+        _ => "s/step",
+    }
+}
+
+fn print_row(case: &str, ours: &Measured, torch: Option<&Measured>) {
+    match torch {
+        Some(t) => eprintln!(
+            "bench: {case}: tulip {:.3} {u}, pytorch {:.3} {u}, ratio {:.2}",
+            ours.seconds,
+            t.seconds,
+            ours.seconds / t.seconds,
+            u = unit(case)
+        ),
+        None => eprintln!("bench: {case}: tulip {:.3} {}", ours.seconds, unit(case)),
+    }
+}
+
+fn write_results(args: &BenchArgs, rows: &[(String, Measured, Option<Measured>)]) -> Result<()> {
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("could not create {}", args.out.display()))?;
+    let with_torch = rows.iter().any(|(_, _, t)| t.is_some());
+    let mut md = String::from("# Tulip-rs performance figures\n\n");
+    md += &format!(
+        "    cargo xtask bench --steps {}{}\n\n",
+        args.steps,
+        if with_torch {
+            " --torch ../torch-venv/bin/python"
+        } else {
+            ""
+        }
+    );
+    md += &format!(
+        "{}, {} CPUs, malloc `{}`, {}. Training steps: batch 128, median of {} timed steps \
+         after one warm-up; synthetic data. Peak RSS is each case's own process.\n\n",
+        cpu_model(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        args.malloc,
+        chrono_like_date(),
+        args.steps
+    );
+    if with_torch {
+        md += "| case | unit | tulip | pytorch | tulip / pytorch | goal ≤ 0.8 | tulip RSS MiB | pytorch RSS MiB |\n";
+        md += "|---|---|---|---|---|---|---|---|\n";
+    } else {
+        md += "| case | unit | tulip | images/s | peak RSS MiB |\n|---|---|---|---|---|\n";
+    }
+    let mut json_rows = Vec::new();
+    for (case, ours, torch) in rows {
+        let u = unit(case);
+        match torch {
+            Some(t) if with_torch => {
+                let ratio = ours.seconds / t.seconds;
+                md += &format!(
+                    "| {case} | {u} | {:.3} | {:.3} | {:.2} | {} | {:.0} | {:.0} |\n",
+                    ours.seconds,
+                    t.seconds,
+                    ratio,
+                    if ratio <= 0.8 { "met" } else { "not met" },
+                    ours.peak_rss_mib,
+                    t.peak_rss_mib
+                );
+            }
+            _ if with_torch => {
+                md += &format!(
+                    "| {case} | {u} | {:.3} | — | — | — | {:.0} | — |\n",
+                    ours.seconds, ours.peak_rss_mib
+                );
+            }
+            _ => {
+                md += &format!(
+                    "| {case} | {u} | {:.3} | {:.1} | {:.0} |\n",
+                    ours.seconds, ours.images_per_s, ours.peak_rss_mib
+                );
+            }
+        }
+        json_rows.push(json!({
+            "case": case,
+            "unit": u,
+            "tulip": ours.raw,
+            "tulip_seconds": ours.seconds,
+            "pytorch": torch.as_ref().map(|t| t.raw.clone()),
+            "pytorch_seconds": torch.as_ref().map(|t| t.seconds),
+        }));
+    }
+    let md_path = args.out.join("RESULTS.md");
+    let json_path = args.out.join("results.json");
+    std::fs::write(&md_path, &md)
+        .with_context(|| format!("could not write {}", md_path.display()))?;
+    std::fs::write(&json_path, serde_json::to_string_pretty(&json_rows)? + "\n")
+        .with_context(|| format!("could not write {}", json_path.display()))?;
+    println!("{md}");
+    eprintln!(
+        "bench: wrote {} and {}",
+        md_path.display(),
+        json_path.display()
+    );
+    Ok(())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn chrono_like_date() -> String {
+    Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------
+// One case, in its own process.
+// ---------------------------------------------------------------------------------------
+
+/// Options of the hidden `cargo xtask bench-case MODEL:MODE` (one case, one process).
+#[derive(clap::Args, Debug)]
+pub struct CaseArgs {
+    /// `model:mode`.
+    pub case: String,
+    /// Timed steps.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Images of the gradient pass.
+    #[arg(long, default_value_t = 10_000)]
+    pub gradpass_images: usize,
+    /// Fashion-MNIST directory for the nn-attack case.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+enum Mode {
+    Train(ObjectiveConfig, bool),
+    Infer,
+    GradPass,
+    NnAttack,
+}
+
+fn parse_case(case: &str) -> Result<(Architecture, DatasetKind, Mode)> {
+    let Some((model, mode)) = case.split_once(':') else {
+        bail!("bench case {case:?}: expected MODEL:MODE, e.g. resnet22:plain");
+    };
+    if mode == "nn-attack" {
+        return Ok((
+            Architecture::ResNet22,
+            DatasetKind::FashionMnist,
+            Mode::NnAttack,
+        ));
+    }
+    let (arch, kind) = match model {
+        "resnet22" => (Architecture::ResNet22, DatasetKind::Cifar10),
+        "resnet22_fashion" => (Architecture::ResNet22, DatasetKind::FashionMnist),
+        "resnet8_fashion" => (Architecture::ResNet8, DatasetKind::FashionMnist),
+        "allcnn" => (Architecture::AllCnn, DatasetKind::Cifar10),
+        "resnext34" => (Architecture::ResNeXt34, DatasetKind::Cifar10),
+        other => bail!(
+            "bench case {case:?}: unknown model {other:?} (resnet22, resnet22_fashion, resnet8_fashion, allcnn, resnext34)"
+        ),
+    };
+    let base = ObjectiveConfig::default();
+    let j2 = Some(PerturbationKind::J2 { epsilon: 0.01 });
+    let mode = match mode {
+        "plain" => Mode::Train(base, false),
+        "lip" => Mode::Train(ObjectiveConfig { lip: 0.1, ..base }, false),
+        // The anchor's fd case: penalty 0.1, h 0.01, weight decay 5e-4.
+        "fd" => Mode::Train(
+            ObjectiveConfig {
+                lip: 0.1,
+                penalty_method: PenaltyMethod::FiniteDifference,
+                decay: 5e-4,
+                ..base
+            },
+            false,
+        ),
+        "j2" => Mode::Train(ObjectiveConfig { perturbation: j2, ..base }, false),
+        "lipj2" => Mode::Train(
+            ObjectiveConfig {
+                lip: 0.1,
+                decay: 5e-4,
+                perturbation: j2,
+                ..base
+            },
+            true,
+        ),
+        "pgd" => Mode::Train(
+            ObjectiveConfig {
+                perturbation: Some(PerturbationKind::PgdInf(PgdConfig::default())),
+                ..base
+            },
+            false,
+        ),
+        "infer" => Mode::Infer,
+        "gradpass" => Mode::GradPass,
+        other => bail!(
+            "bench case {case:?}: unknown mode {other:?} (plain, lip, fd, j2, lipj2, pgd, infer, gradpass, nn-attack)"
+        ),
+    };
+    Ok((arch, kind, mode))
+}
+
+/// Deterministic synthetic images (the anchor uses uniform noise too).
+fn synthetic(kind: DatasetKind, n: usize) -> Result<Dataset> {
+    let (c, h, w) = kind.image_shape();
+    let images: Vec<u8> = (0..n * c * h * w)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
+    let labels: Vec<u8> = (0..n).map(|i| (i % kind.classes()) as u8).collect();
+    let split = Split::new(images, labels, (c, h, w))?;
+    Ok(Dataset {
+        kind,
+        train: split.clone(),
+        test: split,
+    })
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn median(mut times: Vec<f64>) -> (f64, f64) {
+    times.sort_by(f64::total_cmp);
+    (times[times.len() / 2], times[0])
+}
+
+/// Runs one case and prints `RESULT {json}` (the PyTorch script's protocol).
+pub fn run_case(args: &CaseArgs) -> Result<()> {
+    // Exact penalties need second-order gradients before the first backward pass.
+    tulip_penalties::enable_second_order_gradients();
+    let (arch, kind, mode) = parse_case(&args.case)?;
+    let (model_name, mode_name) = args.case.split_once(':').unwrap_or_default();
+    let mut result = json!({ "model": model_name, "kind": mode_name });
+    let device = Device::Cpu;
+    match mode {
+        Mode::Train(objective, tanh) => {
+            let batch = 128;
+            let config = TrainConfig {
+                batch_size: batch,
+                objective,
+                ..TrainConfig::new(
+                    kind,
+                    ModelConfig {
+                        tanh,
+                        ..ModelConfig::new(arch, kind.classes(), kind.image_shape())
+                    },
+                )
+            };
+            let data = synthetic(kind, batch)?;
+            let tmp = tempdir(&args.case);
+            let mut trainer = Trainer::new(config, data.clone(), &tmp)?;
+            let loader = tulip_data::Loader::test(&data.train, batch, &device)?;
+            let b = loader.epoch(0).next().context("empty loader")??;
+            trainer.train_step(&b.images, &b.labels)?; // warm-up
+            let times = (0..args.steps.max(1))
+                .map(|_| {
+                    let t = Instant::now();
+                    trainer.train_step(&b.images, &b.labels)?;
+                    Ok(t.elapsed().as_secs_f64())
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let _ = std::fs::remove_dir_all(&tmp);
+            let (med, min) = median(times.clone());
+            result["batch"] = json!(batch);
+            result["steps"] = json!(times.len());
+            result["times_s"] = json!(times);
+            result["median_s"] = json!(med);
+            result["min_s"] = json!(min);
+            result["images_per_s"] = json!(batch as f64 / med);
+        }
+        Mode::Infer => {
+            let batch = 1000;
+            let model = model(arch, kind, &device)?;
+            let x = synthetic_batch(kind, batch, &device)?;
+            model.forward_t(&x, false)?.to_vec2::<f32>()?; // warm-up
+            let times = (0..args.steps.max(1))
+                .map(|_| {
+                    let t = Instant::now();
+                    // Reading the logits back forces the whole computation.
+                    model.forward_t(&x, false)?.to_vec2::<f32>()?;
+                    Ok(t.elapsed().as_secs_f64())
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let (med, min) = median(times.clone());
+            result["batch"] = json!(batch);
+            result["steps"] = json!(times.len());
+            result["times_s"] = json!(times);
+            result["median_s"] = json!(med);
+            result["min_s"] = json!(min);
+            result["images_per_s"] = json!(batch as f64 / med);
+        }
+        Mode::GradPass => {
+            let batch = 1000;
+            let total = args.gradpass_images.max(1);
+            let model = model(arch, kind, &device)?;
+            let classes = kind.classes() as u32;
+            let labels: Vec<u32> = (0..batch as u32).map(|i| i % classes).collect();
+            let y = Tensor::new(labels, &device)?;
+            let x = synthetic_batch(kind, batch, &device)?;
+            let batch_max = |x: &Tensor, y: &Tensor| -> Result<f32> {
+                let (_, g) = tulip_penalties::input_gradient(&model, x, y, false)?;
+                Ok(tulip_penalties::row_norms(&g, Norm::L2)?
+                    .max(0)?
+                    .to_scalar::<f32>()?)
+            };
+            batch_max(&x, &y)?; // warm-up
+            let t = Instant::now();
+            let mut gmax = 0f32;
+            let mut done = 0;
+            while done < total {
+                let n = batch.min(total - done);
+                gmax = gmax.max(batch_max(&x.narrow(0, 0, n)?, &y.narrow(0, 0, n)?)?);
+                done += n;
+            }
+            let elapsed = t.elapsed().as_secs_f64();
+            result["batch"] = json!(batch);
+            result["images"] = json!(total);
+            result["pass_s"] = json!(elapsed);
+            result["median_s"] = json!(elapsed);
+            result["images_per_s"] = json!(total as f64 / elapsed);
+            result["max_grad_norm"] = json!(gmax);
+        }
+        Mode::NnAttack => nn_attack_case(args.data.as_deref(), &mut result)?,
+    }
+    result["peak_rss_mib"] = json!(peak_rss_mib());
+    println!("RESULT {result}");
+    Ok(())
+}
+
+fn tempdir(case: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "tulip-bench-{}-{}",
+        std::process::id(),
+        case.replace(':', "-")
+    ))
+}
+
+fn model(arch: Architecture, kind: DatasetKind, device: &Device) -> Result<Model> {
+    let cfg = ModelConfig::new(arch, kind.classes(), kind.image_shape());
+    Ok(Model::init(&cfg, 0, DType::F32, device)?)
+}
+
+fn synthetic_batch(kind: DatasetKind, n: usize, device: &Device) -> Result<Tensor> {
+    let (c, h, w) = kind.image_shape();
+    let data = synthetic(kind, n)?;
+    let loader = tulip_data::Loader::test(&data.test, n, device)?;
+    let b = loader.epoch(0).next().context("empty loader")??;
+    debug_assert_eq!(b.images.dims(), [n, c, h, w]);
+    Ok(b.images)
+}
+
+/// The nearest-different-neighbour attack over the real 10k × 60k Fashion-MNIST, beside
+/// one f32 GEMM of the same size (the issue's yardstick: within 1.5× of it).
+fn nn_attack_case(data: Option<&Path>, result: &mut Value) -> Result<()> {
+    let dir = tulip_data::locate(DatasetKind::FashionMnist, data)?;
+    let ds = tulip_data::load(DatasetKind::FashionMnist, &dir)?;
+    let t = Instant::now();
+    let nn = tulip_eval::nearest_different_label(
+        &ds.test,
+        &ds.train,
+        &tulip_eval::NnOptions::default(),
+        &Device::Cpu,
+        &mut |_, _| {},
+    )?;
+    let nn_s = t.elapsed().as_secs_f64();
+    let stats = nn.stats();
+    let (m, k, n) = (ds.test.len(), 784, ds.train.len());
+    let a = Tensor::rand(0f32, 1f32, (m, k), &Device::Cpu)?;
+    let b = Tensor::rand(0f32, 1f32, (k, n), &Device::Cpu)?;
+    a.matmul(&b.narrow(1, 0, 1000)?)?; // warm-up
+    let t = Instant::now();
+    let c = a.matmul(&b)?;
+    let gemm_s = t.elapsed().as_secs_f64();
+    drop(c);
+    result["median_s"] = json!(nn_s);
+    result["images_per_s"] = json!(m as f64 / nn_s);
+    result["gemm_s"] = json!(gemm_s);
+    result["nn_over_gemm"] = json!(nn_s / gemm_s);
+    result["mean_distance"] = json!(stats.mean);
+    result["median_distance"] = json!(stats.median);
+    result["stats"] = json!(BTreeMap::from([("m", m), ("k", k), ("n", n)]));
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! `cargo xtask`: project chores that are not `cargo build`/`cargo test`.
+//!
+//! Each chore is a subcommand with its own module; add one by adding a variant to
+//! [`Command`] and an arm to its `run`.
+#![warn(missing_docs)]
+
+mod bench;
+mod download;
+mod reproduce;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Project chores for Tulip-rs (run as `cargo xtask <command>`).
+#[derive(Parser, Debug)]
+#[command(name = "xtask", bin_name = "cargo xtask", about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The chores.
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Download datasets from their canonical sources into data/, verified by SHA-256
+    /// against data/manifest.toml.
+    Download(download::DownloadArgs),
+    /// Train, evaluate and attack the paper's grid of runs (experiments/paper/<profile>/),
+    /// then write one results table and the robustness curves. Idempotent: finished steps
+    /// are skipped and an unfinished run is resumed.
+    ReproducePaper(reproduce::ReproduceArgs),
+    /// Print the performance figures (s/step per training mode, eval throughput,
+    /// gradient pass, nn-attack, peak memory) as a table and JSON; with --torch, beside
+    /// the PyTorch reference run case by case on the same machine.
+    Bench(bench::BenchArgs),
+    /// One benchmark case in its own process (used by `bench`).
+    #[command(hide = true)]
+    BenchCase(bench::CaseArgs),
+}
+
+impl Command {
+    fn run(self) -> anyhow::Result<()> {
+        match self {
+            Command::Download(args) => download::run(&args),
+            Command::ReproducePaper(args) => reproduce::run(&args),
+            Command::Bench(args) => bench::run(&args),
+            Command::BenchCase(args) => bench::run_case(&args),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,491 @@
+//! `cargo xtask reproduce-paper`: the experiments of arXiv:1810.00953 as a grid of
+//! `tulip` runs, then one results table and the robustness curves.
+//!
+//! The grid is data, not code: `experiments/paper/<profile>/profile.toml` holds the flags
+//! shared by every run and the evaluation settings, and every other `*.toml` file there is
+//! one run (a description and its own `tulip train` flags). Each step is skipped when its
+//! output already exists, so the command is idempotent and picks up where a crash or a
+//! Ctrl-C left it: an unfinished training run is resumed with `tulip train --resume`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use serde_json::Value;
+use tulip_eval::plot::{robustness_curves, write_svg, Series};
+use tulip_eval::{
+    fraction_misclassified, misclassification_curve, read_attack_csv, AttackRecord, DistanceNorm,
+    DistanceStats,
+};
+
+/// Options of `cargo xtask reproduce-paper`.
+#[derive(clap::Args, Debug)]
+pub struct ReproduceArgs {
+    /// `quick` (Fashion-MNIST, a small model, about an hour on a 2-core CPU) or `full`
+    /// (the paper's protocol: CIFAR-10, 200 epochs; needs `--cuda` and a GPU).
+    #[arg(long, default_value = "quick")]
+    pub profile: String,
+    /// Where the experiment files live (one directory per profile).
+    #[arg(long, default_value = "experiments/paper")]
+    pub experiments: PathBuf,
+    /// Where the runs and the results go (`<out>/<profile>/…`).
+    #[arg(long, default_value = "runs/paper")]
+    pub out: PathBuf,
+    /// Only these runs (comma-separated file stems, e.g. `baseline,best`).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Build `tulip` with CUDA (`--features cuda`).
+    #[arg(long)]
+    pub cuda: bool,
+    /// Dataset directory passed to every `tulip` command (`--data`).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+/// `profile.toml`: what every run of a profile shares.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Profile {
+    description: String,
+    train: Vec<String>,
+    #[serde(default)]
+    eval: Vec<String>,
+    attacks: Vec<String>,
+    #[serde(default)]
+    attack: Vec<String>,
+    #[serde(default)]
+    nn_attack: Vec<String>,
+    epsilon_l2: f64,
+    epsilon_linf: f64,
+}
+
+/// One run file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunFile {
+    description: String,
+    train: Vec<String>,
+}
+
+/// Runs `cargo xtask reproduce-paper`.
+pub fn run(args: &ReproduceArgs) -> Result<()> {
+    let dir = args.experiments.join(&args.profile);
+    let profile: Profile = read_toml(&dir.join("profile.toml")).with_context(|| {
+        format!(
+            "--profile {}: no readable {}/profile.toml (profiles: {})",
+            args.profile,
+            dir.display(),
+            list_profiles(&args.experiments)
+        )
+    })?;
+    let runs = read_runs(&dir, &args.only)?;
+    let out = args.out.join(&args.profile);
+    std::fs::create_dir_all(&out).with_context(|| format!("could not create {}", out.display()))?;
+    let tulip = build_tulip(args.cuda)?;
+    eprintln!(
+        "reproduce-paper: {} — {} runs into {}",
+        profile.description,
+        runs.len(),
+        out.display()
+    );
+    let data_flags: Vec<String> = args
+        .data
+        .iter()
+        .flat_map(|d| ["--data".to_string(), d.display().to_string()])
+        .collect();
+
+    for (name, run) in &runs {
+        let run_dir = out.join(name);
+        eprintln!("reproduce-paper: [{name}] {}", run.description);
+        let flags_file = out.join(format!("{name}.flags"));
+        train(&tulip, &profile, run, &run_dir, &flags_file, &data_flags)?;
+        let eval_json = run_dir.join("eval.json");
+        if !eval_json.exists() {
+            let mut cmd = Command::new(&tulip);
+            cmd.arg("eval")
+                .arg(&run_dir)
+                .args(&profile.eval)
+                .args(&data_flags);
+            status(&mut cmd, &format!("tulip eval {}", run_dir.display()))?;
+        }
+        for spec in &profile.attacks {
+            let (attack, norm) = spec.split_once(':').with_context(|| {
+                format!("profile.toml: attack {spec:?} is not ATTACK:NORM (e.g. deepfool:l2)")
+            })?;
+            if attack_summary_path(&run_dir, attack, norm).exists() {
+                continue;
+            }
+            let mut cmd = Command::new(&tulip);
+            cmd.arg("attack")
+                .arg(&run_dir)
+                .args(["--attack", attack, "--norm", norm])
+                .args(&profile.attack)
+                .args(&data_flags);
+            status(
+                &mut cmd,
+                &format!(
+                    "tulip attack {} --attack {attack} --norm {norm}",
+                    run_dir.display()
+                ),
+            )?;
+        }
+    }
+
+    let nn_json = out.join("nn-attack.json");
+    if !nn_json.exists() {
+        let mut cmd = Command::new(&tulip);
+        cmd.arg("nn-attack")
+            .args(&profile.nn_attack)
+            .args(&data_flags)
+            .arg("--out")
+            .arg(out.join("nn-attack.csv"))
+            .arg("--json");
+        let output = cmd
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .context("could not start tulip nn-attack")?;
+        if !output.status.success() {
+            bail!("tulip nn-attack failed ({})", output.status);
+        }
+        std::fs::write(&nn_json, &output.stdout)?;
+    }
+
+    let table = results_table(&profile, &runs, &out)?;
+    write_results(&table, &profile, &out)?;
+    Ok(())
+}
+
+fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("could not read {}", path.display()))?;
+    toml::from_str(&text)
+        .with_context(|| format!("{}: not a valid experiment file", path.display()))
+}
+
+fn list_profiles(dir: &Path) -> String {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("profile.toml").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        format!("none found under {}", dir.display())
+    } else {
+        names.join(", ")
+    }
+}
+
+/// The run files of a profile, by name, in name order.
+fn read_runs(dir: &Path, only: &[String]) -> Result<BTreeMap<String, RunFile>> {
+    let mut runs = BTreeMap::new();
+    for entry in
+        std::fs::read_dir(dir).with_context(|| format!("could not list {}", dir.display()))?
+    {
+        let path = entry?.path();
+        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        if path.extension().is_some_and(|e| e == "toml") && stem != "profile" {
+            runs.insert(stem.to_string(), read_toml::<RunFile>(&path)?);
+        }
+    }
+    for name in only {
+        if !runs.contains_key(name) {
+            bail!(
+                "--only {name}: no run file {}/{name}.toml (runs: {})",
+                dir.display(),
+                runs.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    if !only.is_empty() {
+        runs.retain(|k, _| only.contains(k));
+    }
+    Ok(runs)
+}
+
+/// Builds the `tulip` binary in release mode and returns its path.
+fn build_tulip(cuda: bool) -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--release", "-p", "tulip-cli", "--bin", "tulip"]);
+    if cuda {
+        cmd.args(["--features", "cuda"]);
+    }
+    status(&mut cmd, "cargo build --release -p tulip-cli")?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
+    Ok(target.join("release").join("tulip"))
+}
+
+fn status(cmd: &mut Command, what: &str) -> Result<()> {
+    let st = cmd
+        .status()
+        .with_context(|| format!("could not start {what}"))?;
+    if !st.success() {
+        bail!("{what} failed ({st}); fix the cause and rerun: finished steps are kept");
+    }
+    Ok(())
+}
+
+/// Trains (or resumes, or skips) one run. The flags a run was started with are kept beside
+/// its directory (`<name>.flags`); if the experiment file has changed since, the run is not
+/// silently mixed with the new settings.
+fn train(
+    tulip: &Path,
+    profile: &Profile,
+    run: &RunFile,
+    run_dir: &Path,
+    flags_file: &Path,
+    data: &[String],
+) -> Result<()> {
+    let flags: Vec<String> = profile.train.iter().chain(&run.train).cloned().collect();
+    let wanted = flags.join(" ") + "\n";
+    if run_dir.join("config.toml").exists() {
+        let had = std::fs::read_to_string(flags_file).unwrap_or_default();
+        if had != wanted {
+            bail!(
+                "{} was trained with other flags ({}) than its experiment file now gives ({}); \
+                 delete the directory to rerun it",
+                run_dir.display(),
+                had.trim(),
+                wanted.trim()
+            );
+        }
+        if training_finished(run_dir)? {
+            return Ok(());
+        }
+        let mut cmd = Command::new(tulip);
+        cmd.arg("train").arg("--resume").arg(run_dir);
+        return status(
+            &mut cmd,
+            &format!("tulip train --resume {}", run_dir.display()),
+        );
+    }
+    let mut cmd = Command::new(tulip);
+    cmd.arg("train")
+        .args(&flags)
+        .args(data)
+        .arg("--out")
+        .arg(run_dir);
+    // Record the flags before the run starts, so a crash mid-run resumes the same run.
+    std::fs::write(flags_file, &wanted)?;
+    status(
+        &mut cmd,
+        &format!("tulip train … --out {}", run_dir.display()),
+    )
+}
+
+/// Whether a run has logged every epoch of its configuration.
+fn training_finished(run_dir: &Path) -> Result<bool> {
+    let (_, config) = tulip_train::RunDir::open(run_dir)?;
+    let test_csv = run_dir.join("test.csv");
+    if !test_csv.exists() {
+        return Ok(false);
+    }
+    let (_, rows) = tulip_train::run_dir::read_csv(&test_csv)?;
+    Ok(rows.len() >= config.epochs)
+}
+
+fn attack_summary_path(run_dir: &Path, attack: &str, norm: &str) -> PathBuf {
+    run_dir
+        .join("attacks")
+        .join(format!("{attack}-{norm}.json"))
+}
+
+/// One row of the results table.
+struct Row {
+    name: String,
+    description: String,
+    test_error: Option<f64>,
+    lipschitz: Option<f64>,
+    lower_bound: Option<f64>,
+    /// Per norm: (median distance, fraction misclassified at the profile's ε, failures).
+    l2: (Option<f64>, f64, usize),
+    linf: (Option<f64>, f64, usize),
+    /// The per-image "best attack" records behind the curves.
+    best_l2: Vec<AttackRecord>,
+    best_linf: Vec<AttackRecord>,
+}
+
+/// Per image, the smallest distance any attack of `norm` found (0 if the image is already
+/// misclassified; a failure only if every attack failed on it).
+fn best_of(attacks: &[Vec<AttackRecord>], norm: DistanceNorm) -> Vec<AttackRecord> {
+    let mut best: BTreeMap<usize, AttackRecord> = BTreeMap::new();
+    for records in attacks {
+        for r in records {
+            let better = match (best.get(&r.index), r.distance(norm)) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(old), Some(d)) => old.distance(norm).is_none_or(|o| d < o),
+            };
+            if better {
+                best.insert(r.index, *r);
+            }
+        }
+    }
+    best.into_values().collect()
+}
+
+fn results_table(
+    profile: &Profile,
+    runs: &BTreeMap<String, RunFile>,
+    out: &Path,
+) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for (name, run) in runs {
+        let run_dir = out.join(name);
+        let eval: Value = std::fs::read_to_string(run_dir.join("eval.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        let num = |k: &str| eval.get(k).and_then(Value::as_f64);
+        let mut by_norm: BTreeMap<&str, Vec<Vec<AttackRecord>>> = BTreeMap::new();
+        for spec in &profile.attacks {
+            let Some((attack, norm)) = spec.split_once(':') else {
+                continue;
+            };
+            let csv = run_dir.join("attacks").join(format!("{attack}-{norm}.csv"));
+            if let Ok(records) = read_attack_csv(&csv) {
+                by_norm
+                    .entry(if norm == "l2" { "l2" } else { "linf" })
+                    .or_default()
+                    .push(records);
+            }
+        }
+        let best_l2 = best_of(
+            by_norm.get("l2").map_or(&[][..], Vec::as_slice),
+            DistanceNorm::L2,
+        );
+        let best_linf = best_of(
+            by_norm.get("linf").map_or(&[][..], Vec::as_slice),
+            DistanceNorm::Linf,
+        );
+        let column = |records: &[AttackRecord], norm, eps| {
+            (
+                DistanceStats::of(records, norm).median,
+                fraction_misclassified(records, norm, eps),
+                records
+                    .iter()
+                    .filter(|r| r.distance(norm).is_none())
+                    .count(),
+            )
+        };
+        rows.push(Row {
+            name: name.clone(),
+            description: run.description.clone(),
+            test_error: num("test_error_percent"),
+            lipschitz: num("lipschitz_estimate"),
+            lower_bound: num("distance_lower_bound"),
+            l2: column(&best_l2, DistanceNorm::L2, profile.epsilon_l2),
+            linf: column(&best_linf, DistanceNorm::Linf, profile.epsilon_linf),
+            best_l2,
+            best_linf,
+        });
+    }
+    Ok(rows)
+}
+
+fn fmt(v: Option<f64>) -> String {
+    match v {
+        Some(x) if x.is_finite() => format!("{x:.4}"),
+        _ => "—".into(),
+    }
+}
+
+fn write_results(rows: &[Row], profile: &Profile, out: &Path) -> Result<()> {
+    let nn: Value = std::fs::read_to_string(out.join("nn-attack.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    let (e2, einf) = (profile.epsilon_l2, profile.epsilon_linf);
+    let mut md = format!(
+        "# Reproduction of arXiv:1810.00953 — {}\n\n\
+         Written by `cargo xtask reproduce-paper`. Distances are per image the smallest any \
+         attack of that norm found (attacks: {}); the median counts already-misclassified \
+         images as 0 and leaves failures out (counted in their own column). The Lipschitz \
+         estimate is max over test images of the per-example, unscaled ‖∇ₓℓ‖₂; the lower \
+         bound is the reference's margin / (2 · weight-product norm).\n\n\
+         | run | setting | test error % | Lipschitz estimate | median L2 | % misclassified at L2 ε={e2} | L2 failures | median L∞ | % misclassified at L∞ ε={einf:.4} | L∞ failures | certified lower bound |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
+        profile.description,
+        profile.attacks.join(", "),
+    );
+    let mut csv = String::from(
+        "run,setting,test_error_percent,lipschitz_estimate,median_l2,misclassified_at_l2,l2_failures,median_linf,misclassified_at_linf,linf_failures,distance_lower_bound\n",
+    );
+    for r in rows {
+        md += &format!(
+            "| {} | {} | {} | {} | {} | {:.1} | {} | {} | {:.1} | {} | {} |\n",
+            r.name,
+            r.description,
+            r.test_error.map_or("—".into(), |e| format!("{e:.2}")),
+            fmt(r.lipschitz),
+            fmt(r.l2.0),
+            100.0 * r.l2.1,
+            r.l2.2,
+            fmt(r.linf.0),
+            100.0 * r.linf.1,
+            r.linf.2,
+            fmt(r.lower_bound),
+        );
+        csv += &format!(
+            "{},\"{}\",{},{},{},{},{},{},{},{},{}\n",
+            r.name,
+            r.description.replace('"', "'"),
+            r.test_error.unwrap_or(f64::NAN),
+            r.lipschitz.unwrap_or(f64::NAN),
+            r.l2.0.unwrap_or(f64::NAN),
+            r.l2.1,
+            r.l2.2,
+            r.linf.0.unwrap_or(f64::NAN),
+            r.linf.1,
+            r.linf.2,
+            r.lower_bound.unwrap_or(f64::NAN),
+        );
+    }
+    if let (Some(mean), Some(median)) = (
+        nn.get("mean").and_then(Value::as_f64),
+        nn.get("median").and_then(Value::as_f64),
+    ) {
+        md += &format!(
+            "\nThe data itself (nearest test→train image of another label, L2): mean {mean:.4}, \
+             median {median:.4}, Lipschitz constant of the labelling {}.\n",
+            fmt(nn.get("data_lipschitz").and_then(Value::as_f64))
+        );
+    }
+    md += "\nRobustness curves: `robustness-l2.svg`, `robustness-linf.svg`.\n";
+
+    for (norm, file) in [
+        (DistanceNorm::L2, "robustness-l2.svg"),
+        (DistanceNorm::Linf, "robustness-linf.svg"),
+    ] {
+        let series: Vec<Series> = rows
+            .iter()
+            .map(|r| {
+                let records = if norm == DistanceNorm::L2 {
+                    &r.best_l2
+                } else {
+                    &r.best_linf
+                };
+                Series::new(&r.name, misclassification_curve(records, norm))
+            })
+            .collect();
+        write_svg(&out.join(file), &robustness_curves(norm, &series))?;
+    }
+    std::fs::write(out.join("results.md"), &md)?;
+    std::fs::write(out.join("results.csv"), &csv)?;
+    println!("{md}");
+    eprintln!(
+        "reproduce-paper: wrote {}/results.md, results.csv and the robustness curves",
+        out.display()
+    );
+    Ok(())
+}
