@@ -273,13 +273,13 @@ fn train(
     cmd.arg("train")
         .args(&flags)
         .args(data)
-        .arg("--out")
+        .arg("--log-dir")
         .arg(run_dir);
     // Record the flags before the run starts, so a crash mid-run resumes the same run.
     std::fs::write(flags_file, &wanted)?;
     status(
         &mut cmd,
-        &format!("tulip train … --out {}", run_dir.display()),
+        &format!("tulip train … --log-dir {}", run_dir.display()),
     )
 }
 
