@@ -2,7 +2,7 @@
 
 use candle_core::{Tensor, Var, D};
 
-use super::{host_vec, step_clip, AttackNorm, Ctx, Tracker};
+use super::{host_vec, logits, step_clip, AttackNorm, Ctx, Tracker};
 use crate::Result;
 
 /// Each step linearises every logit difference `f_k − f_y` (true label `y`) at the current
@@ -18,8 +18,6 @@ use crate::Result;
 /// subsampled the 10 most likely). An image whose logit differences all have a zero
 /// gradient cannot move and fails.
 pub(super) fn run(ctx: &Ctx<'_>, tracker: &mut Tracker) -> Result<()> {
-    let b = ctx.batch();
-    let n = ctx.pixels();
     let norm = ctx.cfg.norm;
     let factor = 1.0 + ctx.cfg.overshoot;
     let labels = ctx.labels.to_vec1::<u32>()?;
@@ -29,76 +27,103 @@ pub(super) fn run(ctx: &Ctx<'_>, tracker: &mut Tracker) -> Result<()> {
         if !active.iter().any(|&a| a) {
             break;
         }
-        let (z, jac) = logits_and_jacobian(ctx, &x)?;
-        let adv = tracker.offer(&x, &z)?;
+        // One forward pass over the batch to record what the current points achieve...
+        let adv = tracker.offer(&x, &logits(ctx.model, &x)?)?;
         for (a, hit) in active.iter_mut().zip(&adv) {
             *a &= !hit;
         }
         if step == ctx.cfg.steps || !active.iter().any(|&a| a) {
             break;
         }
-        let classes = z.dim(1)?;
-        // w_k = ∇f_k − ∇f_y for every class k, [B, K, N].
-        let idx_y = ctx
-            .labels
-            .reshape((b, 1, 1))?
-            .broadcast_as((b, 1, n))?
-            .contiguous()?;
-        let w = jac.broadcast_sub(&jac.gather(&idx_y, 1)?)?;
-        let dual = match norm {
-            AttackNorm::L2 => w.sqr()?.sum(D::Minus1)?.sqrt()?,
-            AttackNorm::Linf => w.abs()?.sum(D::Minus1)?,
-        };
-        let dual = host_vec(&dual)?;
-        let zv = host_vec(&z)?;
-        let mut target = vec![0u32; b];
-        let mut scale = vec![0.0; b];
-        for i in 0..b {
-            if !active[i] {
-                continue;
+        // ...and the K backward passes of the linearisation only over the images still
+        // being attacked: after a few steps most are done, a few stragglers remain.
+        let rows: Vec<u32> = (0..active.len() as u32)
+            .filter(|&i| active[i as usize])
+            .collect();
+        let idx = Tensor::new(rows.as_slice(), x.device())?;
+        let sub = x.index_select(&idx, 0)?;
+        let sub_labels: Vec<u32> = rows.iter().map(|&i| labels[i as usize]).collect();
+        let (d, scale) = linearised_step(ctx, &sub, &sub_labels, norm, factor)?;
+        for (&i, s) in rows.iter().zip(&scale) {
+            if s.is_none() {
+                active[i as usize] = false; // nothing to follow: fails unless already found
             }
-            let y = labels[i] as usize;
-            let row = &zv[i * classes..(i + 1) * classes];
-            let best = (0..classes)
-                .filter(|&k| k != y && dual[i * classes + k] > 0.0)
-                .map(|k| {
-                    let gap = (row[y] - row[k]).abs();
-                    (k, gap, gap / dual[i * classes + k])
-                })
-                .min_by(|a, b| a.2.total_cmp(&b.2));
-            let Some((k, gap, _)) = best else {
-                active[i] = false; // nothing to follow: fails unless already found
-                continue;
-            };
-            // A point exactly on the boundary but still labelled y (ties) would not move:
-            // nudge the gap by a relative 1e-9 of the logit scale.
-            let gap = gap + 1e-9 * (1.0 + row[y].abs());
-            let q = dual[i * classes + k];
-            target[i] = k as u32;
-            scale[i] = factor
+        }
+        let scale: Vec<f64> = scale.into_iter().map(|s| s.unwrap_or(0.0)).collect();
+        let moved = step_clip(&sub, &d, &scale)?;
+        // Put the moved rows back; the others stay where they are.
+        x = x.index_add(&idx, &(moved - &sub)?, 0)?;
+    }
+    Ok(())
+}
+
+/// One DeepFool step for the images `x` (true labels `labels`): the direction towards the
+/// nearest linearised boundary and, per image, its length — `None` where every logit
+/// difference has a zero gradient (the image cannot move).
+fn linearised_step(
+    ctx: &Ctx<'_>,
+    x: &Tensor,
+    labels: &[u32],
+    norm: AttackNorm,
+    factor: f64,
+) -> Result<(Tensor, Vec<Option<f64>>)> {
+    let (b, n) = (labels.len(), ctx.pixels());
+    let (z, jac) = logits_and_jacobian(ctx, x)?;
+    let classes = z.dim(1)?;
+    // w_k = ∇f_k − ∇f_y for every class k, [B, K, N].
+    let idx_y = Tensor::new(labels, x.device())?
+        .reshape((b, 1, 1))?
+        .broadcast_as((b, 1, n))?
+        .contiguous()?;
+    let w = jac.broadcast_sub(&jac.gather(&idx_y, 1)?)?;
+    let dual = match norm {
+        AttackNorm::L2 => w.sqr()?.sum(D::Minus1)?.sqrt()?,
+        AttackNorm::Linf => w.abs()?.sum(D::Minus1)?,
+    };
+    let dual = host_vec(&dual)?;
+    let zv = host_vec(&z)?;
+    let mut target = vec![0u32; b];
+    let mut scale = vec![None; b];
+    for i in 0..b {
+        let y = labels[i] as usize;
+        let row = &zv[i * classes..(i + 1) * classes];
+        let best = (0..classes)
+            .filter(|&k| k != y && dual[i * classes + k] > 0.0)
+            .map(|k| {
+                let gap = (row[y] - row[k]).abs();
+                (k, gap, gap / dual[i * classes + k])
+            })
+            .min_by(|a, b| a.2.total_cmp(&b.2));
+        let Some((k, gap, _)) = best else { continue };
+        // A point exactly on the boundary but still labelled y (ties) would not move:
+        // nudge the gap by a relative 1e-9 of the logit scale.
+        let gap = gap + 1e-9 * (1.0 + row[y].abs());
+        let q = dual[i * classes + k];
+        target[i] = k as u32;
+        scale[i] = Some(
+            factor
                 * match norm {
                     AttackNorm::L2 => gap / (q * q),
                     AttackNorm::Linf => gap / q,
-                };
-        }
-        let idx_k = Tensor::from_vec(target, (b, 1, 1), x.device())?
-            .broadcast_as((b, 1, n))?
-            .contiguous()?;
-        let wk = w.gather(&idx_k, 1)?.reshape(x.shape())?;
-        let d = match norm {
-            AttackNorm::L2 => wk,
-            AttackNorm::Linf => wk.sign()?,
-        };
-        x = step_clip(&x, &d, &scale)?;
+                },
+        );
     }
-    Ok(())
+    let idx_k = Tensor::from_vec(target, (b, 1, 1), x.device())?
+        .broadcast_as((b, 1, n))?
+        .contiguous()?;
+    let wk = w.gather(&idx_k, 1)?.reshape(x.shape())?;
+    let d = match norm {
+        AttackNorm::L2 => wk,
+        AttackNorm::Linf => wk.sign()?,
+    };
+    Ok((d, scale))
 }
 
 /// Logits `[B, K]` at `x` and the input gradients of every logit, `[B, K, N]` (row `i`,
 /// class `k`: `∇_{x_i} f_k(x_i)`, exact per image in evaluation mode), detached: one forward
 /// pass and `K` backward passes through it. Zero where a logit ignores the input.
 fn logits_and_jacobian(ctx: &Ctx<'_>, x: &Tensor) -> Result<(Tensor, Tensor)> {
-    let b = ctx.batch();
+    let b = x.dim(0)?;
     let n = ctx.pixels();
     let xv = Var::from_tensor(&x.detach())?;
     let z = ctx.model.forward_t(xv.as_tensor(), false)?;
