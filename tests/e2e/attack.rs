@@ -5,29 +5,18 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use tulip_e2e::{run, tulip};
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use tulip_e2e::{run, stderr, tulip};
 
 /// One tiny ResNet8 run shared by the tests of this file: a real run directory, not a
 /// good model.
 fn trained_run() -> &'static Path {
     static RUN: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &RUN.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("run");
-        #[rustfmt::skip]
-        let out = run(&mut tulip(&[
-            "train", "--log-dir", dir.to_str().unwrap(), "--model", "resnet8",
-            "--epochs", "1", "--limit-train", "256", "--limit-test", "32",
-            "--batch-size", "32", "--lr", "0.05", "--no-eval-train", "--quiet",
-        ]));
-        assert!(out.status.success(), "{}", stderr(&out));
-        (tmp, dir)
-    })
-    .1
+    #[rustfmt::skip]
+    let run = RUN.get_or_init(|| tulip_e2e::trained_run(&[
+        "--model", "resnet8", "--epochs", "1", "--limit-train", "256",
+        "--limit-test", "32", "--batch-size", "32", "--lr", "0.05",
+    ]));
+    &run.1
 }
 
 /// Rows of a per-image attack CSV as (label, predicted, l2, linf, success).
@@ -57,7 +46,12 @@ fn rows(path: &Path) -> Vec<(u32, u32, f64, f64, bool)> {
 fn attack_writes_per_image_results_a_summary_and_the_curves() {
     let dir = trained_run();
     // `tulip eval` first, so the attack also plots and checks the certified bounds.
-    let out = run(&mut tulip(&["eval", dir.to_str().unwrap(), "--limit", "24"]));
+    let out = run(&mut tulip(&[
+        "eval",
+        dir.to_str().unwrap(),
+        "--limit",
+        "24",
+    ]));
     assert!(out.status.success(), "{}", stderr(&out));
 
     for (attack, norm) in [("deepfool", "l2"), ("fgsm", "linf")] {
@@ -78,16 +72,29 @@ fn attack_writes_per_image_results_a_summary_and_the_curves() {
         let name = format!("{attack}-{norm}");
         let results = dir.join("attacks");
         let rows = rows(&results.join(format!("{name}.csv")));
-        assert_eq!(rows.len(), 24, "one row per attacked image, batches of 10 included");
+        assert_eq!(
+            rows.len(),
+            24,
+            "one row per attacked image, batches of 10 included"
+        );
         for &(label, predicted, l2, linf, success) in &rows {
             if success {
                 // A success is a misclassified image, at distances that obey ‖δ‖∞ ≤ ‖δ‖₂
                 // ≤ √N‖δ‖∞ (N = 784), both 0 for an image misclassified from the start.
                 assert_ne!(label, predicted, "{name}: a success must be misclassified");
-                assert!(linf >= 0.0 && l2 >= linf * (1.0 - 1e-6), "{name}: l2 {l2} linf {linf}");
-                assert!(l2 <= linf * 28.0 * (1.0 + 1e-6), "{name}: l2 {l2} linf {linf}");
+                assert!(
+                    linf >= 0.0 && l2 >= linf * (1.0 - 1e-6),
+                    "{name}: l2 {l2} linf {linf}"
+                );
+                assert!(
+                    l2 <= linf * 28.0 * (1.0 + 1e-6),
+                    "{name}: l2 {l2} linf {linf}"
+                );
             } else {
-                assert!(l2.is_nan() && linf.is_nan(), "{name}: a failure has no distance");
+                assert!(
+                    l2.is_nan() && linf.is_nan(),
+                    "{name}: a failure has no distance"
+                );
                 assert_eq!(label, predicted, "{name}: a failure keeps the right class");
             }
         }
@@ -129,7 +136,11 @@ fn attack_and_norm_that_do_not_exist_are_usage_errors() {
         "attack", missing, "--attack", "pgd", "--norm", "linf",
     ]));
     assert!(!out.status.success());
-    assert!(stderr(&out).to_lowercase().contains("epsilon"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).to_lowercase().contains("epsilon"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = run(&mut tulip(&[
         "attack", missing, "--attack", "carlini", "--norm", "l2",
@@ -153,5 +164,8 @@ fn attack_on_a_run_without_a_checkpoint_says_so() {
     ]));
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("no checkpoint") && err.contains("best.safetensors"), "{err}");
+    assert!(
+        err.contains("no checkpoint") && err.contains("best.safetensors"),
+        "{err}"
+    );
 }

@@ -6,10 +6,9 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::Output;
 use std::sync::{Arc, Mutex};
 
-use tulip_e2e::{run, tulip};
+use tulip_e2e::{run, stderr, tulip};
 
 use tulip_data::download::{MANIFEST_ENV, MIRROR_ENV};
 
@@ -86,10 +85,6 @@ fn write_manifest(dir: &Path, files: &[(String, Vec<u8>)]) -> std::path::PathBuf
     let path = dir.join("manifest.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Every entry under `dir` (recursively).

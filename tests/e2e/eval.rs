@@ -6,32 +6,21 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use tulip_data::DatasetKind;
-use tulip_e2e::{run, tulip};
+use tulip_e2e::{run, stderr, tulip};
 use tulip_models::Architecture;
 use tulip_train::run_dir::files;
 use tulip_train::RunDir;
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// One tiny training run shared by the tests of this file (ResNet22, one epoch of 64
 /// images): what matters here is a real run directory, not a good model.
 fn trained_run() -> &'static Path {
     static RUN: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &RUN.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("run");
-        #[rustfmt::skip]
-        let out = run(&mut tulip(&[
-            "train", "--log-dir", dir.to_str().unwrap(), "--epochs", "1",
-            "--limit-train", "64", "--limit-test", "32", "--batch-size", "32",
-            "--no-eval-train", "--quiet", "--seed", "2",
-        ]));
-        assert!(out.status.success(), "{}", stderr(&out));
-        (tmp, dir)
-    })
-    .1
+    #[rustfmt::skip]
+    let run = RUN.get_or_init(|| tulip_e2e::trained_run(&[
+        "--epochs", "1", "--limit-train", "64", "--limit-test", "32",
+        "--batch-size", "32", "--seed", "2",
+    ]));
+    &run.1
 }
 
 /// A new run directory holding `run`'s configuration, with `edit` applied to it.

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use tulip_data::Loader;
-use tulip_e2e::{column, csv, run, tulip};
+use tulip_e2e::{column, csv, run, stderr, tulip};
 use tulip_models::{Checkpoint, Classifier, Model};
 use tulip_train::run_dir::files;
 use tulip_train::RunDir;
@@ -28,10 +28,6 @@ fn train(dir: &Path, extra: &[&str]) -> std::process::Output {
     args.extend_from_slice(SMALL);
     args.extend_from_slice(extra);
     run(&mut tulip(&args))
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Every file of a run directory exists and parses.

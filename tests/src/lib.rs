@@ -63,3 +63,25 @@ pub fn column(csv: &(Vec<String>, Vec<Vec<f64>>), name: &str) -> Vec<f64> {
         .unwrap_or_else(|| panic!("no column {name} in {:?}", csv.0));
     csv.1.iter().map(|r| r[i]).collect()
 }
+
+/// The standard error of a finished command, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Trains a run into a new temporary directory with `tulip train --quiet --no-eval-train`
+/// and `args`, and returns the directory (kept alive by the `TempDir`) and the run
+/// directory inside it. For tests that need a real run directory, not a good model.
+///
+/// # Panics
+/// If training fails.
+pub fn trained_run(args: &[&str]) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let dir = tmp.path().join("run");
+    let mut all = vec!["train", "--log-dir", dir.to_str().expect("UTF-8 path")];
+    all.extend(["--quiet", "--no-eval-train"]);
+    all.extend(args);
+    let out = run(&mut tulip(&all));
+    assert!(out.status.success(), "training failed: {}", stderr(&out));
+    (tmp, dir)
+}

@@ -35,6 +35,13 @@ const RETAIN_MALLOC: [(&str, &str); 3] = [
     ("MALLOC_TOP_PAD_", "1073741824"),
 ];
 
+/// The global allocator of this build (`--features mimalloc` or the system's).
+const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
+    "mimalloc"
+} else {
+    "glibc malloc"
+};
+
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -220,7 +227,7 @@ fn write_results(args: &BenchArgs, rows: &[(String, Measured, Option<Measured>)]
         }
     );
     md += &format!(
-        "{}, {} CPUs, malloc `{}`, {}. Training steps: batch 128, median of {} timed steps \
+        "{}, {} CPUs, tulip allocator {ALLOCATOR}, glibc malloc settings `{}`, {}. Training steps: batch 128, median of {} timed steps \
          after one warm-up; synthetic data. Peak RSS is each case's own process.\n\n",
         cpu_model(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -423,9 +430,30 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-fn median(mut times: Vec<f64>) -> (f64, f64) {
-    times.sort_by(f64::total_cmp);
-    (times[times.len() / 2], times[0])
+/// Runs `f` once untimed (warm-up: allocations, lazily built state), then `steps` times
+/// (at least once), and returns the seconds of each timed call.
+fn time_repeats(steps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    f()?;
+    (0..steps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f()?;
+            Ok(t.elapsed().as_secs_f64())
+        })
+        .collect()
+}
+
+/// Stores the timings of a repeated case (the PyTorch script's field names).
+fn record_times(result: &mut Value, batch: usize, times: &[f64]) {
+    let mut sorted = times.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    result["batch"] = json!(batch);
+    result["steps"] = json!(times.len());
+    result["times_s"] = json!(times);
+    result["median_s"] = json!(median);
+    result["min_s"] = json!(sorted[0]);
+    result["images_per_s"] = json!(batch as f64 / median);
 }
 
 /// Runs one case and prints `RESULT {json}` (the PyTorch script's protocol).
@@ -434,7 +462,7 @@ pub fn run_case(args: &CaseArgs) -> Result<()> {
     tulip_penalties::enable_second_order_gradients();
     let (arch, kind, mode) = parse_case(&args.case)?;
     let (model_name, mode_name) = args.case.split_once(':').unwrap_or_default();
-    let mut result = json!({ "model": model_name, "kind": mode_name });
+    let mut result = json!({ "model": model_name, "kind": mode_name, "allocator": ALLOCATOR });
     let device = Device::Cpu;
     match mode {
         Mode::Train(objective, tanh) => {
@@ -455,43 +483,23 @@ pub fn run_case(args: &CaseArgs) -> Result<()> {
             let mut trainer = Trainer::new(config, data.clone(), &tmp)?;
             let loader = tulip_data::Loader::test(&data.train, batch, &device)?;
             let b = loader.epoch(0).next().context("empty loader")??;
-            trainer.train_step(&b.images, &b.labels)?; // warm-up
-            let times = (0..args.steps.max(1))
-                .map(|_| {
-                    let t = Instant::now();
-                    trainer.train_step(&b.images, &b.labels)?;
-                    Ok(t.elapsed().as_secs_f64())
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let timed = time_repeats(args.steps, || {
+                trainer.train_step(&b.images, &b.labels)?;
+                Ok(())
+            });
             let _ = std::fs::remove_dir_all(&tmp);
-            let (med, min) = median(times.clone());
-            result["batch"] = json!(batch);
-            result["steps"] = json!(times.len());
-            result["times_s"] = json!(times);
-            result["median_s"] = json!(med);
-            result["min_s"] = json!(min);
-            result["images_per_s"] = json!(batch as f64 / med);
+            record_times(&mut result, batch, &timed?);
         }
         Mode::Infer => {
             let batch = 1000;
             let model = model(arch, kind, &device)?;
             let x = synthetic_batch(kind, batch, &device)?;
-            model.forward_t(&x, false)?.to_vec2::<f32>()?; // warm-up
-            let times = (0..args.steps.max(1))
-                .map(|_| {
-                    let t = Instant::now();
-                    // Reading the logits back forces the whole computation.
-                    model.forward_t(&x, false)?.to_vec2::<f32>()?;
-                    Ok(t.elapsed().as_secs_f64())
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let (med, min) = median(times.clone());
-            result["batch"] = json!(batch);
-            result["steps"] = json!(times.len());
-            result["times_s"] = json!(times);
-            result["median_s"] = json!(med);
-            result["min_s"] = json!(min);
-            result["images_per_s"] = json!(batch as f64 / med);
+            let times = time_repeats(args.steps, || {
+                // Reading the logits back forces the whole computation.
+                model.forward_t(&x, false)?.to_vec2::<f32>()?;
+                Ok(())
+            })?;
+            record_times(&mut result, batch, &times);
         }
         Mode::GradPass => {
             let batch = 1000;

@@ -4,6 +4,12 @@
 //! [`Command`] and an arm to its `run`.
 #![warn(missing_docs)]
 
+/// With `--features mimalloc`: the allocator the `tulip` binary uses, so that the bench
+/// measures what users run (see crates/tulip-cli/src/main.rs).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod download;
 mod reproduce;
