@@ -16,8 +16,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use tulip_eval::plot::{robustness_curves, write_svg, Series};
 use tulip_eval::{
-    fraction_misclassified, misclassification_curve, read_attack_csv, AttackRecord, DistanceNorm,
-    DistanceStats,
+    fraction_misclassified, misclassification_curve, read_attack_csv, AttackRecord, AttackStatus,
+    DistanceNorm, DistanceStats,
 };
 
 /// Options of `cargo xtask reproduce-paper`.
@@ -307,12 +307,21 @@ struct Row {
     test_error: Option<f64>,
     lipschitz: Option<f64>,
     lower_bound: Option<f64>,
-    /// Per norm: (median distance, fraction misclassified at the profile's ε, failures).
-    l2: (Option<f64>, f64, usize),
-    linf: (Option<f64>, f64, usize),
+    /// Per norm: median distance over all images, median over the images the model
+    /// classifies correctly, fraction misclassified at the profile's ε, failures.
+    l2: Column,
+    linf: Column,
     /// The per-image "best attack" records behind the curves.
     best_l2: Vec<AttackRecord>,
     best_linf: Vec<AttackRecord>,
+}
+
+/// One norm's columns of a row.
+struct Column {
+    median: Option<f64>,
+    median_correct: Option<f64>,
+    at_epsilon: f64,
+    failures: usize,
 }
 
 /// Per image, the smallest distance any attack of `norm` found (0 if the image is already
@@ -369,14 +378,22 @@ fn results_table(
             DistanceNorm::Linf,
         );
         let column = |records: &[AttackRecord], norm, eps| {
-            (
-                DistanceStats::of(records, norm).median,
-                fraction_misclassified(records, norm, eps),
-                records
+            // Over the images the model gets right, the median is informative even when
+            // most images are misclassified (and the overall median is 0).
+            let correct: Vec<AttackRecord> = records
+                .iter()
+                .filter(|r| r.status != AttackStatus::AlreadyMisclassified)
+                .copied()
+                .collect();
+            Column {
+                median: DistanceStats::of(records, norm).median,
+                median_correct: DistanceStats::of(&correct, norm).median,
+                at_epsilon: fraction_misclassified(records, norm, eps),
+                failures: records
                     .iter()
                     .filter(|r| r.distance(norm).is_none())
                     .count(),
-            )
+            }
         };
         rows.push(Row {
             name: name.clone(),
@@ -395,6 +412,7 @@ fn results_table(
 
 fn fmt(v: Option<f64>) -> String {
     match v {
+        Some(x) if x.is_finite() && x != 0.0 && x.abs() < 1e-3 => format!("{x:.2e}"),
         Some(x) if x.is_finite() => format!("{x:.4}"),
         _ => "—".into(),
     }
@@ -413,42 +431,47 @@ fn write_results(rows: &[Row], profile: &Profile, out: &Path) -> Result<()> {
          images as 0 and leaves failures out (counted in their own column). The Lipschitz \
          estimate is max over test images of the per-example, unscaled ‖∇ₓℓ‖₂; the lower \
          bound is the reference's margin / (2 · weight-product norm).\n\n\
-         | run | setting | test error % | Lipschitz estimate | median L2 | % misclassified at L2 ε={e2} | L2 failures | median L∞ | % misclassified at L∞ ε={einf:.4} | L∞ failures | certified lower bound |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+         | run | setting | test error % | Lipschitz estimate | median L2 | median L2, correct images | % misclassified at L2 ε={e2} | L2 failures | median L∞ | median L∞, correct images | % misclassified at L∞ ε={einf:.4} | L∞ failures | certified lower bound |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         profile.description,
         profile.attacks.join(", "),
     );
     let mut csv = String::from(
-        "run,setting,test_error_percent,lipschitz_estimate,median_l2,misclassified_at_l2,l2_failures,median_linf,misclassified_at_linf,linf_failures,distance_lower_bound\n",
+        "run,setting,test_error_percent,lipschitz_estimate,median_l2,median_l2_correct,misclassified_at_l2,l2_failures,median_linf,median_linf_correct,misclassified_at_linf,linf_failures,distance_lower_bound\n",
     );
     for r in rows {
         md += &format!(
-            "| {} | {} | {} | {} | {} | {:.1} | {} | {} | {:.1} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {} | {:.1} | {} | {} |\n",
             r.name,
             r.description,
             r.test_error.map_or("—".into(), |e| format!("{e:.2}")),
             fmt(r.lipschitz),
-            fmt(r.l2.0),
-            100.0 * r.l2.1,
-            r.l2.2,
-            fmt(r.linf.0),
-            100.0 * r.linf.1,
-            r.linf.2,
+            fmt(r.l2.median),
+            fmt(r.l2.median_correct),
+            100.0 * r.l2.at_epsilon,
+            r.l2.failures,
+            fmt(r.linf.median),
+            fmt(r.linf.median_correct),
+            100.0 * r.linf.at_epsilon,
+            r.linf.failures,
             fmt(r.lower_bound),
         );
+        let nan = f64::NAN;
         csv += &format!(
-            "{},\"{}\",{},{},{},{},{},{},{},{},{}\n",
+            "{},\"{}\",{},{},{},{},{},{},{},{},{},{},{}\n",
             r.name,
             r.description.replace('"', "'"),
-            r.test_error.unwrap_or(f64::NAN),
-            r.lipschitz.unwrap_or(f64::NAN),
-            r.l2.0.unwrap_or(f64::NAN),
-            r.l2.1,
-            r.l2.2,
-            r.linf.0.unwrap_or(f64::NAN),
-            r.linf.1,
-            r.linf.2,
-            r.lower_bound.unwrap_or(f64::NAN),
+            r.test_error.unwrap_or(nan),
+            r.lipschitz.unwrap_or(nan),
+            r.l2.median.unwrap_or(nan),
+            r.l2.median_correct.unwrap_or(nan),
+            r.l2.at_epsilon,
+            r.l2.failures,
+            r.linf.median.unwrap_or(nan),
+            r.linf.median_correct.unwrap_or(nan),
+            r.linf.at_epsilon,
+            r.linf.failures,
+            r.lower_bound.unwrap_or(nan),
         );
     }
     if let (Some(mean), Some(median)) = (
