@@ -279,6 +279,23 @@ fn write_results(args: &BenchArgs, rows: &[(String, Measured, Option<Measured>)]
             "pytorch_seconds": torch.as_ref().map(|t| t.seconds),
         }));
     }
+    for (case, ours, _) in rows {
+        if let (Some(gemm), Some(ratio)) = (
+            ours.raw.get("gemm_s").and_then(Value::as_f64),
+            ours.raw.get("nn_over_gemm").and_then(Value::as_f64),
+        ) {
+            md += &format!(
+                "\n{case}: {:.2} s against {gemm:.2} s for one f32 GEMM of the same size \
+                 ([10000×784]·[784×60000]) on the same machine: {ratio:.2}× (goal ≤ 1.5×).\n",
+                ours.seconds
+            );
+        }
+    }
+    if with_torch {
+        md += "\nThe PyTorch side records a 1024×1024 sgemm \"canary\" (GFLOPS) before and after \
+               each case in results.json; about 170 means a quiet host, lower means the host \
+               slowed the case down.\n";
+    }
     let md_path = args.out.join("RESULTS.md");
     let json_path = args.out.join("results.json");
     std::fs::write(&md_path, &md)

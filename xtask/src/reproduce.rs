@@ -512,3 +512,60 @@ fn write_results(rows: &[Row], profile: &Profile, out: &Path) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_of_takes_each_images_smallest_distance_and_fails_only_when_all_failed() {
+        let l2 = DistanceNorm::L2;
+        let deepfool = vec![
+            AttackRecord::found(0, 3, 1, 0.5, 0.1),
+            AttackRecord::failed(1, 3, 3),
+            AttackRecord::failed(2, 3, 3),
+            AttackRecord::found(3, 3, 2, 0.2, 0.05),
+        ];
+        let fgsm = vec![
+            AttackRecord::found(0, 3, 1, 0.7, 0.02),
+            AttackRecord::found(1, 3, 5, 0.9, 0.03),
+            AttackRecord::failed(2, 3, 3),
+            AttackRecord::already_misclassified(3, 3, 2),
+        ];
+        let best = best_of(&[deepfool, fgsm], l2);
+        let d: Vec<Option<f64>> = best.iter().map(|r| r.distance(l2)).collect();
+        assert_eq!(d, vec![Some(0.5), Some(0.9), None, Some(0.0)]);
+        assert_eq!(best.iter().map(|r| r.index).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        // In L∞ image 0's best is FGSM's, not DeepFool's.
+        let best_linf = best_of(
+            &[
+                vec![AttackRecord::found(0, 3, 1, 0.5, 0.1)],
+                vec![AttackRecord::found(0, 3, 1, 0.7, 0.02)],
+            ],
+            DistanceNorm::Linf,
+        );
+        assert_eq!(best_linf[0].distance(DistanceNorm::Linf), Some(0.02));
+    }
+
+    #[test]
+    fn the_committed_profiles_and_runs_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/paper");
+        for profile in ["quick", "full"] {
+            let dir = root.join(profile);
+            let p: Profile = read_toml(&dir.join("profile.toml")).unwrap();
+            for spec in &p.attacks {
+                let (attack, norm) = spec.split_once(':').unwrap();
+                let kind: tulip_adversarial::AttackKind = attack.parse().unwrap();
+                let norm: tulip_adversarial::AttackNorm = norm.parse().unwrap();
+                assert!(kind.valid_norms().contains(&norm), "{profile}: {spec}");
+            }
+            let runs = read_runs(&dir, &[]).unwrap();
+            let names: Vec<&str> = runs.keys().map(String::as_str).collect();
+            assert_eq!(
+                names,
+                ["baseline", "best", "decay", "j1", "j2", "jinf", "lip", "pgd"],
+                "{profile}"
+            );
+        }
+    }
+}
