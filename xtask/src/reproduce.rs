@@ -535,7 +535,10 @@ mod tests {
         let best = best_of(&[deepfool, fgsm], l2);
         let d: Vec<Option<f64>> = best.iter().map(|r| r.distance(l2)).collect();
         assert_eq!(d, vec![Some(0.5), Some(0.9), None, Some(0.0)]);
-        assert_eq!(best.iter().map(|r| r.index).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert_eq!(
+            best.iter().map(|r| r.index).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
         // In L∞ image 0's best is FGSM's, not DeepFool's.
         let best_linf = best_of(
             &[
