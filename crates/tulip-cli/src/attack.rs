@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use tulip_adversarial::attacks::{
     run_attack, AttackConfig, AttackKind, AttackNorm, AttackOutcome, AttackStatus,
 };
@@ -179,15 +178,7 @@ pub fn run(args: AttackArgs) -> anyhow::Result<ExitCode> {
         loaded.config.dataset
     );
 
-    let bar = ProgressBar::new(test.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix} [{bar:30.cyan/blue}] {pos}/{len} images {msg} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar.set_prefix(name.clone());
+    let bar = crate::progress::bar(test.len() as u64, name.clone(), "images");
     let batch = args.batch_size.min(test.len());
     let loader = tulip_data::Loader::test(test, batch, &loaded.device)?;
     let mut records = Vec::with_capacity(test.len());

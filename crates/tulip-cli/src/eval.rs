@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use tulip_eval::{summary, write_certified_csv, SummaryOptions};
 use tulip_train::DeviceChoice;
 
@@ -90,13 +89,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         config.dataset
     );
 
-    let bar = ProgressBar::new(test.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30.cyan/blue}] {pos}/{len} images eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_prefix("eval");
+    let bar = crate::progress::bar(test.len() as u64, "eval", "images");
     let options = SummaryOptions {
         batch_size: args.batch_size,
         tanh_scale: model.tanh_scale()?,

@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use tulip_data::DatasetKind;
 use tulip_eval::{nearest_different_label, NnOptions};
 use tulip_train::DeviceChoice;
@@ -98,12 +97,7 @@ pub fn run(args: NnAttackArgs) -> anyhow::Result<ExitCode> {
         data.train.len()
     );
 
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("nn [{bar:30.cyan/blue}] {pos}/{len} blocks eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
+    let bar = crate::progress::bar(0, "nn", "blocks");
     let options = NnOptions {
         query_block: args.query_block,
         reference_block: args.reference_block,

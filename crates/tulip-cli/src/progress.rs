@@ -37,6 +37,25 @@ impl ProgressObserver {
     }
 }
 
+/// A bar of `len` steps in the binary's one style: `{prefix} [====>   ] {pos}/{len}
+/// [unit] {msg} eta {eta}` (no unit if `unit` is empty).
+pub fn bar(len: u64, prefix: impl Into<String>, unit: &str) -> ProgressBar {
+    let unit = if unit.is_empty() {
+        String::new()
+    } else {
+        format!(" {unit}")
+    };
+    let template =
+        format!("{{prefix}} [{{bar:30.cyan/blue}}] {{pos}}/{{len}}{unit} {{msg}} eta {{eta}}");
+    let bar = ProgressBar::new(len).with_style(
+        ProgressStyle::with_template(&template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix.into());
+    bar
+}
+
 fn ema(old: Option<f64>, new: f64) -> f64 {
     old.map_or(new, |o| 0.9 * o + 0.1 * new)
 }
@@ -48,15 +67,11 @@ impl Observer for ProgressObserver {
         if self.output != Output::Human {
             return;
         }
-        let bar = ProgressBar::new(steps as u64);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix} [{bar:30.cyan/blue}] {pos}/{len} {msg} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        let bar = bar(
+            steps as u64,
+            format!("epoch {}/{}", epoch + 1, epochs),
+            "steps",
         );
-        bar.set_prefix(format!("epoch {}/{}", epoch + 1, epochs));
         bar.set_position(first_step as u64);
         self.bar = Some(bar);
     }
