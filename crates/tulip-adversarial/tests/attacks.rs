@@ -12,6 +12,7 @@ use tulip_adversarial::{
     run_attack, run_attack_with_adversarials, AdversarialError, AttackConfig, AttackKind,
     AttackNorm, AttackOutcome, AttackStatus,
 };
+use tulip_models::testing::Affine;
 use tulip_models::{Classifier, ParamBuilder, Params};
 
 /// `f(x) = W x + b` with `W`, `b` known on the host, evaluated in `dtype`.
@@ -19,31 +20,14 @@ struct Lin {
     w: Vec<Vec<f64>>,
     b: Vec<f64>,
     shape: (usize, usize, usize),
-    weight: Tensor,
-    bias: Tensor,
-    params: Params,
+    /// The same classifier as a [`Classifier`].
+    model: Affine,
 }
 
 impl Lin {
     fn new(w: Vec<Vec<f64>>, b: Vec<f64>, shape: (usize, usize, usize), dtype: DType) -> Self {
-        let (k, n) = (w.len(), w[0].len());
-        assert_eq!(n, shape.0 * shape.1 * shape.2);
-        let pb = ParamBuilder::new(0, dtype, &DEV);
-        let flat: Vec<f64> = w.iter().flatten().copied().collect();
-        let weight = pb
-            .param_from("weight", &Tensor::from_vec(flat, (k, n), &DEV).unwrap())
-            .unwrap();
-        let bias = pb
-            .param_from("bias", &Tensor::from_vec(b.clone(), k, &DEV).unwrap())
-            .unwrap();
-        Self {
-            w,
-            b,
-            shape,
-            weight,
-            bias,
-            params: pb.params(),
-        }
+        let model = Affine::from_weights(&w, &b, shape, dtype);
+        Self { w, b, shape, model }
     }
 
     /// Weights uniform in `[-scale, scale]`, biases in `[-1, 1]`, from a seed.
@@ -105,27 +89,6 @@ impl Lin {
             }
         }
         best
-    }
-}
-
-impl Classifier for Lin {
-    fn forward_t(&self, x: &Tensor, _train: bool) -> CResult<Tensor> {
-        let b = x.dim(0)?;
-        x.reshape((b, ()))?
-            .matmul(&self.weight.t()?)?
-            .broadcast_add(&self.bias)
-    }
-    fn forward_linearised(&self, x: &Tensor) -> CResult<Tensor> {
-        self.forward_t(x, false)
-    }
-    fn classes(&self) -> usize {
-        self.w.len()
-    }
-    fn input_shape(&self) -> (usize, usize, usize) {
-        self.shape
-    }
-    fn params(&self) -> &Params {
-        &self.params
     }
 }
 
@@ -223,7 +186,7 @@ fn attack_affine(
     y: &Tensor,
     cfg: &AttackConfig,
 ) -> Vec<(AttackOutcome, f64, bool)> {
-    let run = run_attack_with_adversarials(lin, x, y, cfg).unwrap();
+    let run = run_attack_with_adversarials(&lin.model, x, y, cfg).unwrap();
     let labels = y.to_vec1::<u32>().unwrap();
     let (xs, advs) = (rows(x), rows(&run.adversarials));
     assert_eq!(run.outcomes.len(), xs.len());
@@ -387,9 +350,10 @@ fn attacks_work_in_f32() {
     let (x, y) = batch(&lin64, 4, 5, 0.5);
     let x = x.to_dtype(DType::F32).unwrap();
     for cfg in all_configs(2.0, 0.5) {
-        let run = run_attack_with_adversarials(&lin, &x, &y, &cfg).unwrap();
+        let run = run_attack_with_adversarials(&lin.model, &x, &y, &cfg).unwrap();
         assert_eq!(run.adversarials.dtype(), DType::F32);
         let preds = lin
+            .model
             .forward_t(&run.adversarials, false)
             .unwrap()
             .argmax(1)
@@ -419,9 +383,9 @@ fn boundary_attack_approaches_the_minimum() {
         assert!(o.linf.is_finite() && o.linf > 0.0);
     }
     // Seeded: the same seed gives the same result, another seed (almost surely) not.
-    let again = run_attack(&lin, &x, &y, &cfg).unwrap();
+    let again = run_attack(&lin.model, &x, &y, &cfg).unwrap();
     assert_eq!(again, results.iter().map(|r| r.0).collect::<Vec<_>>());
-    let other = run_attack(&lin, &x, &y, &cfg.with_seed(2)).unwrap();
+    let other = run_attack(&lin.model, &x, &y, &cfg.with_seed(2)).unwrap();
     assert_ne!(other, again);
 }
 
@@ -436,7 +400,7 @@ fn already_misclassified_images_have_distance_zero() {
     }
     let y = Tensor::new(labels, &DEV).unwrap();
     for cfg in all_configs(2.0, 0.5) {
-        let run = run_attack_with_adversarials(&lin, &x, &y, &cfg).unwrap();
+        let run = run_attack_with_adversarials(&lin.model, &x, &y, &cfg).unwrap();
         let (xs, advs) = (rows(&x), rows(&run.adversarials));
         for i in [0, 2] {
             let o = run.outcomes[i];
@@ -512,11 +476,11 @@ fn batching_does_not_change_deepfool() {
     let lin = Lin::random(61, (1, 4, 4), 4, 1.0);
     let (x, y) = batch(&lin, 4, 2, 0.5);
     let cfg = AttackConfig::new(AttackKind::DeepFool, AttackNorm::Linf);
-    let together = run_attack(&lin, &x, &y, &cfg).unwrap();
+    let together = run_attack(&lin.model, &x, &y, &cfg).unwrap();
     for (i, t) in together.iter().enumerate() {
         let xi = x.narrow(0, i, 1).unwrap();
         let yi = y.narrow(0, i, 1).unwrap();
-        let alone = run_attack(&lin, &xi, &yi, &cfg).unwrap()[0];
+        let alone = run_attack(&lin.model, &xi, &yi, &cfg).unwrap()[0];
         assert_eq!(alone.status, t.status);
         assert!((alone.linf - t.linf).abs() < 1e-12 && (alone.l2 - t.l2).abs() < 1e-12);
     }
@@ -587,7 +551,7 @@ fn invalid_combinations_are_clear_errors() {
         let lin = Lin::random(1, (1, 4, 4), 3, 1.0);
         let (x, y) = batch(&lin, 1, 1, 0.5);
         assert!(matches!(
-            run_attack(&lin, &x, &y, &AttackConfig::new(kind, norm)),
+            run_attack(&lin.model, &x, &y, &AttackConfig::new(kind, norm)),
             Err(AdversarialError::InvalidConfig(_))
         ));
     }

@@ -113,6 +113,40 @@ impl Affine {
             params: pb.params(),
         }
     }
+
+    /// The affine classifier with rows `w[k]` (each of length `c·h·w`) and biases `b`, in
+    /// `dtype`: for tests that need the weights on the host (closed-form answers).
+    pub fn from_weights(
+        w: &[Vec<f64>],
+        b: &[f64],
+        shape: (usize, usize, usize),
+        dtype: DType,
+    ) -> Self {
+        let (classes, n) = (w.len(), shape.0 * shape.1 * shape.2);
+        assert!(w.iter().all(|row| row.len() == n), "rows of length c·h·w");
+        assert_eq!(b.len(), classes, "one bias per class");
+        let pb = ParamBuilder::new(0, dtype, &DEV);
+        let flat: Vec<f64> = w.iter().flatten().copied().collect();
+        let weight = pb
+            .param_from(
+                "weight",
+                &Tensor::from_vec(flat, (classes, n), &DEV).unwrap(),
+            )
+            .unwrap();
+        let bias = pb
+            .param_from(
+                "bias",
+                &Tensor::from_vec(b.to_vec(), classes, &DEV).unwrap(),
+            )
+            .unwrap();
+        Self {
+            weight,
+            bias,
+            shape,
+            classes,
+            params: pb.params(),
+        }
+    }
 }
 
 impl Classifier for Affine {
