@@ -182,6 +182,7 @@ pub fn run(args: AttackArgs) -> anyhow::Result<ExitCode> {
     let batch = args.batch_size.min(test.len());
     let loader = tulip_data::Loader::test(test, batch, &loaded.device)?;
     let mut records = Vec::with_capacity(test.len());
+    let mut failed = 0;
     for (b, item) in loader.epoch(0).enumerate() {
         let item = item?;
         // Each batch its own random streams (the attack seeds image i of a batch with
@@ -195,9 +196,9 @@ pub fn run(args: AttackArgs) -> anyhow::Result<ExitCode> {
                 .enumerate()
                 .map(|(i, o)| record(start + i, o)),
         );
-        let failed = records
+        failed += outcomes
             .iter()
-            .filter(|r| r.status == tulip_eval::AttackStatus::Failed)
+            .filter(|o| o.status == AttackStatus::Failed)
             .count();
         bar.set_message(format!("({failed} failed)"));
         bar.set_position(records.len() as u64);
