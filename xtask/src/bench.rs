@@ -475,9 +475,12 @@ fn record_times(result: &mut Value, batch: usize, times: &[f64]) {
 
 /// Runs one case and prints `RESULT {json}` (the PyTorch script's protocol).
 pub fn run_case(args: &CaseArgs) -> Result<()> {
-    // Exact penalties need second-order gradients before the first backward pass.
-    tulip_penalties::enable_second_order_gradients();
     let (arch, kind, mode) = parse_case(&args.case)?;
+    // As `tulip train`: second-order gradients (needed before the first backward pass)
+    // only for the exact penalty, since they cost every other mode memory.
+    if matches!(&mode, Mode::Train(objective, _) if objective.needs_second_order_gradients()) {
+        tulip_penalties::enable_second_order_gradients();
+    }
     let (model_name, mode_name) = args.case.split_once(':').unwrap_or_default();
     let mut result = json!({ "model": model_name, "kind": mode_name, "allocator": ALLOCATOR });
     let device = Device::Cpu;

@@ -36,10 +36,6 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    // Exact Lipschitz penalties need Candle's second-order gradients, switched on by this
-    // variable before any thread's first backward pass; the penalty crate also checks
-    // that they are live before training with them.
-    tulip_penalties::enable_second_order_gradients();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train::run(*args),

@@ -360,6 +360,18 @@ fn fetch_if_missing(config: &TrainConfig, output: Output) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Switches on Candle's second-order gradients for a run with the exact Lipschitz penalty.
+///
+/// Called before any tensor work (Candle fixes the mode per thread at its first backward
+/// pass; the penalty itself checks that the mode is live and refuses to train otherwise).
+/// Other runs leave it off: it keeps every gradient's graph alive until the step ends,
+/// which costs a plain step four times the memory.
+fn enable_second_order_if_needed(config: &TrainConfig) {
+    if config.objective.needs_second_order_gradients() {
+        tulip_penalties::enable_second_order_gradients();
+    }
+}
+
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let output = args.output();
     let mut trainer = match &args.resume {
@@ -368,12 +380,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("--resume {}: not a run directory", dir.display()))?;
             // The one flag a resumed run honours: it changes nothing about the training.
             config.download &= !args.no_download;
+            enable_second_order_if_needed(&config);
             fetch_if_missing(&config, output)?;
             let data = tulip_train::load_dataset(&config)?;
             Trainer::resume(dir, data)?
         }
         None => {
             let config = args.to_config()?;
+            enable_second_order_if_needed(&config);
             fetch_if_missing(&config, output)?;
             let data = tulip_train::load_dataset(&config)?;
             let dir = args

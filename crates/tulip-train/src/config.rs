@@ -37,6 +37,16 @@ pub struct ObjectiveConfig {
 }
 
 impl ObjectiveConfig {
+    /// Whether this objective differentiates an input gradient (the exact Lipschitz
+    /// penalty), which needs Candle's second-order gradients switched on with
+    /// [`tulip_penalties::enable_second_order_gradients`] before the first backward pass.
+    ///
+    /// Only such runs should switch them on: in that mode Candle keeps every gradient's
+    /// graph alive until the step ends, which quadruples a plain step's peak memory.
+    pub fn needs_second_order_gradients(&self) -> bool {
+        self.lip > 0.0 && self.penalty_method == PenaltyMethod::Exact
+    }
+
     /// The batch summary in force.
     pub fn lip_summary_or_default(&self) -> Summary {
         self.lip_summary.unwrap_or(match self.penalty_method {
