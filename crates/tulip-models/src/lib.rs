@@ -75,4 +75,26 @@ pub trait Classifier: Send + Sync {
 
     /// The model's named tensors.
     fn params(&self) -> &Params;
+
+    /// A view of this model whose parameters are cut from the autograd graph, for passes
+    /// that need only the gradient with respect to the input (attacks, adversarial
+    /// perturbations, gradient statistics). Candle's backward computes a gradient for every
+    /// variable a result depends on; through this view it skips every parameter gradient
+    /// (a third of the work of a convolution's backward pass, and their memory). Outputs
+    /// and input gradients are the same as the model's own.
+    ///
+    /// `None` (the default) where the model offers no such view; [`with_frozen`] falls
+    /// back to the model itself.
+    fn frozen(&self) -> Option<Box<dyn Classifier>> {
+        None
+    }
+}
+
+/// Calls `f` with `model`'s [frozen view](Classifier::frozen) if it has one, else with
+/// `model` itself: for code that differentiates with respect to the input only.
+pub fn with_frozen<R>(model: &dyn Classifier, f: impl FnOnce(&dyn Classifier) -> R) -> R {
+    match model.frozen() {
+        Some(view) => f(view.as_ref()),
+        None => f(model),
+    }
 }

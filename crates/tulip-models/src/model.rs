@@ -236,6 +236,24 @@ impl Model {
         Self::new(cfg, ParamBuilder::new(seed, dtype, device))
     }
 
+    /// A view of this model whose parameters no gradient reaches (see
+    /// [`Classifier::frozen`]): the same network rebuilt around detached views of the same
+    /// tensors, which costs no copy.
+    ///
+    /// # Errors
+    /// Only if Candle fails to build the (unused) placeholder of an initial value.
+    pub fn frozen_view(&self) -> Result<Self> {
+        let any = self.params.all().first().map(|p| p.var.as_tensor());
+        let (dtype, device) = match any {
+            Some(t) => (t.dtype(), t.device().clone()),
+            None => (DType::F32, Device::Cpu),
+        };
+        Self::new(
+            &self.cfg,
+            ParamBuilder::frozen_view_of(&self.params, dtype, &device),
+        )
+    }
+
     /// The configuration it was built from.
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
@@ -289,6 +307,14 @@ impl Classifier for Model {
 
     fn params(&self) -> &Params {
         &self.params
+    }
+
+    fn frozen(&self) -> Option<Box<dyn Classifier>> {
+        // Rebuilding the same configuration around its own tensors cannot mismatch; if
+        // Candle failed anyway, the unfrozen model gives the same gradients, only slower.
+        self.frozen_view()
+            .ok()
+            .map(|m| Box::new(m) as Box<dyn Classifier>)
     }
 }
 

@@ -7,6 +7,7 @@
 //! `pp("name")` extends a PyTorch-style dotted path) that records every tensor, in
 //! construction order, with its [`ParamKind`].
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -96,6 +97,9 @@ pub enum Init {
 struct Shared {
     entries: Vec<Param>,
     rng: ChaCha8Rng,
+    /// Set for a builder that rebuilds a model around existing tensors
+    /// ([`ParamBuilder::frozen_view_of`]) instead of creating new ones.
+    existing: Option<HashMap<String, Var>>,
 }
 
 /// Creates named tensors for a model, like candle-nn's `VarBuilder`, and records them.
@@ -117,6 +121,34 @@ impl ParamBuilder {
             shared: Arc::new(Mutex::new(Shared {
                 entries: Vec::new(),
                 rng: ChaCha8Rng::seed_from_u64(seed),
+                existing: None,
+            })),
+            prefix: String::new(),
+            dtype,
+            device: device.clone(),
+        }
+    }
+
+    /// A builder that hands out the tensors of `params` (looked up by name) detached from
+    /// the autograd graph instead of creating new ones, so that building the same
+    /// architecture through it gives a view of that model whose parameters no gradient
+    /// reaches: the same storage (optimizer updates show through), but Candle's backward
+    /// computes gradients only for the input. Buffers stay the model's own variables, so
+    /// running statistics are shared too.
+    ///
+    /// Building a model that is not the one `params` came from fails with
+    /// [`ModelError::InvalidConfig`](crate::ModelError::InvalidConfig).
+    pub fn frozen_view_of(params: &Params, dtype: DType, device: &Device) -> Self {
+        let existing = params
+            .all()
+            .iter()
+            .map(|p| (p.name.clone(), p.var.clone()))
+            .collect();
+        Self {
+            shared: Arc::new(Mutex::new(Shared {
+                entries: Vec::new(),
+                rng: ChaCha8Rng::seed_from_u64(0),
+                existing: Some(existing),
             })),
             prefix: String::new(),
             dtype,
@@ -177,6 +209,9 @@ impl ParamBuilder {
     /// # Errors
     /// Fails if Candle cannot allocate the tensor.
     pub fn param_from(&self, name: &str, value: &Tensor) -> Result<Tensor> {
+        if let Some(t) = self.existing(name, value.dims(), ParamKind::Trainable)? {
+            return Ok(t);
+        }
         let var = Var::from_tensor(&value.to_dtype(self.dtype)?.detach())?;
         self.push(name, var.clone(), ParamKind::Trainable);
         Ok(var.as_tensor().clone())
@@ -188,6 +223,10 @@ impl ParamBuilder {
     /// Fails if Candle cannot allocate the tensor.
     pub fn sample(&self, shape: &[usize], init: Init) -> Result<Tensor> {
         let n: usize = shape.iter().product();
+        if self.lock().existing.is_some() {
+            // Rebuilding around existing tensors: the values are never used.
+            return Ok(Tensor::zeros(shape, self.dtype, &self.device)?);
+        }
         let values: Vec<f64> = match init {
             Init::Const(v) => vec![v; n],
             Init::Uniform { bound } => {
@@ -201,17 +240,46 @@ impl ParamBuilder {
     }
 
     fn create(&self, name: &str, shape: &[usize], init: Init, kind: ParamKind) -> Result<Tensor> {
+        if let Some(t) = self.existing(name, shape, kind)? {
+            return Ok(t);
+        }
         let var = Var::from_tensor(&self.sample(shape, init)?)?;
         self.push(name, var.clone(), kind);
         Ok(var.as_tensor().clone())
     }
 
-    fn push(&self, name: &str, var: Var, kind: ParamKind) {
-        let full = if self.prefix.is_empty() {
+    /// For a [`frozen_view_of`](Self::frozen_view_of) builder: records the existing tensor
+    /// `name` and returns it detached. `None` for an ordinary builder.
+    fn existing(&self, name: &str, shape: &[usize], kind: ParamKind) -> Result<Option<Tensor>> {
+        let full = self.full_name(name);
+        let var = {
+            let shared = self.lock();
+            let Some(existing) = &shared.existing else {
+                return Ok(None);
+            };
+            existing.get(&full).cloned()
+        };
+        match var {
+            Some(v) if v.dims() == shape => {
+                self.push(name, v.clone(), kind);
+                Ok(Some(v.as_tensor().detach()))
+            }
+            _ => Err(crate::ModelError::InvalidConfig(format!(
+                "frozen view: the model has no tensor {full} of shape {shape:?}"
+            ))),
+        }
+    }
+
+    fn full_name(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
             name.to_string()
         } else {
             format!("{}.{name}", self.prefix)
-        };
+        }
+    }
+
+    fn push(&self, name: &str, var: Var, kind: ParamKind) {
+        let full = self.full_name(name);
         self.lock().entries.push(Param {
             name: full,
             var,

@@ -542,3 +542,82 @@ fn invalid_configurations_are_rejected() {
         assert!(err.contains(needle), "{err}");
     }
 }
+
+/// The frozen view computes the same logits and input gradient as the model in both modes,
+/// leaves every parameter out of the backward pass, and shares the model's storage (an
+/// update of a parameter shows through; train mode moves the same running statistics).
+#[test]
+fn frozen_view_gives_the_input_gradient_without_parameter_gradients() {
+    use candle_core::Var;
+    for arch in [
+        Architecture::ResNet8,
+        Architecture::AllCnn,
+        Architecture::ResNeXt34,
+    ] {
+        let cfg = ModelConfig {
+            tanh: true,
+            ..ModelConfig::new(arch, 10, FASHION)
+        };
+        let m = model(&cfg);
+        let frozen = m.frozen().expect("a Model has a frozen view");
+        assert_eq!(frozen.params().names(), m.params().names(), "{arch}");
+        let x = Var::from_tensor(&input(FASHION, 3, 5)).unwrap();
+        for train in [false, true] {
+            let own = m.forward_t(x.as_tensor(), train).unwrap();
+            let grads = own.sum_all().unwrap().backward().unwrap();
+            let via = frozen.forward_t(x.as_tensor(), train).unwrap();
+            let frozen_grads = via.sum_all().unwrap().backward().unwrap();
+            assert_close(&via, &own, 0.0, "frozen logits");
+            assert_close(
+                frozen_grads.get(x.as_tensor()).unwrap(),
+                grads.get(x.as_tensor()).unwrap(),
+                0.0,
+                "frozen input gradient",
+            );
+            for p in m.params().trainable() {
+                assert!(grads.get(p.var.as_tensor()).is_some(), "{arch}: {}", p.name);
+                assert!(
+                    frozen_grads.get(p.var.as_tensor()).is_none(),
+                    "{arch}: the frozen view differentiated {}",
+                    p.name
+                );
+            }
+        }
+        // Train mode through the view moved the model's own running statistics.
+        let moved = m
+            .params()
+            .all()
+            .iter()
+            .filter(|p| p.kind == ParamKind::Buffer && p.name.ends_with("running_mean"))
+            .any(|p| {
+                p.var
+                    .as_tensor()
+                    .abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    > 0.0
+            });
+        assert!(
+            moved || !cfg.batch_norm,
+            "{arch}: running statistics untouched"
+        );
+
+        // A parameter update shows through the view.
+        let before = frozen.forward_t(x.as_tensor(), false).unwrap();
+        let p = m.params().trainable().next().unwrap();
+        p.var.set(&(p.var.as_tensor() * 2.0).unwrap()).unwrap();
+        let after = frozen.forward_t(x.as_tensor(), false).unwrap();
+        assert_close(
+            &after,
+            &m.forward_t(x.as_tensor(), false).unwrap(),
+            0.0,
+            "after update",
+        );
+        let change = (after - before).unwrap().abs().unwrap().max_all().unwrap();
+        let change = change.to_scalar::<f32>().unwrap();
+        assert!(change > 1e-6, "{arch}: update not visible ({change})");
+    }
+}

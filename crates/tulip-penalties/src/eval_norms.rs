@@ -2,7 +2,7 @@
 //! norm. Neither is differentiated.
 
 use candle_core::{DType, Tensor, Var, D};
-use tulip_models::Classifier;
+use tulip_models::{with_frozen, Classifier};
 
 use crate::norm::{row_norms, Norm};
 use crate::{PenaltyError, Result};
@@ -18,7 +18,8 @@ const BASIS_CHUNK: usize = 256;
 /// Fails on a shape mismatch between model and images.
 pub fn jacobian_norm(model: &dyn Classifier, x: &Tensor) -> Result<f64> {
     let xv = Var::from_tensor(&x.detach())?;
-    let logits = model.forward_t(xv.as_tensor(), false)?;
+    // Input gradients only: through the frozen view no parameter gradient is computed.
+    let logits = with_frozen(model, |m| m.forward_t(xv.as_tensor(), false))?;
     let mut best = 0f64;
     for k in 0..logits.dim(D::Minus1)? {
         let grads = logits.narrow(1, k, 1)?.sum_all()?.backward()?;

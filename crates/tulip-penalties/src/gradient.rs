@@ -2,7 +2,7 @@
 
 use candle_core::{Tensor, Var};
 use tulip_models::loss::cross_entropy_per_example;
-use tulip_models::Classifier;
+use tulip_models::{with_frozen, Classifier};
 
 use crate::Result;
 
@@ -14,9 +14,8 @@ use crate::Result;
 /// `train` selects the model's mode; in training mode batch norm couples the examples (and
 /// updates its running statistics), so row `i` is then `Σ_j ∇_{x_i} ℓ_j`.
 ///
-/// If the loss does not depend on the input, the gradient is zero. The gradient with respect
-/// to the parameters is computed too (Candle has no way to ask for the input alone) and
-/// dropped.
+/// If the loss does not depend on the input, the gradient is zero. The pass runs through the
+/// model's [frozen view](Classifier::frozen), so no parameter gradient is computed.
 ///
 /// # Errors
 /// Fails on a shape mismatch between model, images and labels.
@@ -27,7 +26,7 @@ pub fn input_gradient(
     train: bool,
 ) -> Result<(Tensor, Tensor)> {
     let xv = Var::from_tensor(&x.detach())?;
-    let logits = model.forward_t(xv.as_tensor(), train)?;
+    let logits = with_frozen(model, |m| m.forward_t(xv.as_tensor(), train))?;
     let per_example = cross_entropy_per_example(&logits, labels)?;
     let grads = per_example.sum_all()?.backward()?;
     let g = match grads.get(xv.as_tensor()) {

@@ -1,6 +1,7 @@
 //! DeepFool (Moosavi-Dezfooli et al. 2016), multi-class, L2 and L∞.
 
 use candle_core::{Tensor, Var, D};
+use tulip_models::with_frozen;
 
 use super::{host_vec, logits, step_clip, AttackNorm, Ctx, Tracker};
 use crate::Result;
@@ -126,7 +127,8 @@ fn logits_and_jacobian(ctx: &Ctx<'_>, x: &Tensor) -> Result<(Tensor, Tensor)> {
     let b = x.dim(0)?;
     let n = ctx.pixels();
     let xv = Var::from_tensor(&x.detach())?;
-    let z = ctx.model.forward_t(xv.as_tensor(), false)?;
+    // Input gradients only: through the frozen view no parameter gradient is computed.
+    let z = with_frozen(ctx.model, |m| m.forward_t(xv.as_tensor(), false))?;
     let classes = z.dim(1)?;
     let mut rows = Vec::with_capacity(classes);
     for k in 0..classes {

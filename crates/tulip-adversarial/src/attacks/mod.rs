@@ -51,7 +51,7 @@ use std::str::FromStr;
 use candle_core::{DType, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 use tulip_models::loss::cross_entropy_per_example;
-use tulip_models::Classifier;
+use tulip_models::{with_frozen, Classifier};
 use tulip_penalties::{row_norms, Norm};
 
 use crate::{AdversarialError, Result};
@@ -654,7 +654,8 @@ fn logits_and_loss_gradient(
     labels: &Tensor,
 ) -> Result<(Tensor, Tensor)> {
     let xv = Var::from_tensor(&x.detach())?;
-    let z = model.forward_t(xv.as_tensor(), false)?;
+    // Input gradients only: through the frozen view no parameter gradient is computed.
+    let z = with_frozen(model, |m| m.forward_t(xv.as_tensor(), false))?;
     let grads = cross_entropy_per_example(&z, labels)?
         .sum_all()?
         .backward()?;
