@@ -349,6 +349,98 @@ impl CustomOp3 for ChannelAffine {
     }
 }
 
+/// `max(x, 0)`.
+struct Relu;
+
+fn relu_cpu<T: WithDType>(s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    let x = contiguous::<T>(s, l)?;
+    let zero = T::from_f64(0.0);
+    let out: Vec<T> = x.iter().map(|&v| if v > zero { v } else { zero }).collect();
+    Ok((T::to_cpu_storage_owned(out), l.shape().clone()))
+}
+
+impl CustomOp1 for Relu {
+    fn name(&self) -> &'static str {
+        "tulip-relu"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        float_dispatch!(s, relu_cpu(s, l))
+    }
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(relu_mask(grad, arg)?))
+    }
+}
+
+/// `g · [x > 0]`: the gradient of ReLU at `x` applied to `g`.
+struct ReluMask;
+
+fn relu_mask_cpu<T: WithDType>(
+    gs: &CpuStorage,
+    gl: &Layout,
+    xs: &CpuStorage,
+    xl: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    if gl.dims() != xl.dims() {
+        bail!(
+            "relu_mask: gradient {:?} and input {:?} differ",
+            gl.dims(),
+            xl.dims()
+        );
+    }
+    let g = contiguous::<T>(gs, gl)?;
+    let x = contiguous::<T>(xs, xl)?;
+    let zero = T::from_f64(0.0);
+    let out: Vec<T> = g
+        .iter()
+        .zip(x.iter())
+        .map(|(&gv, &xv)| if xv > zero { gv } else { zero })
+        .collect();
+    Ok((T::to_cpu_storage_owned(out), gl.shape().clone()))
+}
+
+impl CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "tulip-relu-mask"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        float_dispatch!(s1, relu_mask_cpu(s1, l1, s2, l2))
+    }
+    /// Linear in `g`, piecewise constant in `x` (zero derivative almost everywhere, as in
+    /// Candle and PyTorch), so only `g` gets a gradient.
+    fn bwd(
+        &self,
+        g: &Tensor,
+        x: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((g.track_op().then(|| relu_mask(grad, x)).transpose()?, None))
+    }
+}
+
+/// ReLU whose backward pass is one masked copy, `g · [x > 0]` (PyTorch's convention at 0),
+/// instead of the four passes of Candle's (zeros, compare, cast, multiply); differentiable
+/// to any order. Other devices use Candle's `relu`.
+///
+/// # Errors
+/// Only for dtypes other than f32 and f64.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return x.relu();
+    }
+    x.apply_op1(Relu)
+}
+
+fn relu_mask(g: &Tensor, x: &Tensor) -> Result<Tensor> {
+    g.apply_op2(x, ReluMask)
+}
+
 /// Sum of `x: [B, C, …]` over every dimension but 1, as `[C]`; differentiable to any order.
 ///
 /// # Errors
@@ -495,7 +587,8 @@ fn conv_core<T: WithDType>(x: &[T], g: &ConvGeom, wm: &[T], o: usize) -> Result<
     let k = g.k();
     let dev = Device::Cpu;
     let wt = Tensor::from_slice(wm, (o, k), &dev)?;
-    let mut out = vec![T::from_f64(0.0); g.b * o * hw];
+    // Filled in order (image by image, channel by channel), never zeroed first.
+    let mut out = Vec::with_capacity(g.b * o * hw);
     let chunk = g.chunk();
     let mut b0 = 0;
     while b0 < g.b {
@@ -503,10 +596,9 @@ fn conv_core<T: WithDType>(x: &[T], g: &ConvGeom, wm: &[T], o: usize) -> Result<
         let cols = Tensor::from_vec(im2col(x, g, b0, nb), (k, nb * hw), &dev)?;
         let y = wt.matmul(&cols)?;
         with_slice::<T, ()>(&y, |ys| {
-            for oo in 0..o {
-                for bl in 0..nb {
-                    out[((b0 + bl) * o + oo) * hw..][..hw]
-                        .copy_from_slice(&ys[oo * nb * hw + bl * hw..][..hw]);
+            for bl in 0..nb {
+                for oo in 0..o {
+                    out.extend_from_slice(&ys[oo * nb * hw + bl * hw..][..hw]);
                 }
             }
         })?;
@@ -533,7 +625,10 @@ fn grad_weight_core<T: WithDType>(x: &[T], g: &ConvGeom, gr: &[T], o: usize) -> 
             }
         }
         let gp = Tensor::from_vec(gp, (o, nb * hw), &dev)?;
-        let part = gp.matmul(&cols.t()?)?;
+        // Computed transposed, `[C·kh·kw, O] = cols · gpᵀ`: with the long dimension as the
+        // reduction and the short `O` as the output's columns, the GEMM runs 1.5-4x faster
+        // than `gp · colsᵀ` (measured for the ResNet stages).
+        let part = cols.matmul(&gp.t()?)?;
         acc = Some(match acc {
             Some(a) => (a + part)?,
             None => part,
@@ -541,7 +636,7 @@ fn grad_weight_core<T: WithDType>(x: &[T], g: &ConvGeom, gr: &[T], o: usize) -> 
         b0 += nb;
     }
     match acc {
-        Some(a) => with_slice::<T, Vec<T>>(&a, <[T]>::to_vec),
+        Some(a) => with_slice::<T, Vec<T>>(&a.t()?, <[T]>::to_vec),
         None => Ok(vec![T::from_f64(0.0); o * k]),
     }
 }
@@ -862,6 +957,75 @@ mod tests {
                 "second order ({which}): finite difference {fd} vs autodiff {an}"
             );
         }
+    }
+
+    #[test]
+    fn relu_matches_candle_to_second_order_and_finite_differences() {
+        if std::env::var("CANDLE_GRAD_DO_NOT_DETACH").map_or(true, |v| v.is_empty() || v == "0") {
+            std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
+        }
+        let x0 = randn(&[3, 4, 2, 5], 31);
+        let a0 = randn(&[4], 32);
+        let s0 = randn(&[4], 33);
+        let q = randn(&[3, 4, 2, 5], 34);
+        assert_eq!(max_diff(&relu(&x0).unwrap(), &x0.relu().unwrap()), 0.0);
+        // L = Σ relu(affine)² + ‖∂/∂x Σ q·relu(affine)‖²: its gradient goes through the
+        // backward pass of the ReLU, so it exercises the mask op's own derivative.
+        let loss = |r: &dyn Fn(&Tensor) -> Result<Tensor>, x: &Tensor, a: &Tensor, s: &Tensor| {
+            let z = r(&channel_affine(x, a, s)?)?;
+            let inner = (&z * &q)?.sum_all()?.backward()?;
+            let gx = inner.get(x).expect("gx").clone();
+            z.sqr()?.sum_all()? + gx.sqr()?.sum_all()?
+        };
+        let ours = |t: &Tensor| relu(t);
+        let candles = |t: &Tensor| t.relu();
+        let vars = || [&x0, &a0, &s0].map(|t| Var::from_tensor(t).unwrap());
+        let (v1, v2) = (vars(), vars());
+        let g1 = loss(
+            &ours,
+            v1[0].as_tensor(),
+            v1[1].as_tensor(),
+            v1[2].as_tensor(),
+        )
+        .unwrap()
+        .backward()
+        .unwrap();
+        let g2 = loss(
+            &candles,
+            v2[0].as_tensor(),
+            v2[1].as_tensor(),
+            v2[2].as_tensor(),
+        )
+        .unwrap()
+        .backward()
+        .unwrap();
+        for i in 0..3 {
+            let (a, b) = (g1.get(v1[i].as_tensor()), g2.get(v2[i].as_tensor()));
+            assert!(max_diff(a.unwrap(), b.unwrap()) < 1e-12, "arg {i}");
+        }
+        // And the scale's gradient against a central difference (no input crosses zero
+        // within ±eps for these values).
+        let d = randn(&[4], 35);
+        let eps = 1e-6;
+        let eval = |e: f64| -> f64 {
+            let a = Var::from_tensor(&(&a0 + (&d * e).unwrap()).unwrap()).unwrap();
+            let x = Var::from_tensor(&x0).unwrap();
+            loss(&ours, x.as_tensor(), a.as_tensor(), &s0)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let fd = (eval(eps) - eval(-eps)) / (2.0 * eps);
+        let an = (g1.get(v1[1].as_tensor()).unwrap() * &d)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(
+            (fd - an).abs() <= 1e-6 * (1.0 + an.abs()),
+            "fd {fd} vs {an}"
+        );
     }
 
     #[test]
