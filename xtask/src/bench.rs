@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 use tulip_adversarial::{PerturbationKind, PgdConfig};
 use tulip_data::{Dataset, DatasetKind, Split};
-use tulip_models::{Architecture, Classifier, Model, ModelConfig};
+use tulip_models::{Architecture, Model, ModelConfig};
 use tulip_penalties::{Norm, PenaltyMethod};
 use tulip_train::{ObjectiveConfig, TrainConfig, Trainer};
 
@@ -516,7 +516,7 @@ pub fn run_case(args: &CaseArgs) -> Result<()> {
             let x = synthetic_batch(kind, batch, &device)?;
             let times = time_repeats(args.steps, || {
                 // Reading the logits back forces the whole computation.
-                model.forward_t(&x, false)?.to_vec2::<f32>()?;
+                tulip_models::predict(&model, &x)?.to_vec2::<f32>()?;
                 Ok(())
             })?;
             record_times(&mut result, batch, &times);

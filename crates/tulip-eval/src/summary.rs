@@ -308,9 +308,7 @@ fn accumulate(
     jacobian_left: usize,
     t: &mut Totals,
 ) -> Result<()> {
-    let logits: Vec<Vec<f64>> = model
-        .forward_t(x, false)?
-        .detach()
+    let logits: Vec<Vec<f64>> = tulip_models::predict(model, x)?
         .to_dtype(DType::F64)?
         .to_vec2()?;
     let ys: Vec<u32> = labels.to_vec1()?;

@@ -621,3 +621,19 @@ fn frozen_view_gives_the_input_gradient_without_parameter_gradients() {
         assert!(change > 1e-6, "{arch}: update not visible ({change})");
     }
 }
+
+/// `predict` gives the evaluation-mode logits, and records no graph (a result that
+/// tracks no operation holds none of the activations behind it).
+#[test]
+fn predict_gives_eval_logits_without_a_graph() {
+    let m = model(&ModelConfig::new(Architecture::ResNet8, 10, FASHION));
+    let x = input(FASHION, 4, 9);
+    let through_model = m.forward_t(&x, false).unwrap();
+    assert!(
+        through_model.track_op(),
+        "the model's own pass records a graph"
+    );
+    let predicted = tulip_models::predict(&m, &x).unwrap();
+    assert!(!predicted.track_op());
+    assert_close(&predicted, &through_model, 0.0, "predict");
+}

@@ -42,7 +42,7 @@ pub fn evaluate(
     let (mut loss_sum, mut correct, mut n) = (0.0, 0usize, 0usize);
     for batch in loader.epoch(0) {
         let batch = batch?;
-        let logits = model.forward_t(&batch.images, false)?.detach();
+        let logits = tulip_models::predict(model, &batch.images)?;
         let per_example = loss::cross_entropy_per_example(&logits, &batch.labels)?;
         loss_sum += per_example
             .to_dtype(DType::F64)?

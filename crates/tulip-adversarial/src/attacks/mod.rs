@@ -608,7 +608,7 @@ impl Tracker {
 
 /// Evaluation-mode logits, detached.
 fn logits(model: &dyn Classifier, x: &Tensor) -> Result<Tensor> {
-    Ok(model.forward_t(&x.detach(), false)?.detach())
+    Ok(tulip_models::predict(model, x)?)
 }
 
 /// Arg-max class per row of `[B, K]` logits.
