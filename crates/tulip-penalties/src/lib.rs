@@ -13,8 +13,9 @@
 //! ## Second-order gradients
 //! Candle 0.11 computes second-order gradients only if `CANDLE_GRAD_DO_NOT_DETACH=1` is set
 //! before a thread's first backward pass; otherwise the *gradient* of the exact penalty is
-//! silently wrong. [`enable_second_order_gradients`] sets it (binaries: first thing in
-//! `main`); [`LipschitzPenalty::new`] and every [`LipschitzPenalty`] evaluation run a cheap
+//! silently wrong. [`enable_second_order_gradients`] sets it (`tulip train`: before any
+//! tensor work, for runs with the exact penalty only, since the mode costs memory);
+//! [`backward_detached`] runs a step's last backward pass without it; [`LipschitzPenalty::new`] and every [`LipschitzPenalty`] evaluation run a cheap
 //! cached probe with a known second derivative and fail with
 //! [`PenaltyError::SecondOrderGradientsNotLive`] rather than compute a wrong gradient.
 //!
@@ -53,8 +54,8 @@ pub use gradient::input_gradient;
 pub use lipschitz::{LipschitzPenalty, PenaltyMethod, Summary};
 pub use norm::{row_norms, steepest_ascent_direction, Norm};
 pub use second_order::{
-    enable_second_order_gradients, ensure_second_order_gradients, second_order_gradients_live,
-    CANDLE_GRAD_DO_NOT_DETACH,
+    backward_detached, enable_second_order_gradients, ensure_second_order_gradients,
+    second_order_gradients_live, CANDLE_GRAD_DO_NOT_DETACH,
 };
 pub use tikhonov::{TikhonovPenalty, TikhonovScope};
 

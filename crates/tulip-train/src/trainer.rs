@@ -553,7 +553,9 @@ impl Trainer {
                 step: self.pos.global_step,
             });
         }
-        let grads = objective.backward()?;
+        // Only the optimizer reads these gradients: computed detached even when the
+        // exact penalty has switched second-order gradients on.
+        let grads = tulip_penalties::backward_detached(&objective)?;
         self.optimizer.step(&grads, lr)?;
         let images = labels.dim(0)?;
         Ok(StepReport {
