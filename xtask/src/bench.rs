@@ -292,9 +292,22 @@ fn write_results(args: &BenchArgs, rows: &[(String, Measured, Option<Measured>)]
         }
     }
     if with_torch {
-        md += "\nThe PyTorch side records a 1024×1024 sgemm \"canary\" (GFLOPS) before and after \
-               each case in results.json; about 170 means a quiet host, lower means the host \
-               slowed the case down.\n";
+        // The canary's level depends on the CPU (AVX2 or AVX-512), so only its spread
+        // within one run says something: a case whose canary sags was disturbed.
+        let canaries: Vec<f64> = json_rows
+            .iter()
+            .filter_map(|r| r["pytorch"]["canary_gflops"].as_array())
+            .flatten()
+            .filter_map(Value::as_f64)
+            .collect();
+        let (lo, hi) = canaries
+            .iter()
+            .fold((f64::INFINITY, 0f64), |(lo, hi), &c| (lo.min(c), hi.max(c)));
+        md += &format!(
+            "\nThe PyTorch side times a 1024×1024 sgemm \"canary\" (GFLOPS) before and after \
+             each case (results.json); in this run it ranged {lo:.0}–{hi:.0}. Its level depends on \
+             the CPU; a case whose canary sags well below the others was slowed by the host.\n"
+        );
     }
     let md_path = args.out.join("RESULTS.md");
     let json_path = args.out.join("results.json");
