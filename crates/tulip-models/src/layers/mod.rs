@@ -66,18 +66,11 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
 
 /// 2×2 average pooling with stride 2 (floor on odd sizes, like PyTorch's `AvgPool2d(2)`).
 ///
-/// Written as crop + reshape + mean rather than Candle's `avg_pool2d`, whose backward
-/// pass is wrong on odd sizes (it spreads gradient over the dropped last row/column) and
-/// whose upsample-based backward is slow; reshape and mean are differentiable to any order.
+/// A custom op on the CPU (one contiguous pass, differentiable to any order), not Candle's
+/// `avg_pool2d`, whose backward pass is wrong on odd sizes (it spreads gradient over the
+/// dropped last row/column) and slow.
 pub fn avg_pool2x2(x: &Tensor) -> Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    let (h2, w2) = (h / 2, w / 2);
-    let x = if h % 2 == 1 || w % 2 == 1 {
-        x.narrow(2, 0, 2 * h2)?.narrow(3, 0, 2 * w2)?
-    } else {
-        x.clone()
-    };
-    x.reshape((b, c, h2, 2, w2, 2))?.mean((3, 5))
+    fast_ops::avg_pool2x2(x)
 }
 
 /// Largest absolute entry of `a − b`, for the layer tests.
