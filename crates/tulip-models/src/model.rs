@@ -17,20 +17,20 @@ pub enum Architecture {
     #[serde(rename = "allcnn")]
     #[value(name = "allcnn")]
     AllCnn,
-    /// ResNet with [1,1,1] basic blocks, base width 16: not in the paper; a small model
+    /// ResNet with three stages of 1 basic block, base width 16: not in the paper; a small model
     /// for quick experiments on a CPU (the quick profile of `cargo xtask reproduce-paper`).
     #[serde(rename = "resnet8")]
     #[value(name = "resnet8")]
     ResNet8,
-    /// ResNet with [3,3,3] basic blocks, base width 16.
+    /// ResNet with three stages of 3 basic blocks, base width 16.
     #[serde(rename = "resnet22")]
     #[value(name = "resnet22")]
     ResNet22,
-    /// ResNet with [5,5,5] basic blocks, base width 16.
+    /// ResNet with three stages of 5 basic blocks, base width 16.
     #[serde(rename = "resnet34")]
     #[value(name = "resnet34")]
     ResNet34,
-    /// ResNeXt with [5,5,5] two-branch blocks, base width 32.
+    /// ResNeXt with three stages of 5 two-branch blocks, base width 32.
     #[serde(rename = "resnext34")]
     #[value(name = "resnext34")]
     ResNeXt34,

@@ -108,7 +108,7 @@ impl Conv2d {
     /// Applies the convolution to `[B, I, H, W]`.
     ///
     /// Stride-1 convolutions on the CPU (every Tulip model except AllCNN's downsampling
-    /// layers) run through [`conv2d_s1`], whose backward pass avoids Candle's slow CPU
+    /// layers) run through `fast_ops::conv2d_s1`, whose backward pass avoids Candle's slow CPU
     /// `conv_transpose2d` and stays differentiable; grouped ones apply it group by group
     /// (narrow + cat, as Candle does). Other strides use Candle's `conv2d`.
     ///
