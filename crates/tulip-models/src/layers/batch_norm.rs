@@ -116,7 +116,7 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
-    use crate::layers::max_abs_diff as max_diff;
+    use crate::layers::{max_abs_diff as max_diff, second_order_on};
 
     /// The straightforward broadcasting formula the layer used before `fast_ops`.
     fn reference(x: &Tensor, w: &Tensor, b: &Tensor) -> CResult<Tensor> {
@@ -133,9 +133,7 @@ mod tests {
 
     #[test]
     fn train_mode_matches_the_reference_formula_to_second_order() {
-        if std::env::var("CANDLE_GRAD_DO_NOT_DETACH").map_or(true, |v| v.is_empty() || v == "0") {
-            std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
-        }
+        second_order_on();
         let pb = ParamBuilder::new(3, DType::F64, &Device::Cpu);
         let bn = BatchNorm::new(3, true, pb.clone()).unwrap();
         let (w, b) = bn.affine.clone().unwrap();

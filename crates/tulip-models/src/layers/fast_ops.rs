@@ -964,7 +964,7 @@ mod tests {
     use super::*;
     use candle_core::{DType, Var};
 
-    use crate::layers::max_abs_diff as max_diff;
+    use crate::layers::{max_abs_diff as max_diff, second_order_on};
 
     fn randn(shape: &[usize], seed: u64) -> Tensor {
         // Deterministic pseudo-random values without relying on the device RNG.
@@ -1028,9 +1028,7 @@ mod tests {
     /// the derivatives of `Gx` and `Gw`; compared with a central finite difference.
     #[test]
     fn conv_second_order_matches_finite_differences() {
-        if std::env::var("CANDLE_GRAD_DO_NOT_DETACH").map_or(true, |v| v.is_empty() || v == "0") {
-            std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
-        }
+        second_order_on();
         let (b, c, o, h, k, p) = (2, 2, 3, 5, 3, 1);
         let x0 = randn(&[b, c, h, h], 6);
         let w0 = randn(&[o, c, k, k], 7);
@@ -1080,9 +1078,7 @@ mod tests {
 
     #[test]
     fn relu_matches_candle_to_second_order_and_finite_differences() {
-        if std::env::var("CANDLE_GRAD_DO_NOT_DETACH").map_or(true, |v| v.is_empty() || v == "0") {
-            std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
-        }
+        second_order_on();
         let x0 = randn(&[3, 4, 2, 5], 31);
         let a0 = randn(&[4], 32);
         let s0 = randn(&[4], 33);
@@ -1149,9 +1145,7 @@ mod tests {
 
     #[test]
     fn avg_pool_matches_reshape_and_mean_to_second_order() {
-        if std::env::var("CANDLE_GRAD_DO_NOT_DETACH").map_or(true, |v| v.is_empty() || v == "0") {
-            std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
-        }
+        second_order_on();
         // The formula the layer used before: crop to even sizes, then a mean per window.
         let reference = |x: &Tensor| -> Result<Tensor> {
             let (b, c, h, w) = x.dims4()?;
@@ -1191,9 +1185,7 @@ mod tests {
 
     #[test]
     fn channel_ops_match_broadcasting_and_differentiate_twice() {
-        if std::env::var("CANDLE_GRAD_DO_NOT_DETACH").map_or(true, |v| v.is_empty() || v == "0") {
-            std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
-        }
+        second_order_on();
         let x0 = randn(&[3, 4, 2, 5], 11);
         let a0 = randn(&[4], 12);
         let s0 = randn(&[4], 13);

@@ -73,6 +73,16 @@ pub fn avg_pool2x2(x: &Tensor) -> Result<Tensor> {
     fast_ops::avg_pool2x2(x)
 }
 
+/// Switches on Candle's second-order gradients for a layer test that differentiates a
+/// gradient (this crate cannot use `tulip_penalties::enable_second_order_gradients`, which
+/// depends on it). Effective on a test thread that has not run a backward pass yet.
+#[cfg(test)]
+pub(crate) fn second_order_on() {
+    if std::env::var("CANDLE_GRAD_DO_NOT_DETACH").map_or(true, |v| v.is_empty() || v == "0") {
+        std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
+    }
+}
+
 /// Largest absolute entry of `a − b`, for the layer tests.
 #[cfg(test)]
 pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
