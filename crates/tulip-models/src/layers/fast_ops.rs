@@ -671,11 +671,12 @@ fn im2col<T: WithDType>(x: &[T], g: &ConvGeom, b0: usize, nb: usize, mut cols: V
 }
 
 /// Calls `f(first image, images, cols)` on the im2col of successive chunks of the batch
-/// (about [`COLS_TARGET`] elements each), built a few at a time, one chunk per thread.
+/// (about [`COLS_TARGET`] elements each, `cols: [C·kh·kw, images·H'·W']`), built a few at a
+/// time, one chunk per thread.
 fn for_each_im2col<T: WithDType>(
     x: &[T],
     g: &ConvGeom,
-    mut f: impl FnMut(usize, usize, Vec<T>) -> Result<()>,
+    mut f: impl FnMut(usize, usize, Tensor) -> Result<()>,
 ) -> Result<()> {
     let chunk = g.chunk();
     let starts: Vec<usize> = (0..g.b).step_by(chunk).collect();
@@ -701,7 +702,11 @@ fn for_each_im2col<T: WithDType>(
             })
         };
         for (b0, nb, cols) in parts {
-            f(b0, nb, cols)?;
+            f(
+                b0,
+                nb,
+                Tensor::from_vec(cols, (g.k(), nb * g.ho() * g.wo()), &Device::Cpu)?,
+            )?;
         }
     }
     Ok(())
@@ -716,7 +721,6 @@ fn conv_core<T: WithDType>(x: &[T], g: &ConvGeom, wm: &[T], o: usize) -> Result<
     // Filled in order (image by image, channel by channel), never zeroed first.
     let mut out = Vec::with_capacity(g.b * o * hw);
     for_each_im2col(x, g, |_, nb, cols| {
-        let cols = Tensor::from_vec(cols, (k, nb * hw), &dev)?;
         let y = wt.matmul(&cols)?;
         with_slice::<T, ()>(&y, |ys| {
             for bl in 0..nb {
@@ -736,7 +740,6 @@ fn grad_weight_core<T: WithDType>(x: &[T], g: &ConvGeom, gr: &[T], o: usize) -> 
     let dev = Device::Cpu;
     let mut acc: Option<Tensor> = None;
     for_each_im2col(x, g, |b0, nb, cols| {
-        let cols = Tensor::from_vec(cols, (k, nb * hw), &dev)?;
         let mut gp = Vec::with_capacity(o * nb * hw);
         for oo in 0..o {
             for bl in 0..nb {
