@@ -243,15 +243,7 @@ impl Model {
     /// # Errors
     /// Only if Candle fails to build the (unused) placeholder of an initial value.
     pub fn frozen_view(&self) -> Result<Self> {
-        let any = self.params.all().first().map(|p| p.var.as_tensor());
-        let (dtype, device) = match any {
-            Some(t) => (t.dtype(), t.device().clone()),
-            None => (DType::F32, Device::Cpu),
-        };
-        Self::new(
-            &self.cfg,
-            ParamBuilder::frozen_view_of(&self.params, dtype, &device),
-        )
+        Self::new(&self.cfg, ParamBuilder::frozen_view_of(&self.params))
     }
 
     /// The configuration it was built from.

@@ -138,7 +138,11 @@ impl ParamBuilder {
     ///
     /// Building a model that is not the one `params` came from fails with
     /// [`ModelError::InvalidConfig`](crate::ModelError::InvalidConfig).
-    pub fn frozen_view_of(params: &Params, dtype: DType, device: &Device) -> Self {
+    pub fn frozen_view_of(params: &Params) -> Self {
+        let (dtype, device) = match params.all().first() {
+            Some(p) => (p.var.dtype(), p.var.device().clone()),
+            None => (DType::F32, Device::Cpu),
+        };
         let existing = params
             .all()
             .iter()
@@ -152,7 +156,7 @@ impl ParamBuilder {
             })),
             prefix: String::new(),
             dtype,
-            device: device.clone(),
+            device,
         }
     }
 
