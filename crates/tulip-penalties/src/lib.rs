@@ -15,7 +15,8 @@
 //! before a thread's first backward pass; otherwise the *gradient* of the exact penalty is
 //! silently wrong. [`enable_second_order_gradients`] sets it (`tulip train`: before any
 //! tensor work, for runs with the exact penalty only, since the mode costs memory);
-//! [`backward_detached`] runs a step's last backward pass without it; [`LipschitzPenalty::new`] and every [`LipschitzPenalty`] evaluation run a cheap
+//! [`backward_detached`] runs a step's last backward pass without it;
+//! [`LipschitzPenalty::new`] and every [`LipschitzPenalty`] evaluation run a cheap
 //! cached probe with a known second derivative and fail with
 //! [`PenaltyError::SecondOrderGradientsNotLive`] rather than compute a wrong gradient.
 //!

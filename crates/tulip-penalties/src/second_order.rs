@@ -22,7 +22,7 @@
 
 use std::cell::Cell;
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
@@ -79,7 +79,7 @@ type Reply = mpsc::Sender<candle_core::Result<GradStore>>;
 
 /// A thread that runs backward passes in Candle's first-order mode.
 struct FirstOrderThread {
-    jobs: Mutex<mpsc::Sender<(Tensor, Reply)>>,
+    jobs: mpsc::Sender<(Tensor, Reply)>,
 }
 
 /// Started by the first [`enable_second_order_gradients`]; `None` inside if the thread
@@ -100,19 +100,13 @@ impl FirstOrderThread {
                 }
             })
             .ok()?;
-        is_ready.recv().ok()?.then(|| Self {
-            jobs: Mutex::new(jobs),
-        })
+        is_ready.recv().ok()?.then_some(Self { jobs })
     }
 
     /// `None` if the thread is gone.
     fn backward(&self, loss: &Tensor) -> Option<candle_core::Result<GradStore>> {
         let (reply, answer) = mpsc::channel();
-        self.jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send((loss.clone(), reply))
-            .ok()?;
+        self.jobs.send((loss.clone(), reply)).ok()?;
         answer.recv().ok()
     }
 }
