@@ -28,7 +28,8 @@ pub fn input_gradient(
     let xv = Var::from_tensor(&x.detach())?;
     let logits = with_frozen(model, |m| m.forward_t(xv.as_tensor(), train))?;
     let per_example = cross_entropy_per_example(&logits, labels)?;
-    let grads = per_example.sum_all()?.backward()?;
+    // Only this pass's result is used, never differentiated again.
+    let grads = tulip_models::first_order_gradients(|| per_example.sum_all()?.backward())?;
     let g = match grads.get(xv.as_tensor()) {
         Some(g) => g.detach(),
         None => x.zeros_like()?,

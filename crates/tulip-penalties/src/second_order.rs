@@ -56,7 +56,9 @@ pub fn enable_second_order_gradients() {
 /// The gradients of `loss` with respect to every variable it depends on, detached (with
 /// no graph of their own) whatever the calling thread's mode: for the last backward pass
 /// of a training step, whose gradients only the optimizer reads. It differentiates
-/// through second-order terms (an input-gradient penalty) all the same.
+/// through second-order terms (an input-gradient penalty) all the same. It runs inside
+/// [`tulip_models::first_order_gradients`], so the model's layers may use their fused
+/// backward kernels.
 ///
 /// After [`enable_second_order_gradients`] this runs Candle's backward on a thread whose
 /// mode is first order, so intermediate gradients are freed as the pass goes (ResNet22,
@@ -66,12 +68,13 @@ pub fn enable_second_order_gradients() {
 /// # Errors
 /// Whatever Candle's backward pass reports.
 pub fn backward_detached(loss: &Tensor) -> candle_core::Result<GradStore> {
+    let inline = || tulip_models::first_order_gradients(|| loss.backward());
     match FIRST_ORDER.get() {
         Some(Some(worker)) if loss.device().is_cpu() => match worker.backward(loss) {
             Some(result) => result,
-            None => loss.backward(),
+            None => inline(),
         },
-        _ => loss.backward(),
+        _ => inline(),
     }
 }
 
@@ -96,7 +99,7 @@ impl FirstOrderThread {
                 // This backward pass fixes the thread's mode while the variable is unset.
                 let _ = ready.send(matches!(probe(), Ok(false)));
                 for (loss, reply) in inbox {
-                    let _ = reply.send(loss.backward());
+                    let _ = reply.send(tulip_models::first_order_gradients(|| loss.backward()));
                 }
             })
             .ok()?;

@@ -70,7 +70,11 @@ fn check_parameter_gradient(
         };
         let fd = (at(h) - at(-h)) / (2.0 * h);
         at(0.0);
-        let tol = 1e-6 * auto.abs().max(fd.abs()) + 1e-10;
+        // The difference quotient cannot resolve a derivative below its rounding noise,
+        // a few ulps of P over h (derivatives that are zero in exact arithmetic, such as a
+        // bias followed by batch norm, come out as ±2e-10 from 16 ulps at P ≈ 1).
+        let noise = 64.0 * f64::EPSILON * scalar(&p).abs().max(1.0) / h;
+        let tol = 1e-6 * auto.abs().max(fd.abs()) + noise;
         assert!(
             (auto - fd).abs() <= tol,
             "{label}: ∂P/∂{name}[{idx}] autodiff {auto:e} vs central difference {fd:e}",

@@ -19,15 +19,46 @@
 //!
 //! Only the CPU has kernels; callers fall back to Candle's ops on other devices.
 
+mod batch_norm;
 mod direct_conv;
 
 use std::borrow::Cow;
+use std::cell::Cell;
+
+pub(super) use batch_norm::{batch_norm_train, batch_statistics};
 
 use direct_conv::Isa;
 
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType,
 };
+
+// ---------------------------------------------------------------------------------------
+// first-order mode
+
+thread_local! {
+    static FIRST_ORDER_ONLY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the gradients of this crate's ops free to be plain tensors that cannot be
+/// differentiated again: where it helps (batch norm), their backward passes then use a
+/// fused kernel instead of a composition of differentiable ops. For backward passes
+/// whose result is only used, never differentiated (a training step's parameter
+/// gradients, an attack's input gradient). Applies to this thread only.
+pub fn first_order_gradients<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FIRST_ORDER_ONLY.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(FIRST_ORDER_ONLY.with(|c| c.replace(true)));
+    f()
+}
+
+pub(super) fn first_order_only() -> bool {
+    FIRST_ORDER_ONLY.with(Cell::get)
+}
 
 // ---------------------------------------------------------------------------------------
 // helpers
