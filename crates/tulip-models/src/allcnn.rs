@@ -27,11 +27,11 @@ impl ConvUnit {
     }
 
     fn forward(&self, x: &Tensor, mode: Mode) -> CResult<Tensor> {
-        let mut y = self.conv.forward(x)?;
-        if let Some(bn) = &self.bn {
-            y = bn.forward(&y, mode)?;
+        let y = self.conv.forward(x)?;
+        match &self.bn {
+            Some(bn) => bn.forward_relu(&y, mode),
+            None => layers::relu(&y, mode),
         }
-        layers::relu(&y, mode)
     }
 }
 

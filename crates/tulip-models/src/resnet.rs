@@ -89,6 +89,15 @@ impl ConvBn {
             None => Ok(y),
         }
     }
+
+    /// `relu(self.forward(x))`, the ReLU fused into the batch norm where there is one.
+    fn forward_relu(&self, x: &Tensor, mode: Mode) -> CResult<Tensor> {
+        let y = self.conv.forward(x)?;
+        match &self.bn {
+            Some(bn) => bn.forward_relu(&y, mode),
+            None => layers::relu(&y, mode),
+        }
+    }
 }
 
 /// `fcc`: the 1×1 width-changing map at the start of a block.
@@ -185,12 +194,12 @@ impl Block {
 
     fn forward(&self, x: &Tensor, mode: Mode) -> CResult<Tensor> {
         let x = match &self.fcc {
-            Some(fcc) => layers::relu(&fcc.forward(x, mode)?, mode)?,
+            Some(fcc) => fcc.forward_relu(x, mode)?,
             None => x.clone(),
         };
         let y = match &self.body {
             BlockBody::Basic([first, second]) => {
-                let y = layers::relu(&first.forward(&x, mode)?, mode)?;
+                let y = first.forward_relu(&x, mode)?;
                 let y = layers::dropout(&y, self.dropout, mode)?;
                 second.forward(&y, mode)?
             }
@@ -199,7 +208,7 @@ impl Block {
                 second,
                 branches,
             } => {
-                let y = layers::relu(&first.forward(&x, mode)?, mode)?;
+                let y = first.forward_relu(&x, mode)?;
                 let y = layers::dropout(&y, self.dropout, mode)?;
                 let y = second.forward(&y, mode)?;
                 // Channels are laid out branch-major: average the branches.
@@ -207,7 +216,7 @@ impl Block {
                 y.reshape((b, *branches, c / branches, h, w))?.mean(1)?
             }
         };
-        let y = layers::relu(&(x + y)?, mode)?;
+        let y = layers::add_relu(&x, &y, mode)?;
         if self.pool {
             layers::avg_pool2x2(&y)
         } else {
@@ -274,11 +283,11 @@ impl ResNet {
     /// # Errors
     /// Fails on a shape mismatch.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> CResult<Tensor> {
-        let mut y = self.stem.forward(x)?;
-        if let Some(bn) = &self.stem_bn {
-            y = bn.forward(&y, mode)?;
-        }
-        y = layers::relu(&y, mode)?;
+        let stem = self.stem.forward(x)?;
+        let mut y = match &self.stem_bn {
+            Some(bn) => bn.forward_relu(&stem, mode)?,
+            None => layers::relu(&stem, mode)?,
+        };
         for block in &self.blocks {
             y = block.forward(&y, mode)?;
         }

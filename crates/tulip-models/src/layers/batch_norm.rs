@@ -1,7 +1,8 @@
 use candle_core::{Result as CResult, Tensor, Var};
 
 use super::fast_ops::{
-    batch_norm_train, batch_statistics, channel_affine, channel_dot, channel_sum,
+    batch_norm_train, batch_statistics, channel_affine, channel_affine_relu, channel_dot,
+    channel_sum,
 };
 use super::Mode;
 use crate::params::{Init, ParamBuilder};
@@ -55,6 +56,19 @@ impl BatchNorm {
     /// # Errors
     /// Fails on a shape mismatch.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> CResult<Tensor> {
+        self.normalise(x, mode, false)
+    }
+
+    /// `relu(self.forward(x, mode))` (the identity for the ReLU in linearised mode), in one
+    /// pass on the CPU.
+    ///
+    /// # Errors
+    /// Fails on a shape mismatch.
+    pub fn forward_relu(&self, x: &Tensor, mode: Mode) -> CResult<Tensor> {
+        self.normalise(x, mode, mode != Mode::Linearised)
+    }
+
+    fn normalise(&self, x: &Tensor, mode: Mode, relu: bool) -> CResult<Tensor> {
         let channels = x.dim(1)?;
         if mode == Mode::Train && x.device().is_cpu() {
             let (mean, var) = batch_statistics(x)?;
@@ -69,7 +83,7 @@ impl BatchNorm {
                     (ones.clone(), ones.zeros_like()?)
                 }
             };
-            return batch_norm_train(x, &w, &b, mean, &var, EPS);
+            return batch_norm_train(x, &w, &b, mean, &var, EPS, relu);
         }
         let (scale, shift, input) = match mode {
             Mode::Train => {
@@ -100,7 +114,11 @@ impl BatchNorm {
                 (scale, shift, x.clone())
             }
         };
-        channel_affine(&input, &scale, &shift)
+        if relu {
+            channel_affine_relu(&input, &scale, &shift)
+        } else {
+            channel_affine(&input, &scale, &shift)
+        }
     }
 
     fn update_running(&self, mean: &Tensor, var: &Tensor, n: f64) -> CResult<()> {
@@ -180,13 +198,37 @@ mod tests {
             assert_eq!(a.dims(), t.dims());
             assert!(max_diff(a, t) < 1e-9, "output {i}: {}", max_diff(a, t));
         }
+        // The same with the ReLU fused in, and in evaluation mode (affine + ReLU).
+        let ours = run(&|x| bn.forward_relu(x, Mode::Train));
+        let theirs = run(&|x| reference(x, &w, &b)?.relu());
+        for (i, (a, t)) in ours.iter().zip(&theirs).enumerate() {
+            assert!(
+                max_diff(a, t) < 1e-9,
+                "with ReLU, output {i}: {}",
+                max_diff(a, t)
+            );
+        }
+        let ours = run(&|x| bn.forward_relu(x, Mode::Eval));
+        let theirs = run(&|x| bn.forward(x, Mode::Eval)?.relu());
+        for (i, (a, t)) in ours.iter().zip(&theirs).enumerate() {
+            assert!(
+                max_diff(a, t) < 1e-12,
+                "eval with ReLU, output {i}: {}",
+                max_diff(a, t)
+            );
+        }
     }
 
     /// The fused first-order backward pass (f64 and f32, with and without the affine
     /// parameters, on data whose mean is far from zero) against the reference's gradients.
     #[test]
     fn train_mode_first_order_gradients_match_the_reference() {
-        for (affine, offset) in [(true, 2.0), (true, 100.0), (false, -30.0)] {
+        let cases = [
+            (true, 2.0, false),
+            (true, 100.0, false),
+            (false, -30.0, false),
+        ];
+        for (affine, offset, relu) in cases.into_iter().chain([(true, 2.0, true)]) {
             let pb = ParamBuilder::new(3, DType::F64, &Device::Cpu);
             let bn = BatchNorm::new(3, affine, pb).unwrap();
             let (w, b) = bn.affine.clone().unwrap_or_else(|| {
@@ -201,6 +243,7 @@ mod tests {
                 let x = Var::from_tensor(&x64).unwrap();
                 let (wv, bv) = (Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
                 let y = reference(x.as_tensor(), wv.as_tensor(), bv.as_tensor()).unwrap();
+                let y = if relu { y.relu().unwrap() } else { y };
                 let g = (&y * &r64).unwrap().sum_all().unwrap().backward().unwrap();
                 let get = |v: &Var| g.get(v.as_tensor()).unwrap().clone();
                 [y, get(&x), get(&wv), get(&bv)]
@@ -220,6 +263,7 @@ mod tests {
                     stats.0,
                     &stats.1,
                     EPS,
+                    relu,
                 )
                 .unwrap();
                 let g = crate::first_order_gradients(|| {

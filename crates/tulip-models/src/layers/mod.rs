@@ -51,6 +51,14 @@ pub fn relu(x: &Tensor, mode: Mode) -> Result<Tensor> {
     }
 }
 
+/// `relu(x + y)`, the end of a residual block, in one pass; `x + y` in linearised mode.
+pub fn add_relu(x: &Tensor, y: &Tensor, mode: Mode) -> Result<Tensor> {
+    match mode {
+        Mode::Linearised => x + y,
+        Mode::Train | Mode::Eval => fast_ops::add_relu(x, y),
+    }
+}
+
 /// Dropout with probability `p` in training mode; the identity otherwise.
 pub fn dropout(x: &Tensor, p: f64, mode: Mode) -> Result<Tensor> {
     if mode == Mode::Train && p > 0.0 {

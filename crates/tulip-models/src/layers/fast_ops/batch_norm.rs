@@ -22,6 +22,7 @@ use candle_core::{
 
 use super::{
     bcs, block_sum, channel_affine, channel_dot, channel_sum, contiguous, first_order_only,
+    relu_mask,
 };
 
 /// `Σ u·(v − m)` with eight independent accumulators (so it vectorises), returned in f64.
@@ -76,7 +77,7 @@ fn statistics_cpu<T: WithDType>(s: &CpuStorage, l: &Layout) -> Result<(Vec<f64>,
 
 /// `y = (x − μ)·σ⁻¹·γ + β` for `x: [B, C, …]`, `weight` (γ) and `bias` (β) of `[C]`, with
 /// `μ`, `σ² = var` the batch statistics of `x` (from [`batch_statistics`]) and
-/// `σ = √(var + eps)`. CPU only.
+/// `σ = √(var + eps)`; followed by a ReLU if `relu`. CPU only.
 ///
 /// # Errors
 /// Fails on a shape mismatch.
@@ -87,15 +88,23 @@ pub fn batch_norm_train(
     mean: Vec<f64>,
     var: &[f64],
     eps: f64,
+    relu: bool,
 ) -> Result<Tensor> {
     let inv_std = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-    x.apply_op3(weight, bias, BatchNormTrain { mean, inv_std, eps })
+    let op = BatchNormTrain {
+        mean,
+        inv_std,
+        eps,
+        relu,
+    };
+    x.apply_op3(weight, bias, op)
 }
 
 struct BatchNormTrain {
     mean: Vec<f64>,
     inv_std: Vec<f64>,
     eps: f64,
+    relu: bool,
 }
 
 impl BatchNormTrain {
@@ -129,9 +138,15 @@ impl BatchNormTrain {
             })
             .collect();
         let mut y = Vec::with_capacity(b * c * sz);
+        let zero = T::from_f64(0.0);
         for (i, plane) in x.chunks_exact(sz.max(1)).enumerate().take(b * c) {
             let (m, a, s) = coefs[i % c];
-            y.extend(plane.iter().map(|&v| (v - m) * a + s));
+            let values = plane.iter().map(|&v| (v - m) * a + s);
+            if self.relu {
+                y.extend(values.map(|v| if v > zero { v } else { zero }));
+            } else {
+                y.extend(values);
+            }
         }
         Ok((T::to_cpu_storage_owned(y), xl.shape().clone()))
     }
@@ -248,9 +263,17 @@ impl CustomOp3 for BatchNormTrain {
         x: &Tensor,
         weight: &Tensor,
         bias: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // After a ReLU the output is positive exactly where its input was.
+        let masked;
+        let dy = if self.relu {
+            masked = relu_mask(dy, res)?;
+            &masked
+        } else {
+            dy
+        };
         let (dx, dgamma, dbeta) = if first_order_only() {
             match x.dtype() {
                 DType::F32 => self.fused_backward::<f32>(x, weight, dy)?,
