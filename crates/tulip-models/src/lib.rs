@@ -44,7 +44,7 @@ pub mod testing;
 pub use allcnn::AllCnn;
 pub use checkpoint::Checkpoint;
 pub use error::{ModelError, Result};
-pub use layers::{first_order_gradients, Mode};
+pub use layers::{first_order_gradients, input_gradient_only, Mode};
 pub use model::{Architecture, Model, ModelConfig};
 pub use params::{Param, ParamBuilder, ParamKind, Params};
 pub use resnet::{BlockKind, ResNet, ResNetSpec};

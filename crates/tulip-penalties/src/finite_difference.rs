@@ -105,7 +105,11 @@ impl Penalty for FiniteDifferencePenalty {
     fn value(&self, inputs: &PenaltyInputs<'_>) -> Result<Tensor> {
         check_variable(inputs.x, self.name())?;
         let x = inputs.x.detach();
-        let g = match inputs.loss.backward()?.get(inputs.x) {
+        // Only the input's gradient is read, and only as a direction, never differentiated.
+        let grads = tulip_models::first_order_gradients(|| {
+            tulip_models::input_gradient_only(|| inputs.loss.backward())
+        })?;
+        let g = match grads.get(inputs.x) {
             Some(g) => g.detach(),
             None => x.zeros_like()?,
         };

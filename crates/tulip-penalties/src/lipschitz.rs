@@ -122,7 +122,8 @@ impl Penalty for LipschitzPenalty {
     fn value(&self, inputs: &PenaltyInputs<'_>) -> Result<Tensor> {
         ensure_second_order_gradients()?;
         check_variable(inputs.x, self.name())?;
-        let grads = inputs.loss.backward()?;
+        // Only the input's gradient is read: the kernels' gradients are skipped.
+        let grads = tulip_models::input_gradient_only(|| inputs.loss.backward())?;
         let g = match grads.get(inputs.x) {
             Some(g) => g.clone(),
             // The loss does not depend on the input: the penalty is 0 (and constant).

@@ -24,6 +24,7 @@ mod direct_conv;
 
 use std::borrow::Cow;
 use std::cell::Cell;
+use std::thread::LocalKey;
 
 pub(super) use batch_norm::{batch_norm_train, batch_statistics};
 
@@ -38,6 +39,19 @@ use candle_core::{
 
 thread_local! {
     static FIRST_ORDER_ONLY: Cell<bool> = const { Cell::new(false) };
+    static INPUT_GRADIENT_ONLY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with `flag` set on this thread, restoring it afterwards (also on a panic).
+fn with_flag<R>(flag: &'static LocalKey<Cell<bool>>, f: impl FnOnce() -> R) -> R {
+    struct Restore(&'static LocalKey<Cell<bool>>, bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            self.0.with(|c| c.set(self.1));
+        }
+    }
+    let _restore = Restore(flag, flag.with(|c| c.replace(true)));
+    f()
 }
 
 /// Runs `f` with the gradients of this crate's ops free to be plain tensors that cannot be
@@ -46,18 +60,25 @@ thread_local! {
 /// whose result is only used, never differentiated (a training step's parameter
 /// gradients, an attack's input gradient). Applies to this thread only.
 pub fn first_order_gradients<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            FIRST_ORDER_ONLY.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(FIRST_ORDER_ONLY.with(|c| c.replace(true)));
-    f()
+    with_flag(&FIRST_ORDER_ONLY, f)
 }
 
 pub(super) fn first_order_only() -> bool {
     FIRST_ORDER_ONLY.with(Cell::get)
+}
+
+/// Runs `f` with backward passes that compute no gradient for convolution kernels (the
+/// [`GradStore`](candle_core::backprop::GradStore) then has none for them): for a pass
+/// whose only use is the input's gradient, such as the Lipschitz penalties' inner
+/// pass, this skips a third of its convolution work, and, with second-order gradients
+/// on, the graph of it. Kernels are assumed not to depend on the input, as in every
+/// model here. Applies to this thread only.
+pub fn input_gradient_only<R>(f: impl FnOnce() -> R) -> R {
+    with_flag(&INPUT_GRADIENT_ONLY, f)
+}
+
+fn kernel_gradients_wanted() -> bool {
+    !INPUT_GRADIENT_ONLY.with(Cell::get)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -878,7 +899,8 @@ impl CustomOp2 for ConvS1 {
             // ⟨F(x,w), r⟩: ∂x = Gx(r, w), ∂w = Gw(x, r)
             ConvKind::Forward => (
                 arg1.track_op().then(|| conv2d_grad_input(grad, arg2, p)),
-                arg2.track_op().then(|| conv2d_grad_weight(arg1, grad, p)),
+                (arg2.track_op() && kernel_gradients_wanted())
+                    .then(|| conv2d_grad_weight(arg1, grad, p)),
             ),
             // ⟨Gx(g,w), r⟩ = ⟨g, F(r,w)⟩ = ⟨w, Gw(r,g)⟩
             ConvKind::GradInput => (
@@ -1002,6 +1024,27 @@ mod tests {
         let ours = conv2d_s1(&xs, &w, 1).unwrap();
         let theirs = xs.conv2d(&w, 1, 1, 1, 1).unwrap();
         assert!(max_diff(&ours, &theirs) < 1e-5);
+    }
+
+    #[test]
+    fn input_gradient_only_skips_the_kernel_gradient_and_keeps_the_input_gradient() {
+        let x = Var::from_tensor(&randn(&[2, 3, 5, 4], 51)).unwrap();
+        let w = Var::from_tensor(&randn(&[4, 3, 3, 3], 52)).unwrap();
+        let r = randn(&[2, 4, 5, 4], 53);
+        let loss = || {
+            (conv2d_s1(x.as_tensor(), w.as_tensor(), 1).unwrap() * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+        };
+        let full = loss().backward().unwrap();
+        let only = input_gradient_only(|| loss().backward()).unwrap();
+        assert!(only.get(w.as_tensor()).is_none());
+        assert!(full.get(w.as_tensor()).is_some());
+        let (a, b) = (full.get(x.as_tensor()), only.get(x.as_tensor()));
+        assert_eq!(max_diff(a.unwrap(), b.unwrap()), 0.0);
+        // The scope ends with the call.
+        assert!(loss().backward().unwrap().get(w.as_tensor()).is_some());
     }
 
     /// `L(x, w) = Σ r·F(x, w) + ½‖∂Σ(q·F)/∂x‖² + ½‖∂Σ(q·F)/∂w‖²`, whose derivative needs

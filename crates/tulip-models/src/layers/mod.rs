@@ -13,7 +13,7 @@ mod tanh_output;
 
 pub use batch_norm::BatchNorm;
 pub use conv::{Conv2d, Conv2dConfig};
-pub use fast_ops::first_order_gradients;
+pub use fast_ops::{first_order_gradients, input_gradient_only};
 pub use linear::Linear;
 pub use tanh_output::TanhOutput;
 
