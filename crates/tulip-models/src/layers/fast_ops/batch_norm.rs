@@ -21,8 +21,8 @@ use candle_core::{
 };
 
 use super::{
-    bcs, block_sum, channel_affine, channel_dot, channel_sum, contiguous, first_order_only,
-    relu_mask,
+    bcs, block_sum, channel_affine, channel_affine2, channel_dot, channel_sum, contiguous,
+    first_order_only, relu_mask,
 };
 
 /// `Σ u·(v − m)` with eight independent accumulators (so it vectorises), returned in f64.
@@ -221,18 +221,18 @@ impl BatchNormTrain {
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let c = x.dim(1)?;
         let n = (x.elem_count() / c.max(1)) as f64;
-        let ones = weight.ones_like()?;
-        let zeros = weight.zeros_like()?;
         let mean = (channel_sum(x)? / n)?;
-        let centred = channel_affine(x, &ones, &mean.neg()?)?;
+        let centred = channel_affine(x, &weight.ones_like()?, &mean.neg()?)?;
         let var = (channel_dot(&centred, &centred)? / n)?;
         let inv_std = (var + self.eps)?.sqrt()?.recip()?;
-        let normalised = channel_affine(&centred, &inv_std, &zeros)?;
         let dbeta = channel_sum(dy)?;
-        let dgamma = channel_dot(dy, &normalised)?;
+        let dgamma = (channel_dot(dy, &centred)? * &inv_std)?;
+        // dx = a·dy − (a·dγ·σ⁻¹/N)·(x − μ) − a·dβ/N with a = γσ⁻¹: two full-size nodes
+        // (`centred`, `dx`), where a term-by-term composition made five.
         let a = (weight * &inv_std)?;
-        let dx = (channel_affine(dy, &a, &((&a * &dbeta)? / -n)?)?
-            - channel_affine(&normalised, &((&a * &dgamma)? / n)?, &zeros)?)?;
+        let k = ((&a * &dgamma)? * &inv_std)?.affine(-1.0 / n, 0.0)?;
+        let z = (&a * &dbeta)?.affine(-1.0 / n, 0.0)?;
+        let dx = channel_affine2(dy, &centred, &a, &k, &z)?;
         Ok((dx, dgamma, dbeta))
     }
 }
