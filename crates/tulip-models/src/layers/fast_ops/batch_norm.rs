@@ -22,7 +22,7 @@ use candle_core::{
 
 use super::{
     bcs, block_sum, channel_affine, channel_affine2, channel_dot, channel_sum, contiguous,
-    first_order_only, relu_mask,
+    first_order_only, relu_mask, threads,
 };
 
 /// `Σ u·(v − m)` with eight independent accumulators (so it vectorises), returned in f64.
@@ -57,22 +57,53 @@ pub fn batch_statistics(x: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
     }
 }
 
+/// The `b` planes of channel `ci` of `t: [B, C, S]`.
+fn channel_planes<T>(
+    t: &[T],
+    (b, c, sz): (usize, usize, usize),
+    ci: usize,
+) -> impl Iterator<Item = &[T]> {
+    (0..b).map(move |bi| &t[(bi * c + ci) * sz..][..sz])
+}
+
+/// `[f(c) for c in 0..channels]`, the channels shared among the threads in contiguous
+/// ranges. Each channel's value is computed by one thread in one fixed order, so the
+/// result does not depend on the number of threads.
+fn per_channel<R: Send>(channels: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+    let per_thread = channels.div_ceil(threads().max(1)).max(1);
+    let ranges: Vec<_> = (0..channels).step_by(per_thread).collect();
+    std::thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> = ranges[1..]
+            .iter()
+            .map(|&c0| {
+                s.spawn(move || {
+                    (c0..(c0 + per_thread).min(channels))
+                        .map(f)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut out: Vec<R> = (0..per_thread.min(channels)).map(f).collect();
+        for h in handles {
+            out.extend(h.join().expect("batch-norm worker panicked"));
+        }
+        out
+    })
+}
+
 fn statistics_cpu<T: WithDType>(s: &CpuStorage, l: &Layout) -> Result<(Vec<f64>, Vec<f64>)> {
     let (b, c, sz) = bcs(l.dims())?;
     let x = contiguous::<T>(s, l)?;
     let n = (b * sz).max(1) as f64;
-    let mut mean = vec![0f64; c];
-    for (i, plane) in x.chunks_exact(sz.max(1)).enumerate().take(b * c) {
-        mean[i % c] += block_sum(plane);
-    }
-    mean.iter_mut().for_each(|m| *m /= n);
-    let mut var = vec![0f64; c];
-    for (i, plane) in x.chunks_exact(sz.max(1)).enumerate().take(b * c) {
-        let m = T::from_f64(mean[i % c]);
-        var[i % c] += centred_dot(plane, plane, m);
-    }
-    var.iter_mut().for_each(|v| *v /= n);
-    Ok((mean, var))
+    let planes = |ci: usize| channel_planes(&x, (b, c, sz), ci);
+    let stats = per_channel(c, |ci| {
+        let mean = planes(ci).map(block_sum).sum::<f64>() / n;
+        let m = T::from_f64(mean);
+        let var = planes(ci).map(|p| centred_dot(p, p, m)).sum::<f64>() / n;
+        (mean, var)
+    });
+    Ok(stats.into_iter().unzip())
 }
 
 /// `y = (x − μ)·σ⁻¹·γ + β` for `x: [B, C, …]`, `weight` (γ) and `bias` (β) of `[C]`, with
@@ -169,17 +200,23 @@ impl BatchNormTrain {
         };
         let (x, g) = (contiguous::<T>(xs, xl)?, contiguous::<T>(gs, gl)?);
         // Σ dy and Σ dy·(x − μ), per channel.
-        let mut sum = vec![0f64; c];
-        let mut dot = vec![0f64; c];
+        let sums = per_channel(c, |ci| {
+            let m = T::from_f64(self.mean[ci]);
+            let sum = channel_planes(&g, (b, c, sz), ci)
+                .map(block_sum)
+                .sum::<f64>();
+            let dot = channel_planes(&g, (b, c, sz), ci)
+                .zip(channel_planes(&x, (b, c, sz), ci))
+                .map(|(gp, xp)| centred_dot(gp, xp, m))
+                .sum::<f64>();
+            (sum, dot)
+        });
+        let (sum, dot): (Vec<f64>, Vec<f64>) = sums.into_iter().unzip();
         let planes = || {
             x.chunks_exact(sz.max(1))
                 .zip(g.chunks_exact(sz.max(1)))
                 .take(b * c)
         };
-        for (i, (xp, gp)) in planes().enumerate() {
-            sum[i % c] += block_sum(gp);
-            dot[i % c] += centred_dot(gp, xp, T::from_f64(self.mean[i % c]));
-        }
         let dbeta = sum;
         let dgamma: Vec<f64> = dot.iter().zip(&self.inv_std).map(|(d, s)| d * s).collect();
         // dx = a·dy + k·(x − μ) + z, a = γσ⁻¹, k = −a·dγ·σ⁻¹/N, z = −a·dβ/N.
