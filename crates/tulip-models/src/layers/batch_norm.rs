@@ -100,17 +100,7 @@ impl BatchNorm {
                 }
             }
             Mode::Eval | Mode::Linearised => {
-                let mean = self.running_mean.as_detached_tensor();
-                let var = self.running_var.as_detached_tensor();
-                let inv_std = (var + EPS)?.sqrt()?.recip()?;
-                let scale = match &self.affine {
-                    Some((w, _)) => (w * inv_std)?,
-                    None => inv_std,
-                };
-                let shift = match &self.affine {
-                    Some((_, b)) => (b - (&mean * &scale)?)?,
-                    None => (&mean * &scale)?.neg()?,
-                };
+                let (scale, shift) = self.eval_affine()?;
                 (scale, shift, x.clone())
             }
         };
@@ -119,6 +109,26 @@ impl BatchNorm {
         } else {
             channel_affine(&input, &scale, &shift)
         }
+    }
+
+    /// Evaluation mode as a per-channel affine map `x·scale + shift`, from the running
+    /// statistics (detached) and the affine parameters.
+    ///
+    /// # Errors
+    /// Only if Candle fails on these `[C]` tensors.
+    pub fn eval_affine(&self) -> CResult<(Tensor, Tensor)> {
+        let mean = self.running_mean.as_detached_tensor();
+        let var = self.running_var.as_detached_tensor();
+        let inv_std = (var + EPS)?.sqrt()?.recip()?;
+        let scale = match &self.affine {
+            Some((w, _)) => (w * inv_std)?,
+            None => inv_std,
+        };
+        let shift = match &self.affine {
+            Some((_, b)) => (b - (&mean * &scale)?)?,
+            None => (&mean * &scale)?.neg()?,
+        };
+        Ok((scale, shift))
     }
 
     fn update_running(&self, mean: &Tensor, var: &Tensor, n: f64) -> CResult<()> {

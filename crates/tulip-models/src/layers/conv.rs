@@ -1,6 +1,6 @@
 use candle_core::{Result as CResult, Tensor};
 
-use super::fast_ops::{channel_affine, conv2d_s1};
+use super::fast_ops::{channel_affine, channel_affine_relu, conv2d_affine_relu, conv2d_s1};
 use crate::params::{Init, ParamBuilder};
 use crate::Result;
 
@@ -138,6 +138,31 @@ impl Conv2d {
         match &self.bias {
             Some(b) => channel_affine(&y, &b.ones_like()?, b),
             None => Ok(y),
+        }
+    }
+
+    /// `relu(self.forward(x)·scale_o + shift_o)` for `scale`, `shift: [O]` (an
+    /// evaluation-mode batch norm), in one pass where the convolution allows it (CPU,
+    /// stride 1, one group, no bias; see `fast_ops::conv2d_affine_relu`).
+    ///
+    /// # Errors
+    /// Fails on a shape mismatch.
+    pub fn forward_affine_relu(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+    ) -> CResult<Tensor> {
+        let cfg = &self.cfg;
+        let fusable = cfg.stride == 1
+            && cfg.groups == 1
+            && cfg.padding < cfg.kernel_size
+            && self.bias.is_none()
+            && x.device().is_cpu();
+        if fusable {
+            conv2d_affine_relu(x, &self.weight, scale, shift, cfg.padding)
+        } else {
+            channel_affine_relu(&self.forward(x)?, scale, shift)
         }
     }
 }

@@ -1063,6 +1063,121 @@ fn conv2d_grad_weight(x: &Tensor, g: &Tensor, padding: usize) -> Result<Tensor> 
     )
 }
 
+/// `relu(conv(x, w)·scale_o + shift_o)`: a convolution, evaluation-mode batch norm and ReLU
+/// as one op, for a kernel and coefficients that are constants.
+#[derive(Debug, Clone, Copy)]
+struct ConvAffineRelu {
+    padding: usize,
+}
+
+fn conv_affine_relu_cpu<T: WithDType + direct_conv::Lane>(
+    op: &ConvAffineRelu,
+    (xs, xl): (&CpuStorage, &Layout),
+    (ws, wl): (&CpuStorage, &Layout),
+    (ks, kl): (&CpuStorage, &Layout),
+) -> Result<(CpuStorage, Shape)> {
+    let (d1, d2) = (xl.dims(), wl.dims());
+    let p = op.padding;
+    if d1.len() != 4 || d2.len() != 4 || d1[1] != d2[1] || kl.dims() != [2, d2[0]] {
+        bail!(
+            "conv_affine_relu: input {d1:?}, kernel {d2:?}, coefficients {:?}",
+            kl.dims()
+        );
+    }
+    let (o, c, kh, kw) = (d2[0], d2[1], d2[2], d2[3]);
+    if d1[2] + 2 * p < kh || d1[3] + 2 * p < kw {
+        bail!("conv_affine_relu: input {d1:?} smaller than kernel {d2:?} (padding {p})");
+    }
+    let g = ConvGeom {
+        b: d1[0],
+        c,
+        h: d1[2],
+        w: d1[3],
+        kh,
+        kw,
+        ph: p,
+        pw: p,
+    };
+    let (x, w, k) = (
+        contiguous::<T>(xs, xl)?,
+        contiguous::<T>(ws, wl)?,
+        contiguous::<T>(ks, kl)?,
+    );
+    let epilogue = direct_conv::AffineRelu {
+        scale: &k[..o],
+        shift: &k[o..],
+    };
+    let y = direct_conv::conv_then(Isa::Best, &x, &g, &w, o, Some(epilogue));
+    Ok((
+        T::to_cpu_storage_owned(y),
+        Shape::from((g.b, o, g.ho(), g.wo())),
+    ))
+}
+
+impl CustomOp3 for ConvAffineRelu {
+    fn name(&self) -> &'static str {
+        "tulip-conv2d-affine-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        float_dispatch!(s1, conv_affine_relu_cpu(self, (s1, l1), (s2, l2), (s3, l3)))
+    }
+
+    /// Only `x` has a gradient ([`conv2d_affine_relu`] builds this op only for constant
+    /// kernels and coefficients): `Gx(scale · g·[y > 0], w)`, built from differentiable ops.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        k: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if w.track_op() || k.track_op() {
+            bail!("conv_affine_relu: the kernel and coefficients must be constants");
+        }
+        let scale = k.get(0)?;
+        let masked = channel_affine(&relu_mask(grad, res)?, &scale, &scale.zeros_like()?)?;
+        let dx = x
+            .track_op()
+            .then(|| conv2d_grad_input(&masked, w, self.padding))
+            .transpose()?;
+        Ok((dx, None, None))
+    }
+}
+
+/// `relu(conv2d_s1(x, w, padding)·scale_o + shift_o)` for `scale`, `shift: [O]`: a
+/// convolution, evaluation-mode batch norm and ReLU in one pass over the output, and one
+/// node that keeps no pre-activation tensor (half the memory of an input-gradient pass).
+/// The fused op is used where nothing but `x` can need a gradient (the kernel and
+/// coefficients are constants: a frozen view, or inference); otherwise, and on other
+/// devices, this is the three ops.
+///
+/// # Errors
+/// Fails on a shape mismatch.
+pub fn conv2d_affine_relu(
+    x: &Tensor,
+    w: &Tensor,
+    scale: &Tensor,
+    shift: &Tensor,
+    padding: usize,
+) -> Result<Tensor> {
+    let constants = !(w.track_op() || scale.track_op() || shift.track_op());
+    if !x.device().is_cpu() || !constants {
+        return channel_affine_relu(&conv2d_s1(x, w, padding)?, scale, shift);
+    }
+    let coefficients = Tensor::stack(&[scale, shift], 0)?;
+    x.apply_op3(w, &coefficients, ConvAffineRelu { padding })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1126,6 +1241,50 @@ mod tests {
         let ours = conv2d_s1(&xs, &w, 1).unwrap();
         let theirs = xs.conv2d(&w, 1, 1, 1, 1).unwrap();
         assert!(max_diff(&ours, &theirs) < 1e-5);
+    }
+
+    /// The fused convolution + affine + ReLU against the three ops: value, and the input's
+    /// gradients of first and second order; with a variable kernel it falls back to them.
+    #[test]
+    fn conv_affine_relu_matches_the_three_ops() {
+        second_order_on();
+        for &(c, o, k, p) in &[(3, 5, 3, 1), (4, 8, 1, 0), (2, 9, 3, 2)] {
+            let x0 = randn(&[2, c, 6, 5], 71);
+            let w = randn(&[o, c, k, k], 72);
+            let (scale, shift) = (randn(&[o], 73), randn(&[o], 74));
+            let dims = conv2d_s1(&x0, &w, p).unwrap().dims().to_vec();
+            let (q, r) = (randn(&dims, 75), randn(&dims, 76));
+            let run = |fused: bool, w: &Tensor| -> Vec<Tensor> {
+                let x = Var::from_tensor(&x0).unwrap();
+                let x = x.as_tensor();
+                let z = if fused {
+                    conv2d_affine_relu(x, w, &scale, &shift, p)
+                } else {
+                    channel_affine_relu(&conv2d_s1(x, w, p).unwrap(), &scale, &shift)
+                }
+                .unwrap();
+                let inner = (&z * &q).unwrap().sum_all().unwrap().backward().unwrap();
+                let gx = inner.get(x).unwrap().clone();
+                let l = ((&z * &r).unwrap().sum_all().unwrap()
+                    + gx.sqr().unwrap().sum_all().unwrap())
+                .unwrap();
+                let g = l.backward().unwrap();
+                let mut out = vec![z, gx, g.get(x).unwrap().clone()];
+                out.extend(g.get(w).cloned());
+                out
+            };
+            let (ours, theirs) = (run(true, &w), run(false, &w));
+            assert_eq!(ours.len(), 3, "a constant kernel gets no gradient");
+            for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+                assert!(max_diff(a, b) < 1e-12, "c={c} o={o} k={k}: output {i}");
+            }
+            let wv = Var::from_tensor(&w).unwrap();
+            let (ours, theirs) = (run(true, wv.as_tensor()), run(false, wv.as_tensor()));
+            assert_eq!(ours.len(), 4, "a variable kernel keeps its gradient");
+            for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+                assert!(max_diff(a, b) < 1e-12, "variable kernel, output {i}");
+            }
+        }
     }
 
     #[test]

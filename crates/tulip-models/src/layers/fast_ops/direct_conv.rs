@@ -26,7 +26,17 @@ use pulp::{Simd, WithSimd};
 use super::{threads, ConvGeom};
 
 /// A float type with SIMD vectors (`f32`, `f64`).
-pub(super) trait Lane: Pod + Copy + Send + Sync + std::ops::AddAssign + 'static {
+pub(super) trait Lane:
+    Pod
+    + Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + std::ops::AddAssign
+    + std::ops::Add<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + 'static
+{
     /// The SIMD vector of this type for instruction set `S`.
     type V<S: Simd>: Pod + Copy;
     const ZERO: Self;
@@ -224,6 +234,25 @@ fn on_threads<P: Send, R: Send>(
 /// `y[b, o] = Σ_c w[o, c] ⋆ x[b, c]` for `x: [B, C, H, W]`, `w: [O, C, kh, kw]`,
 /// zero padding `(ph, pw)`: `[B, O, Ho, Wo]`.
 pub(super) fn conv<T: Lane>(isa: Isa, x: &[T], g: &ConvGeom, w: &[T], o: usize) -> Vec<T> {
+    conv_then(isa, x, g, w, o, None)
+}
+
+/// What [`conv_then`] applies to each output channel as it writes it:
+/// `y = v·scale[o] + shift[o]`, then a ReLU.
+pub(super) struct AffineRelu<'a, T> {
+    pub(super) scale: &'a [T],
+    pub(super) shift: &'a [T],
+}
+
+/// [`conv`], each output then mapped through `epilogue` in the same pass.
+pub(super) fn conv_then<T: Lane>(
+    isa: Isa,
+    x: &[T],
+    g: &ConvGeom,
+    w: &[T],
+    o: usize,
+    epilogue: Option<AffineRelu<'_, T>>,
+) -> Vec<T> {
     let per_image = o * g.ho() * g.wo();
     let mut out = vec![T::ZERO; g.b * per_image];
     let per_thread = images_per_thread(g.b);
@@ -236,6 +265,7 @@ pub(super) fn conv<T: Lane>(isa: Isa, x: &[T], g: &ConvGeom, w: &[T], o: usize) 
                 g,
                 w,
                 o,
+                epilogue: epilogue.as_ref(),
                 out: part,
             });
         },
@@ -249,6 +279,7 @@ struct ConvImages<'a, T> {
     g: &'a ConvGeom,
     w: &'a [T],
     o: usize,
+    epilogue: Option<&'a AffineRelu<'a, T>>,
     /// `[n, O, Ho, Wo]` for this job's `n` images.
     out: &'a mut [T],
 }
@@ -271,7 +302,14 @@ impl<T: Lane> WithSimd for ConvImages<'_, T> {
 impl<T: Lane> ConvImages<'_, T> {
     #[inline(always)]
     fn run<S: Simd, const OB: usize, const NV: usize>(self, simd: S) {
-        let Self { x, g, w, o, out } = self;
+        let Self {
+            x,
+            g,
+            w,
+            o,
+            epilogue,
+            out,
+        } = self;
         let tile = NV * lanes::<S, T>();
         let flat = Flat::new(g, tile);
         let taps = flat.taps(g);
@@ -289,9 +327,20 @@ impl<T: Lane> ConvImages<'_, T> {
                     );
                 }
                 for k in 0..OB.min(o - block * OB) {
-                    let channel = &mut y[(block * OB + k) * ho * wo..][..ho * wo];
+                    let oo = block * OB + k;
+                    let channel = &mut y[oo * ho * wo..][..ho * wo];
                     for (r, line) in channel.chunks_exact_mut(wo).enumerate() {
-                        line.copy_from_slice(&tiles[k * stride + r * flat.row..][..wo]);
+                        let src = &tiles[k * stride + r * flat.row..][..wo];
+                        match epilogue {
+                            None => line.copy_from_slice(src),
+                            Some(e) => {
+                                let (a, s) = (e.scale[oo], e.shift[oo]);
+                                for (d, &v) in line.iter_mut().zip(src) {
+                                    let t = v * a + s;
+                                    *d = if t > T::ZERO { t } else { T::ZERO };
+                                }
+                            }
+                        }
                     }
                 }
             }
