@@ -408,10 +408,27 @@ fn conv_tile<S: Simd, T: Lane, const OB: usize, const NV: usize>(
     }
 }
 
+/// Images per partial sum of the weight gradient. The partials are added in one fixed
+/// order, so the result does not depend on how many threads computed them (training is
+/// bit-for-bit the same on any machine).
+const IMAGES_PER_PARTIAL: usize = 8;
+
 /// `∂w[o, c, i, j] = Σ_b Σ_(r, s) g[b, o, r, s] · x_padded[b, c, r + i, s + j]` for
 /// `x: [B, C, H, W]`, `gr: [B, O, Ho, Wo]`: `[O, C, kh, kw]`.
 pub(super) fn grad_weight<T: Lane>(isa: Isa, x: &[T], g: &ConvGeom, gr: &[T], o: usize) -> Vec<T> {
-    let per_thread = images_per_thread(g.b);
+    grad_weight_on(threads(), isa, x, g, gr, o)
+}
+
+fn grad_weight_on<T: Lane>(
+    threads: usize,
+    isa: Isa,
+    x: &[T],
+    g: &ConvGeom,
+    gr: &[T],
+    o: usize,
+) -> Vec<T> {
+    let partials = g.b.div_ceil(IMAGES_PER_PARTIAL);
+    let per_thread = partials.div_ceil(threads.min(partials).max(1)).max(1) * IMAGES_PER_PARTIAL;
     let (per_in, per_out) = (g.c * g.h * g.w, o * g.ho() * g.wo());
     let images = (0..g.b)
         .step_by(per_thread)
@@ -424,10 +441,9 @@ pub(super) fn grad_weight<T: Lane>(isa: Isa, x: &[T], g: &ConvGeom, gr: &[T], o:
             o,
         })
     });
-    let mut partials = partials.into_iter();
-    let mut total = partials.next().unwrap_or_else(|| vec![T::ZERO; o * g.k()]);
-    for part in partials {
-        for (t, p) in total.iter_mut().zip(part) {
+    let mut total = vec![T::ZERO; o * g.k()];
+    for part in partials.iter().flatten() {
+        for (t, &p) in total.iter_mut().zip(part) {
             *t += p;
         }
     }
@@ -442,10 +458,11 @@ struct GradWeightImages<'a, T> {
 }
 
 impl<T: Lane> WithSimd for GradWeightImages<'_, T> {
-    type Output = Vec<T>;
+    /// One partial sum per [`IMAGES_PER_PARTIAL`] images.
+    type Output = Vec<Vec<T>>;
 
     #[inline(always)]
-    fn with_simd<S: Simd>(self, simd: S) -> Vec<T> {
+    fn with_simd<S: Simd>(self, simd: S) -> Vec<Vec<T>> {
         match self.g.kh * self.g.kw {
             9 => self.run::<S, 9>(simd),
             // Other kernels one tap at a time.
@@ -460,7 +477,25 @@ impl<T: Lane> GradWeightImages<'_, T> {
     /// and `TAPS` taps × 2 output channels of one channel vector are accumulated in
     /// registers over a whole image.
     #[inline(always)]
-    fn run<S: Simd, const TAPS: usize>(self, simd: S) -> Vec<T> {
+    fn run<S: Simd, const TAPS: usize>(self, simd: S) -> Vec<Vec<T>> {
+        let Self { x, gr, g, o } = self;
+        let (per_in, per_out) = (g.c * g.h * g.w, o * g.ho() * g.wo());
+        let mut xt = Vec::new();
+        let mut partials = Vec::new();
+        // A loop, not a closure: a closure does not inherit the instruction set this
+        // function is compiled for, and the kernel inlined into it ran 8x slower.
+        for (x, gr) in x
+            .chunks(IMAGES_PER_PARTIAL * per_in)
+            .zip(gr.chunks(IMAGES_PER_PARTIAL * per_out))
+        {
+            partials.push(Self { x, gr, g, o }.partial::<S, TAPS>(simd, &mut xt));
+        }
+        partials
+    }
+
+    /// The weight gradient of these images, `xt` a scratch buffer.
+    #[inline(always)]
+    fn partial<S: Simd, const TAPS: usize>(self, simd: S, xt: &mut Vec<T>) -> Vec<T> {
         let Self { x, gr, g, o } = self;
         let n = lanes::<S, T>();
         let flat = Flat::new(g, 1);
@@ -469,12 +504,12 @@ impl<T: Lane> GradWeightImages<'_, T> {
         let (ho, wo) = (g.ho(), g.wo());
         // ∂w as [O, taps, Cp].
         let mut sums = vec![T::ZERO; o * taps.len() * cp];
-        let mut xt = Vec::with_capacity(flat.plane * cp + MAX_LEAD);
+        xt.reserve(flat.plane * cp + MAX_LEAD);
         for (xi, gi) in x
             .chunks_exact(g.c * g.h * g.w)
             .zip(gr.chunks_exact(o * ho * wo))
         {
-            let lead = flat.pad_channels_last(g, xi, cp, &mut xt);
+            let lead = flat.pad_channels_last(g, xi, cp, xt);
             let xt = &xt[lead..];
             let plane = |oo: usize| &gi[oo * ho * wo..][..ho * wo];
             for cb in (0..cp).step_by(n) {
@@ -554,7 +589,11 @@ impl<T: Lane, const TAPS: usize> GradWeightDots<'_, T, TAPS> {
         for r in 0..self.ho {
             let xr = &self.xt[r * self.row * self.cp..];
             for s in 0..self.wo {
-                let gv = gs.map(|gk| T::splat(simd, gk[r * self.wo + s]));
+                // (A loop rather than `gs.map(…)`: see `run` on closures.)
+                let mut gv = [T::splat(simd, T::ZERO); OB];
+                for (v, gk) in gv.iter_mut().zip(&gs) {
+                    *v = T::splat(simd, gk[r * self.wo + s]);
+                }
                 for (t, &off) in self.offs.iter().enumerate() {
                     let xv = load::<S, T>(&xr[(s + off) * self.cp..]);
                     for k in 0..OB {
@@ -706,6 +745,33 @@ mod tests {
             let dw = back(grad_weight(isa, &cast(&x64), &g, &cast(&gr64), o));
             let err = max_rel_err(&dw, &naive_grad_weight(&x64, &g, &gr64, o));
             assert!(err < tol, "{isa:?} grad_weight {g:?} o={o}: error {err:e}");
+        }
+    }
+
+    #[test]
+    fn weight_gradient_does_not_depend_on_the_thread_count() {
+        let g = ConvGeom {
+            b: 37,
+            c: 5,
+            h: 6,
+            w: 7,
+            kh: 3,
+            kw: 3,
+            ph: 1,
+            pw: 1,
+        };
+        let to_f32 = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect::<Vec<f32>>();
+        let x = to_f32(values(g.b * g.c * g.h * g.w, 7));
+        let gr = to_f32(values(g.b * 4 * g.ho() * g.wo(), 8));
+        let one = grad_weight_on(1, Isa::Best, &x, &g, &gr, 4);
+        for threads in [2, 3, 8] {
+            let many = grad_weight_on(threads, Isa::Best, &x, &g, &gr, 4);
+            assert!(
+                one.iter()
+                    .zip(&many)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{threads} threads"
+            );
         }
     }
 
