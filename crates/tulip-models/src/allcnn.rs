@@ -27,15 +27,7 @@ impl ConvUnit {
     }
 
     fn forward(&self, x: &Tensor, mode: Mode) -> CResult<Tensor> {
-        if let (Some(bn), Mode::Eval) = (&self.bn, mode) {
-            let (scale, shift) = bn.eval_affine()?;
-            return self.conv.forward_affine_relu(x, &scale, &shift);
-        }
-        let y = self.conv.forward(x)?;
-        match &self.bn {
-            Some(bn) => bn.forward_relu(&y, mode),
-            None => layers::relu(&y, mode),
-        }
+        layers::conv_bn_relu(&self.conv, self.bn.as_ref(), x, mode)
     }
 }
 

@@ -51,6 +51,25 @@ pub fn relu(x: &Tensor, mode: Mode) -> Result<Tensor> {
     }
 }
 
+/// `relu(bn(conv(x)))` (`relu(conv(x))` without batch norm), fused as far as `mode`
+/// allows: the ReLU into the batch norm, and in evaluation mode both into the convolution.
+pub fn conv_bn_relu(
+    conv: &Conv2d,
+    bn: Option<&BatchNorm>,
+    x: &Tensor,
+    mode: Mode,
+) -> Result<Tensor> {
+    if let (Some(bn), Mode::Eval) = (bn, mode) {
+        let (scale, shift) = bn.eval_affine()?;
+        return conv.forward_affine_relu(x, &scale, &shift);
+    }
+    let y = conv.forward(x)?;
+    match bn {
+        Some(bn) => bn.forward_relu(&y, mode),
+        None => relu(&y, mode),
+    }
+}
+
 /// `relu(x + y)`, the end of a residual block, in one pass; `x + y` in linearised mode.
 pub fn add_relu(x: &Tensor, y: &Tensor, mode: Mode) -> Result<Tensor> {
     match mode {
