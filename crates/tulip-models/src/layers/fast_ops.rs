@@ -1,4 +1,4 @@
-//! Fast CPU kernels for the two hot spots of training, written as Candle custom ops whose
+//! Fast CPU kernels for the hot spots of training, written as Candle custom ops whose
 //! backward passes are themselves built from differentiable ops (these same custom ops),
 //! so that gradients of gradients (the exact Lipschitz penalty) keep working when
 //! `CANDLE_GRAD_DO_NOT_DETACH=1`.
@@ -9,17 +9,20 @@
 //!   non-trailing dimensions at once, which its CPU backend does element by element with
 //!   index arithmetic (~20 ms for a 128×16×28×28 tensor); these do it with contiguous
 //!   loops.
-//! * **Stride-1 convolution** as a family of three bilinear ops closed under
-//!   differentiation: the convolution `F(x, w)`, its input gradient `Gx(g, w)` (a
-//!   convolution with the transposed, flipped kernel) and its weight gradient `Gw(x, g)`.
-//!   With `⟨F(x,w), g⟩ = ⟨x, Gx(g,w)⟩ = ⟨w, Gw(x,g)⟩` each one's derivatives are the other
-//!   two, so Candle's slow CPU `conv_transpose2d` is never used. All three run as direct
-//!   SIMD kernels (`direct_conv`), 2-3x faster at the ResNet sizes than the im2col + GEMM
-//!   they replaced.
+//! * **ReLU** fused where it follows an op (the residual add, an affine map), with one
+//!   masked copy as its backward; **2×2 average pooling**; `channel_affine2`.
+//! * **Stride-1 convolution** (`conv`): three bilinear ops closed under differentiation,
+//!   run by the direct SIMD kernels of `direct_conv`, 2-3x faster at the ResNet sizes than
+//!   the im2col + GEMM they replaced.
+//! * **Batch norm** in training mode as one op (`batch_norm`).
+//!
+//! Two thread-local scopes let a backward pass whose result is never differentiated
+//! again take shortcuts: [`first_order_gradients`] and [`input_gradient_only`].
 //!
 //! Only the CPU has kernels; callers fall back to Candle's ops on other devices.
 
 mod batch_norm;
+mod conv;
 mod direct_conv;
 
 use std::borrow::Cow;
@@ -27,8 +30,7 @@ use std::cell::Cell;
 use std::thread::LocalKey;
 
 pub(super) use batch_norm::{batch_norm_train, batch_statistics};
-
-use direct_conv::Isa;
+pub use conv::{conv2d_affine_relu, conv2d_s1};
 
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType,
@@ -147,6 +149,7 @@ macro_rules! float_dispatch {
         }
     };
 }
+use float_dispatch;
 
 // ---------------------------------------------------------------------------------------
 // per-channel ops
@@ -834,358 +837,14 @@ pub fn channel_affine_relu(x: &Tensor, a: &Tensor, s: &Tensor) -> Result<Tensor>
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// stride-1 convolution
-
-/// The shape of a stride-1 convolution: `b` images of `c × h × w`, a `kh × kw` kernel,
-/// zero padding `(ph, pw)` on each side.
-#[derive(Debug, Clone, Copy)]
-struct ConvGeom {
-    b: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    kh: usize,
-    kw: usize,
-    ph: usize,
-    pw: usize,
-}
-
-impl ConvGeom {
-    fn ho(&self) -> usize {
-        self.h + 2 * self.ph + 1 - self.kh
-    }
-    fn wo(&self) -> usize {
-        self.w + 2 * self.pw + 1 - self.kw
-    }
-    fn k(&self) -> usize {
-        self.c * self.kh * self.kw
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ConvKind {
-    /// `(x, w) ↦ conv(x, w)`.
-    Forward,
-    /// `(g, w) ↦ ∂⟨conv(x, w), g⟩/∂x`.
-    GradInput,
-    /// `(x, g) ↦ ∂⟨conv(x, w), g⟩/∂w`.
-    GradWeight,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct ConvS1 {
-    kind: ConvKind,
-    padding: usize,
-}
-
-fn conv_s1_cpu<T: WithDType + direct_conv::Lane>(
-    op: &ConvS1,
-    s1: &CpuStorage,
-    l1: &Layout,
-    s2: &CpuStorage,
-    l2: &Layout,
-) -> Result<(CpuStorage, Shape)> {
-    let a = contiguous::<T>(s1, l1)?;
-    let bt = contiguous::<T>(s2, l2)?;
-    let (d1, d2) = (l1.dims(), l2.dims());
-    if d1.len() != 4 || d2.len() != 4 {
-        bail!("conv: 4-D tensors expected, got {d1:?} and {d2:?}");
-    }
-    let p = op.padding;
-    match op.kind {
-        ConvKind::Forward => {
-            let (o, c, kh, kw) = (d2[0], d2[1], d2[2], d2[3]);
-            if d1[1] != c || d1[2] + 2 * p < kh || d1[3] + 2 * p < kw {
-                bail!("conv: input {d1:?} and kernel {d2:?} do not match (padding {p})");
-            }
-            let g = ConvGeom {
-                b: d1[0],
-                c,
-                h: d1[2],
-                w: d1[3],
-                kh,
-                kw,
-                ph: p,
-                pw: p,
-            };
-            let y = direct_conv::conv(Isa::Best, &a, &g, &bt, o);
-            Ok((
-                T::to_cpu_storage_owned(y),
-                Shape::from((g.b, o, g.ho(), g.wo())),
-            ))
-        }
-        ConvKind::GradInput => {
-            // F(g, w̃) with w̃[c, o, i, j] = w[o, c, kh-1-i, kw-1-j], padding k-1-p.
-            let (o, c, kh, kw) = (d2[0], d2[1], d2[2], d2[3]);
-            if d1[1] != o || p + 1 > kh || p + 1 > kw {
-                bail!("conv grad-input: {d1:?} and kernel {d2:?} do not match (padding {p})");
-            }
-            let mut wf = Vec::with_capacity(o * c * kh * kw);
-            for ci in 0..c {
-                for oo in 0..o {
-                    for i in 0..kh {
-                        for j in 0..kw {
-                            wf.push(bt[((oo * c + ci) * kh + kh - 1 - i) * kw + kw - 1 - j]);
-                        }
-                    }
-                }
-            }
-            let g = ConvGeom {
-                b: d1[0],
-                c: o,
-                h: d1[2],
-                w: d1[3],
-                kh,
-                kw,
-                ph: kh - 1 - p,
-                pw: kw - 1 - p,
-            };
-            let y = direct_conv::conv(Isa::Best, &a, &g, &wf, c);
-            Ok((
-                T::to_cpu_storage_owned(y),
-                Shape::from((g.b, c, g.ho(), g.wo())),
-            ))
-        }
-        ConvKind::GradWeight => {
-            let (b, c, h, w) = (d1[0], d1[1], d1[2], d1[3]);
-            let (o, ho, wo) = (d2[1], d2[2], d2[3]);
-            if d2[0] != b || ho > h + 2 * p || wo > w + 2 * p {
-                bail!("conv grad-weight: input {d1:?} and gradient {d2:?} do not match");
-            }
-            let (kh, kw) = (h + 2 * p + 1 - ho, w + 2 * p + 1 - wo);
-            let g = ConvGeom {
-                b,
-                c,
-                h,
-                w,
-                kh,
-                kw,
-                ph: p,
-                pw: p,
-            };
-            let y = direct_conv::grad_weight(Isa::Best, &a, &g, &bt, o);
-            Ok((T::to_cpu_storage_owned(y), Shape::from((o, c, kh, kw))))
-        }
-    }
-}
-
-impl CustomOp2 for ConvS1 {
-    fn name(&self) -> &'static str {
-        match self.kind {
-            ConvKind::Forward => "tulip-conv2d-s1",
-            ConvKind::GradInput => "tulip-conv2d-s1-grad-input",
-            ConvKind::GradWeight => "tulip-conv2d-s1-grad-weight",
-        }
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        float_dispatch!(s1, conv_s1_cpu(self, s1, l1, s2, l2))
-    }
-
-    fn bwd(
-        &self,
-        arg1: &Tensor,
-        arg2: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let p = self.padding;
-        let (d1, d2) = match self.kind {
-            // ⟨F(x,w), r⟩: ∂x = Gx(r, w), ∂w = Gw(x, r)
-            ConvKind::Forward => (
-                arg1.track_op().then(|| conv2d_grad_input(grad, arg2, p)),
-                (arg2.track_op() && kernel_gradients_wanted())
-                    .then(|| conv2d_grad_weight(arg1, grad, p)),
-            ),
-            // ⟨Gx(g,w), r⟩ = ⟨g, F(r,w)⟩ = ⟨w, Gw(r,g)⟩
-            ConvKind::GradInput => (
-                arg1.track_op().then(|| conv2d_s1(grad, arg2, p)),
-                arg2.track_op().then(|| conv2d_grad_weight(grad, arg1, p)),
-            ),
-            // ⟨Gw(x,g), r⟩ = ⟨x, Gx(g,r)⟩ = ⟨g, F(x,r)⟩
-            ConvKind::GradWeight => (
-                arg1.track_op().then(|| conv2d_grad_input(arg2, grad, p)),
-                arg2.track_op().then(|| conv2d_s1(arg1, grad, p)),
-            ),
-        };
-        Ok((d1.transpose()?, d2.transpose()?))
-    }
-}
-
-/// Stride-1, dilation-1, single-group 2-D convolution of `x: [B, C, H, W]` with
-/// `w: [O, C, kh, kw]` and zero padding `padding ≤ k - 1` on every side; equal to
-/// `x.conv2d(w, padding, 1, 1, 1)` and differentiable to any order without
-/// `conv_transpose2d`.
-///
-/// # Errors
-/// Fails on a shape mismatch.
-pub fn conv2d_s1(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
-    if !x.device().is_cpu() {
-        return x.conv2d(w, padding, 1, 1, 1);
-    }
-    x.apply_op2(
-        w,
-        ConvS1 {
-            kind: ConvKind::Forward,
-            padding,
-        },
-    )
-}
-
-/// The input gradient of [`conv2d_s1`]: `g: [B, O, H', W']`, `w: [O, C, kh, kw]` →
-/// `[B, C, H, W]`.
-fn conv2d_grad_input(g: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
-    g.apply_op2(
-        w,
-        ConvS1 {
-            kind: ConvKind::GradInput,
-            padding,
-        },
-    )
-}
-
-/// The weight gradient of [`conv2d_s1`]: `x: [B, C, H, W]`, `g: [B, O, H', W']` →
-/// `[O, C, kh, kw]`.
-fn conv2d_grad_weight(x: &Tensor, g: &Tensor, padding: usize) -> Result<Tensor> {
-    x.apply_op2(
-        g,
-        ConvS1 {
-            kind: ConvKind::GradWeight,
-            padding,
-        },
-    )
-}
-
-/// `relu(conv(x, w)·scale_o + shift_o)`: a convolution, evaluation-mode batch norm and ReLU
-/// as one op, for a kernel and coefficients that are constants.
-#[derive(Debug, Clone, Copy)]
-struct ConvAffineRelu {
-    padding: usize,
-}
-
-fn conv_affine_relu_cpu<T: WithDType + direct_conv::Lane>(
-    op: &ConvAffineRelu,
-    (xs, xl): (&CpuStorage, &Layout),
-    (ws, wl): (&CpuStorage, &Layout),
-    (ks, kl): (&CpuStorage, &Layout),
-) -> Result<(CpuStorage, Shape)> {
-    let (d1, d2) = (xl.dims(), wl.dims());
-    let p = op.padding;
-    if d1.len() != 4 || d2.len() != 4 || d1[1] != d2[1] || kl.dims() != [2, d2[0]] {
-        bail!(
-            "conv_affine_relu: input {d1:?}, kernel {d2:?}, coefficients {:?}",
-            kl.dims()
-        );
-    }
-    let (o, c, kh, kw) = (d2[0], d2[1], d2[2], d2[3]);
-    if d1[2] + 2 * p < kh || d1[3] + 2 * p < kw {
-        bail!("conv_affine_relu: input {d1:?} smaller than kernel {d2:?} (padding {p})");
-    }
-    let g = ConvGeom {
-        b: d1[0],
-        c,
-        h: d1[2],
-        w: d1[3],
-        kh,
-        kw,
-        ph: p,
-        pw: p,
-    };
-    let (x, w, k) = (
-        contiguous::<T>(xs, xl)?,
-        contiguous::<T>(ws, wl)?,
-        contiguous::<T>(ks, kl)?,
-    );
-    let epilogue = direct_conv::AffineRelu {
-        scale: &k[..o],
-        shift: &k[o..],
-    };
-    let y = direct_conv::conv_then(Isa::Best, &x, &g, &w, o, Some(epilogue));
-    Ok((
-        T::to_cpu_storage_owned(y),
-        Shape::from((g.b, o, g.ho(), g.wo())),
-    ))
-}
-
-impl CustomOp3 for ConvAffineRelu {
-    fn name(&self) -> &'static str {
-        "tulip-conv2d-affine-relu"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        float_dispatch!(s1, conv_affine_relu_cpu(self, (s1, l1), (s2, l2), (s3, l3)))
-    }
-
-    /// Only `x` has a gradient ([`conv2d_affine_relu`] builds this op only for constant
-    /// kernels and coefficients): `Gx(scale · g·[y > 0], w)`, built from differentiable ops.
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        k: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        if w.track_op() || k.track_op() {
-            bail!("conv_affine_relu: the kernel and coefficients must be constants");
-        }
-        let scale = k.get(0)?;
-        let masked = channel_affine(&relu_mask(grad, res)?, &scale, &scale.zeros_like()?)?;
-        let dx = x
-            .track_op()
-            .then(|| conv2d_grad_input(&masked, w, self.padding))
-            .transpose()?;
-        Ok((dx, None, None))
-    }
-}
-
-/// `relu(conv2d_s1(x, w, padding)·scale_o + shift_o)` for `scale`, `shift: [O]`: a
-/// convolution, evaluation-mode batch norm and ReLU in one pass over the output, and one
-/// node that keeps no pre-activation tensor (half the memory of an input-gradient pass).
-/// The fused op is used where nothing but `x` can need a gradient (the kernel and
-/// coefficients are constants: a frozen view, or inference); otherwise, and on other
-/// devices, this is the three ops.
-///
-/// # Errors
-/// Fails on a shape mismatch.
-pub fn conv2d_affine_relu(
-    x: &Tensor,
-    w: &Tensor,
-    scale: &Tensor,
-    shift: &Tensor,
-    padding: usize,
-) -> Result<Tensor> {
-    let constants = !(w.track_op() || scale.track_op() || shift.track_op());
-    if !x.device().is_cpu() || !constants {
-        return channel_affine_relu(&conv2d_s1(x, w, padding)?, scale, shift);
-    }
-    let coefficients = Tensor::stack(&[scale, shift], 0)?;
-    x.apply_op3(w, &coefficients, ConvAffineRelu { padding })
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
-    use candle_core::{DType, Device, Var};
+    use candle_core::{Device, Var};
 
     use crate::layers::{max_abs_diff as max_diff, second_order_on};
 
-    fn randn(shape: &[usize], seed: u64) -> Tensor {
+    pub(super) fn randn(shape: &[usize], seed: u64) -> Tensor {
         // Deterministic pseudo-random values without relying on the device RNG.
         let n: usize = shape.iter().product();
         let mut s = seed
@@ -1200,164 +859,6 @@ mod tests {
             })
             .collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    #[test]
-    fn conv_forward_and_gradients_match_candle() {
-        for &(b, c, o, h, w, k, p) in &[
-            (2, 3, 4, 7, 6, 3, 1),
-            (3, 2, 5, 5, 5, 1, 0),
-            (2, 4, 3, 6, 8, 5, 2),
-            (1, 1, 1, 4, 4, 3, 0),
-            (2, 2, 3, 5, 4, 3, 2),
-        ] {
-            let x = Var::from_tensor(&randn(&[b, c, h, w], 1)).unwrap();
-            let wt = Var::from_tensor(&randn(&[o, c, k, k], 2)).unwrap();
-            let r = randn(&[b, o, h + 2 * p + 1 - k, w + 2 * p + 1 - k], 3);
-            let ours = conv2d_s1(x.as_tensor(), wt.as_tensor(), p).unwrap();
-            let theirs = x.as_tensor().conv2d(wt.as_tensor(), p, 1, 1, 1).unwrap();
-            assert_eq!(ours.dims(), theirs.dims());
-            assert!(max_diff(&ours, &theirs) < 1e-12, "forward k={k} p={p}");
-            let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let g2 = (theirs * &r)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            for v in [x.as_tensor(), wt.as_tensor()] {
-                let (a, bb) = (g1.get(v).unwrap(), g2.get(v).unwrap());
-                assert_eq!(a.dims(), bb.dims());
-                assert!(max_diff(a, bb) < 1e-12, "gradient k={k} p={p}");
-            }
-        }
-    }
-
-    #[test]
-    fn conv_handles_strided_inputs_and_f32() {
-        let x = randn(&[2, 6, 5, 5], 4).to_dtype(DType::F32).unwrap();
-        let w = randn(&[3, 3, 3, 3], 5).to_dtype(DType::F32).unwrap();
-        let xs = x.narrow(1, 2, 3).unwrap();
-        let ours = conv2d_s1(&xs, &w, 1).unwrap();
-        let theirs = xs.conv2d(&w, 1, 1, 1, 1).unwrap();
-        assert!(max_diff(&ours, &theirs) < 1e-5);
-    }
-
-    /// The fused convolution + affine + ReLU against the three ops: value, and the input's
-    /// gradients of first and second order; with a variable kernel it falls back to them.
-    #[test]
-    fn conv_affine_relu_matches_the_three_ops() {
-        second_order_on();
-        for &(c, o, k, p) in &[(3, 5, 3, 1), (4, 8, 1, 0), (2, 9, 3, 2)] {
-            let x0 = randn(&[2, c, 6, 5], 71);
-            let w = randn(&[o, c, k, k], 72);
-            let (scale, shift) = (randn(&[o], 73), randn(&[o], 74));
-            let dims = conv2d_s1(&x0, &w, p).unwrap().dims().to_vec();
-            let (q, r) = (randn(&dims, 75), randn(&dims, 76));
-            let run = |fused: bool, w: &Tensor| -> Vec<Tensor> {
-                let x = Var::from_tensor(&x0).unwrap();
-                let x = x.as_tensor();
-                let z = if fused {
-                    conv2d_affine_relu(x, w, &scale, &shift, p)
-                } else {
-                    channel_affine_relu(&conv2d_s1(x, w, p).unwrap(), &scale, &shift)
-                }
-                .unwrap();
-                let inner = (&z * &q).unwrap().sum_all().unwrap().backward().unwrap();
-                let gx = inner.get(x).unwrap().clone();
-                let l = ((&z * &r).unwrap().sum_all().unwrap()
-                    + gx.sqr().unwrap().sum_all().unwrap())
-                .unwrap();
-                let g = l.backward().unwrap();
-                let mut out = vec![z, gx, g.get(x).unwrap().clone()];
-                out.extend(g.get(w).cloned());
-                out
-            };
-            let (ours, theirs) = (run(true, &w), run(false, &w));
-            assert_eq!(ours.len(), 3, "a constant kernel gets no gradient");
-            for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
-                assert!(max_diff(a, b) < 1e-12, "c={c} o={o} k={k}: output {i}");
-            }
-            let wv = Var::from_tensor(&w).unwrap();
-            let (ours, theirs) = (run(true, wv.as_tensor()), run(false, wv.as_tensor()));
-            assert_eq!(ours.len(), 4, "a variable kernel keeps its gradient");
-            for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
-                assert!(max_diff(a, b) < 1e-12, "variable kernel, output {i}");
-            }
-        }
-    }
-
-    #[test]
-    fn input_gradient_only_skips_the_kernel_gradient_and_keeps_the_input_gradient() {
-        let x = Var::from_tensor(&randn(&[2, 3, 5, 4], 51)).unwrap();
-        let w = Var::from_tensor(&randn(&[4, 3, 3, 3], 52)).unwrap();
-        let r = randn(&[2, 4, 5, 4], 53);
-        let loss = || {
-            (conv2d_s1(x.as_tensor(), w.as_tensor(), 1).unwrap() * &r)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-        };
-        let full = loss().backward().unwrap();
-        let only = input_gradient_only(|| loss().backward()).unwrap();
-        assert!(only.get(w.as_tensor()).is_none());
-        assert!(full.get(w.as_tensor()).is_some());
-        let (a, b) = (full.get(x.as_tensor()), only.get(x.as_tensor()));
-        assert_eq!(max_diff(a.unwrap(), b.unwrap()), 0.0);
-        // The scope ends with the call.
-        assert!(loss().backward().unwrap().get(w.as_tensor()).is_some());
-    }
-
-    /// `L(x, w) = Σ r·F(x, w) + ½‖∂Σ(q·F)/∂x‖² + ½‖∂Σ(q·F)/∂w‖²`, whose derivative needs
-    /// the derivatives of `Gx` and `Gw`; compared with a central finite difference.
-    #[test]
-    fn conv_second_order_matches_finite_differences() {
-        second_order_on();
-        let (b, c, o, h, k, p) = (2, 2, 3, 5, 3, 1);
-        let x0 = randn(&[b, c, h, h], 6);
-        let w0 = randn(&[o, c, k, k], 7);
-        let q = randn(&[b, o, h, h], 8);
-        let loss = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
-            let y = conv2d_s1(x, w, p)?;
-            let inner = (&y * &q)?.sum_all()?.backward()?;
-            let gx = inner.get(x).expect("gx").clone();
-            let gw = inner.get(w).expect("gw").clone();
-            (y.sqr()?.sum_all()? * 0.1)? + ((gx.sqr()?.sum_all()? + gw.sqr()?.sum_all()?)? * 0.5)?
-        };
-        let x = Var::from_tensor(&x0).unwrap();
-        let w = Var::from_tensor(&w0).unwrap();
-        let l = loss(x.as_tensor(), w.as_tensor()).unwrap();
-        let grads = l.backward().unwrap();
-        let (gx, gw) = (
-            grads.get(x.as_tensor()).unwrap(),
-            grads.get(w.as_tensor()).unwrap(),
-        );
-        // directional derivatives along random directions
-        let eps = 1e-5;
-        for (dir_seed, which) in [(9u64, 0), (10, 1)] {
-            let (base, grad) = if which == 0 { (&x0, gx) } else { (&w0, gw) };
-            let d = randn(base.dims(), dir_seed);
-            let eval = |s: f64| -> f64 {
-                let moved = (base + (&d * s).unwrap()).unwrap();
-                let xv = Var::from_tensor(if which == 0 { &moved } else { &x0 }).unwrap();
-                let wv = Var::from_tensor(if which == 1 { &moved } else { &w0 }).unwrap();
-                loss(xv.as_tensor(), wv.as_tensor())
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap()
-            };
-            let fd = (eval(eps) - eval(-eps)) / (2.0 * eps);
-            let an = (grad * &d)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
-            assert!(
-                (fd - an).abs() <= 1e-6 * (1.0 + an.abs()),
-                "second order ({which}): finite difference {fd} vs autodiff {an}"
-            );
-        }
     }
 
     /// `add_relu(affine_relu(x), y)` against Candle's `relu(relu(affine(x)) + y)`: values,

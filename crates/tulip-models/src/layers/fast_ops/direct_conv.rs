@@ -23,7 +23,8 @@
 use bytemuck::Pod;
 use pulp::{Simd, WithSimd};
 
-use super::{threads, ConvGeom};
+use super::conv::ConvGeom;
+use super::threads;
 
 /// A float type with SIMD vectors (`f32`, `f64`).
 pub(super) trait Lane:
