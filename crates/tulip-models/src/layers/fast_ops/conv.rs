@@ -4,7 +4,7 @@
 //! `⟨F(x,w), g⟩ = ⟨x, Gx(g,w)⟩ = ⟨w, Gw(x,g)⟩` each one's derivatives are the other two),
 //! so gradients of any order never use Candle's slow CPU `conv_transpose2d`; and the
 //! evaluation-mode convolution + batch norm + ReLU for constant models. The arithmetic is
-//! in [`direct_conv`](super::direct_conv).
+//! in [`direct_conv`].
 
 use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType,
