@@ -568,12 +568,22 @@ fn frozen_view_gives_the_input_gradient_without_parameter_gradients() {
             let via = frozen.forward_t(x.as_tensor(), train).unwrap();
             let frozen_grads = via.sum_all().unwrap().backward().unwrap();
             assert_close(&via, &own, 0.0, "frozen logits");
-            assert_close(
+            // In evaluation mode the frozen view's fused convolution computes the same
+            // gradient in another order (the batch norm's scale folded into the kernel):
+            // equal to a few ulps of its largest entry, not bit for bit.
+            let (ours, theirs) = (
                 frozen_grads.get(x.as_tensor()).unwrap(),
                 grads.get(x.as_tensor()).unwrap(),
-                0.0,
-                "frozen input gradient",
             );
+            let largest = theirs
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap();
+            let largest: f64 = largest.to_scalar().unwrap();
+            assert_close(ours, theirs, 1e-6 * largest, "frozen input gradient");
             for p in m.params().trainable() {
                 assert!(grads.get(p.var.as_tensor()).is_some(), "{arch}: {}", p.name);
                 assert!(

@@ -11,10 +11,7 @@ use candle_core::{
 };
 
 use super::direct_conv::{self, Isa};
-use super::{
-    channel_affine, channel_affine_relu, contiguous, float_dispatch, kernel_gradients_wanted,
-    relu_mask,
-};
+use super::{channel_affine_relu, contiguous, float_dispatch, kernel_gradients_wanted, relu_mask};
 
 /// The shape of a stride-1 convolution: `b` images of `c × h × w`, a `kh × kw` kernel,
 /// zero padding `(ph, pw)` on each side.
@@ -323,11 +320,13 @@ impl CustomOp3 for ConvAffineRelu {
         if w.track_op() || k.track_op() {
             bail!("conv_affine_relu: the kernel and coefficients must be constants");
         }
-        let scale = k.get(0)?;
-        let masked = channel_affine(&relu_mask(grad, res)?, &scale, &scale.zeros_like()?)?;
+        // Gx(g·[y > 0]·scale, w) = Gx(g·[y > 0], w·scale): the scale goes into the small
+        // kernel (per output channel) instead of a pass over the gradient.
+        let scale = k.get(0)?.reshape((w.dim(0)?, 1, 1, 1))?;
+        let scaled = w.broadcast_mul(&scale)?;
         let dx = x
             .track_op()
-            .then(|| conv2d_grad_input(&masked, w, self.padding))
+            .then(|| conv2d_grad_input(&relu_mask(grad, res)?, &scaled, self.padding))
             .transpose()?;
         Ok((dx, None, None))
     }
