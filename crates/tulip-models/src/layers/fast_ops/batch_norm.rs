@@ -70,6 +70,9 @@ fn channel_planes<T>(
 /// ranges. Each channel's value is computed by one thread in one fixed order, so the
 /// result does not depend on the number of threads.
 fn per_channel<R: Send>(channels: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+    if channels == 0 {
+        return Vec::new();
+    }
     let per_thread = channels.div_ceil(threads().max(1)).max(1);
     let ranges: Vec<_> = (0..channels).step_by(per_thread).collect();
     std::thread::scope(|s| {
