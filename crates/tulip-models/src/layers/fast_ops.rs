@@ -132,6 +132,43 @@ fn threads() -> usize {
         .min(8)
 }
 
+/// Runs `job(first index, part)` on each part of `parts`, one thread each (the first on
+/// the calling thread), part `t` starting at index `t · per_thread` (an image, a channel),
+/// and returns the results in order.
+fn on_threads<P: Send, R: Send>(
+    per_thread: usize,
+    parts: impl Iterator<Item = P>,
+    job: impl Fn(usize, P) -> R + Sync,
+) -> Vec<R> {
+    let mut parts = parts.enumerate();
+    let Some((_, first)) = parts.next() else {
+        return Vec::new();
+    };
+    std::thread::scope(|s| {
+        let job = &job;
+        let handles: Vec<_> = parts
+            .map(|(t, part)| s.spawn(move || job(t * per_thread, part)))
+            .collect();
+        let mut results = vec![job(0, first)];
+        results.extend(
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("fast_ops worker panicked")),
+        );
+        results
+    })
+}
+
+/// `max(v, 0)` with PyTorch's conventions: 0 at 0, and 0 for NaN.
+#[inline(always)]
+fn relu_value<T: PartialOrd + Copy>(v: T, zero: T) -> T {
+    if v > zero {
+        v
+    } else {
+        zero
+    }
+}
+
 /// `[B, C, S]` view of a `[B, C, …]` shape.
 fn bcs(dims: &[usize]) -> Result<(usize, usize, usize)> {
     if dims.len() < 2 {
@@ -348,11 +385,7 @@ fn channel_affine_cpu<T: WithDType>(
             let (ac, sc) = (a[ci], s[ci]);
             let plane = x[(bi * c + ci) * sz..][..sz].iter();
             if op.relu {
-                out.extend(
-                    plane
-                        .map(|&v| v * ac + sc)
-                        .map(|v| if v > zero { v } else { zero }),
-                );
+                out.extend(plane.map(|&v| v * ac + sc).map(|v| relu_value(v, zero)));
             } else {
                 out.extend(plane.map(|&v| v * ac + sc));
             }
@@ -417,7 +450,7 @@ struct Relu;
 fn relu_cpu<T: WithDType>(s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
     let x = contiguous::<T>(s, l)?;
     let zero = T::from_f64(0.0);
-    let out: Vec<T> = x.iter().map(|&v| if v > zero { v } else { zero }).collect();
+    let out: Vec<T> = x.iter().map(|&v| relu_value(v, zero)).collect();
     Ok((T::to_cpu_storage_owned(out), l.shape().clone()))
 }
 
@@ -524,8 +557,7 @@ fn add_relu_cpu<T: WithDType>(
     let out: Vec<T> = x
         .iter()
         .zip(y.iter())
-        .map(|(&a, &b)| a + b)
-        .map(|v| if v > zero { v } else { zero })
+        .map(|(&a, &b)| relu_value(a + b, zero))
         .collect();
     Ok((T::to_cpu_storage_owned(out), xl.shape().clone()))
 }

@@ -22,7 +22,7 @@ use candle_core::{
 
 use super::{
     bcs, block_sum, channel_affine, channel_affine2, channel_dot, channel_sum, contiguous,
-    first_order_only, relu_mask, threads,
+    first_order_only, on_threads, relu_mask, relu_value, threads,
 };
 
 /// `Σ u·(v − m)` with eight independent accumulators (so it vectorises), returned in f64.
@@ -70,29 +70,14 @@ fn channel_planes<T>(
 /// ranges. Each channel's value is computed by one thread in one fixed order, so the
 /// result does not depend on the number of threads.
 fn per_channel<R: Send>(channels: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
-    if channels == 0 {
-        return Vec::new();
-    }
     let per_thread = channels.div_ceil(threads().max(1)).max(1);
-    let ranges: Vec<_> = (0..channels).step_by(per_thread).collect();
-    std::thread::scope(|s| {
-        let f = &f;
-        let handles: Vec<_> = ranges[1..]
-            .iter()
-            .map(|&c0| {
-                s.spawn(move || {
-                    (c0..(c0 + per_thread).min(channels))
-                        .map(f)
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        let mut out: Vec<R> = (0..per_thread.min(channels)).map(f).collect();
-        for h in handles {
-            out.extend(h.join().expect("batch-norm worker panicked"));
-        }
-        out
-    })
+    let ranges = (0..channels)
+        .step_by(per_thread)
+        .map(|c0| c0..(c0 + per_thread).min(channels));
+    let parts = on_threads(per_thread, ranges, |_, range| {
+        range.map(&f).collect::<Vec<_>>()
+    });
+    parts.into_iter().flatten().collect()
 }
 
 fn statistics_cpu<T: WithDType>(s: &CpuStorage, l: &Layout) -> Result<(Vec<f64>, Vec<f64>)> {
@@ -177,7 +162,7 @@ impl BatchNormTrain {
             let (m, a, s) = coefs[i % c];
             let values = plane.iter().map(|&v| (v - m) * a + s);
             if self.relu {
-                y.extend(values.map(|v| if v > zero { v } else { zero }));
+                y.extend(values.map(|v| relu_value(v, zero)));
             } else {
                 y.extend(values);
             }

@@ -37,6 +37,30 @@ impl ConvGeom {
     pub(super) fn k(&self) -> usize {
         self.c * self.kh * self.kw
     }
+
+    /// The geometry of `conv(x, w)` for `x: [B, C, H, W]`, `w: [O, C, kh, kw]` and
+    /// padding `p` on every side, and `O`; an error naming `what` if they do not fit.
+    fn of_forward(x: &[usize], w: &[usize], p: usize, what: &str) -> Result<(Self, usize)> {
+        if x.len() != 4
+            || w.len() != 4
+            || x[1] != w[1]
+            || x[2] + 2 * p < w[2]
+            || x[3] + 2 * p < w[3]
+        {
+            bail!("{what}: input {x:?} and kernel {w:?} do not match (padding {p})");
+        }
+        let geometry = Self {
+            b: x[0],
+            c: x[1],
+            h: x[2],
+            w: x[3],
+            kh: w[2],
+            kw: w[3],
+            ph: p,
+            pw: p,
+        };
+        Ok((geometry, w[0]))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,20 +95,7 @@ fn conv_s1_cpu<T: WithDType + direct_conv::Lane>(
     let p = op.padding;
     match op.kind {
         ConvKind::Forward => {
-            let (o, c, kh, kw) = (d2[0], d2[1], d2[2], d2[3]);
-            if d1[1] != c || d1[2] + 2 * p < kh || d1[3] + 2 * p < kw {
-                bail!("conv: input {d1:?} and kernel {d2:?} do not match (padding {p})");
-            }
-            let g = ConvGeom {
-                b: d1[0],
-                c,
-                h: d1[2],
-                w: d1[3],
-                kh,
-                kw,
-                ph: p,
-                pw: p,
-            };
+            let (g, o) = ConvGeom::of_forward(d1, d2, p, "conv")?;
             let y = direct_conv::conv(Isa::Best, &a, &g, &bt, o);
             Ok((
                 T::to_cpu_storage_owned(y),
@@ -252,28 +263,13 @@ fn conv_affine_relu_cpu<T: WithDType + direct_conv::Lane>(
     (ws, wl): (&CpuStorage, &Layout),
     (ks, kl): (&CpuStorage, &Layout),
 ) -> Result<(CpuStorage, Shape)> {
-    let (d1, d2) = (xl.dims(), wl.dims());
-    let p = op.padding;
-    if d1.len() != 4 || d2.len() != 4 || d1[1] != d2[1] || kl.dims() != [2, d2[0]] {
+    let (g, o) = ConvGeom::of_forward(xl.dims(), wl.dims(), op.padding, "conv_affine_relu")?;
+    if kl.dims() != [2, o] {
         bail!(
-            "conv_affine_relu: input {d1:?}, kernel {d2:?}, coefficients {:?}",
+            "conv_affine_relu: coefficients {:?} for {o} output channels",
             kl.dims()
         );
     }
-    let (o, c, kh, kw) = (d2[0], d2[1], d2[2], d2[3]);
-    if d1[2] + 2 * p < kh || d1[3] + 2 * p < kw {
-        bail!("conv_affine_relu: input {d1:?} smaller than kernel {d2:?} (padding {p})");
-    }
-    let g = ConvGeom {
-        b: d1[0],
-        c,
-        h: d1[2],
-        w: d1[3],
-        kh,
-        kw,
-        ph: p,
-        pw: p,
-    };
     let (x, w, k) = (
         contiguous::<T>(xs, xl)?,
         contiguous::<T>(ws, wl)?,

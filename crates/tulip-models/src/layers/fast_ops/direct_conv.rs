@@ -24,7 +24,7 @@ use bytemuck::Pod;
 use pulp::{Simd, WithSimd};
 
 use super::conv::ConvGeom;
-use super::threads;
+use super::{on_threads, relu_value, threads};
 
 /// A float type with SIMD vectors (`f32`, `f64`).
 pub(super) trait Lane:
@@ -206,32 +206,6 @@ fn images_per_thread(b: usize) -> usize {
     b.div_ceil(threads().min(b).max(1)).max(1)
 }
 
-/// Runs `job(first image, part)` on each part of `parts` (the first on the calling
-/// thread), part `t` starting at image `t · per_thread`, and returns the results in order.
-fn on_threads<P: Send, R: Send>(
-    per_thread: usize,
-    parts: impl Iterator<Item = P>,
-    job: impl Fn(usize, P) -> R + Sync,
-) -> Vec<R> {
-    let mut parts = parts.enumerate();
-    let Some((_, first)) = parts.next() else {
-        return Vec::new();
-    };
-    std::thread::scope(|s| {
-        let job = &job;
-        let handles: Vec<_> = parts
-            .map(|(t, part)| s.spawn(move || job(t * per_thread, part)))
-            .collect();
-        let mut results = vec![job(0, first)];
-        results.extend(
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("convolution worker panicked")),
-        );
-        results
-    })
-}
-
 /// `y[b, o] = Σ_c w[o, c] ⋆ x[b, c]` for `x: [B, C, H, W]`, `w: [O, C, kh, kw]`,
 /// zero padding `(ph, pw)`: `[B, O, Ho, Wo]`.
 pub(super) fn conv<T: Lane>(isa: Isa, x: &[T], g: &ConvGeom, w: &[T], o: usize) -> Vec<T> {
@@ -338,7 +312,7 @@ impl<T: Lane> ConvImages<'_, T> {
                                 let (a, s) = (e.scale[oo], e.shift[oo]);
                                 for (d, &v) in line.iter_mut().zip(src) {
                                     let t = v * a + s;
-                                    *d = if t > T::ZERO { t } else { T::ZERO };
+                                    *d = relu_value(t, T::ZERO);
                                 }
                             }
                         }
