@@ -90,6 +90,18 @@ fn train_learns_on_a_real_subset_and_writes_every_run_file() {
     let test = csv(&dir.join(files::TEST_CSV));
     assert!(column(&test, "test_loss").iter().all(|v| v.is_finite()));
     assert_eq!(column(&test, "lr"), vec![0.05, 0.05 * 0.2]);
+
+    // Started without malloc settings, `tulip` re-executed itself with glibc told to keep
+    // freed memory, and the run's log says so.
+    if tulip_train::malloc::should_reexec(|k| std::env::var_os(k)) {
+        let log = std::fs::read_to_string(dir.join(files::LOG)).unwrap();
+        let want = tulip_train::malloc::RETAIN_FREED_MEMORY
+            .iter()
+            .fold("TULIP_MALLOC=retain".to_string(), |s, (k, v)| {
+                format!("{s} {k}={v}")
+            });
+        assert!(log.contains(&want), "{want:?} not in the log:\n{log}");
+    }
 }
 
 #[test]

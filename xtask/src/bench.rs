@@ -19,6 +19,9 @@ use tulip_adversarial::{PerturbationKind, PgdConfig};
 use tulip_data::{Dataset, DatasetKind, Split};
 use tulip_models::{Architecture, Model, ModelConfig};
 use tulip_penalties::{Norm, PenaltyMethod};
+// glibc malloc told to keep the memory it has: the PyTorch script's default, and what the
+// `tulip` binary sets for itself.
+use tulip_train::malloc::RETAIN_FREED_MEMORY;
 use tulip_train::{ObjectiveConfig, TrainConfig, Trainer};
 
 /// The cases of the issue-7 table: every training mode on ResNet22 (CIFAR shape, as the
@@ -26,14 +29,6 @@ use tulip_train::{ObjectiveConfig, TrainConfig, Trainer};
 /// nearest-neighbour attack.
 pub const DEFAULT_CASES: &str = "resnet22:plain,resnet22:lip,resnet22:fd,resnet22:j2,\
 resnet22:lipj2,resnet22:pgd,resnet22:infer,resnet22:gradpass,fashion:nn-attack";
-
-/// glibc malloc told to keep the memory it has (the PyTorch script's default): on this VM,
-/// memory handed back to the kernel is slow to get again.
-const RETAIN_MALLOC: [(&str, &str); 3] = [
-    ("MALLOC_MMAP_MAX_", "0"),
-    ("MALLOC_TRIM_THRESHOLD_", "68719476736"),
-    ("MALLOC_TOP_PAD_", "1073741824"),
-];
 
 /// The global allocator of this build (`--features mimalloc` or the system's).
 const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
@@ -157,9 +152,9 @@ fn torch_case(case: &str) -> Option<String> {
 
 fn run_child(cmd: &mut Command, malloc: &str) -> Result<Measured> {
     if malloc == "retain" {
-        cmd.envs(RETAIN_MALLOC);
+        cmd.envs(RETAIN_FREED_MEMORY);
     } else {
-        for (k, _) in RETAIN_MALLOC {
+        for (k, _) in RETAIN_FREED_MEMORY {
             cmd.env_remove(k);
         }
     }

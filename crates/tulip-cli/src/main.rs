@@ -36,6 +36,8 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Before anything else: glibc reads its malloc settings at start-up only.
+    tulip_train::malloc::reexec_retaining_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train::run(*args),

@@ -398,6 +398,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         }
     };
     install_logging(trainer.run_dir().path())?;
+    // Step times depend on it (see tulip_train::malloc); the log says which applied.
+    tracing::info!("malloc environment: {}", tulip_train::malloc::environment());
     if output == Output::Human {
         let c = trainer.config();
         eprintln!(

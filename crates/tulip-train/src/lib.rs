@@ -27,6 +27,7 @@ pub mod config;
 pub mod device;
 mod error;
 pub mod evaluate;
+pub mod malloc;
 pub mod optim;
 pub mod run_dir;
 pub mod schedule;
