@@ -21,8 +21,8 @@ use candle_core::{
 };
 
 use super::{
-    bcs, block_sum, channel_affine, channel_affine2, channel_dot, channel_sum, contiguous,
-    first_order_only, on_threads, relu_mask, relu_value, threads,
+    bcs, block_sum, channel_affine, channel_affine2, channel_dot, channel_planes, channel_sum,
+    contiguous, first_order_only, per_channel, relu_mask, relu_value,
 };
 
 /// `Σ u·(v − m)` with eight independent accumulators (so it vectorises), returned in f64.
@@ -55,29 +55,6 @@ pub fn batch_statistics(x: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
         Storage::Cpu(s @ CpuStorage::F64(_)) => statistics_cpu::<f64>(s, layout),
         _ => bail!("batch_statistics: f32 or f64 CPU tensors only"),
     }
-}
-
-/// The `b` planes of channel `ci` of `t: [B, C, S]`.
-fn channel_planes<T>(
-    t: &[T],
-    (b, c, sz): (usize, usize, usize),
-    ci: usize,
-) -> impl Iterator<Item = &[T]> {
-    (0..b).map(move |bi| &t[(bi * c + ci) * sz..][..sz])
-}
-
-/// `[f(c) for c in 0..channels]`, the channels shared among the threads in contiguous
-/// ranges. Each channel's value is computed by one thread in one fixed order, so the
-/// result does not depend on the number of threads.
-fn per_channel<R: Send>(channels: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
-    let per_thread = channels.div_ceil(threads().max(1)).max(1);
-    let ranges = (0..channels)
-        .step_by(per_thread)
-        .map(|c0| c0..(c0 + per_thread).min(channels));
-    let parts = on_threads(per_thread, ranges, |_, range| {
-        range.map(&f).collect::<Vec<_>>()
-    });
-    parts.into_iter().flatten().collect()
 }
 
 fn statistics_cpu<T: WithDType>(s: &CpuStorage, l: &Layout) -> Result<(Vec<f64>, Vec<f64>)> {
