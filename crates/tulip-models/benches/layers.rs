@@ -2,14 +2,17 @@
 //! Candle's built-ins (`conv2d`, broadcast batch norm), forward and forward+backward,
 //! at the ResNet22 sizes (batch 128). Median of 5 runs after a warm-up.
 //!
-//!     cargo bench -p tulip-models --bench layers [conv|bn|loss|mm]
+//!     cargo bench -p tulip-models --bench layers [conv|bn|loss|mm] [cifar]
+//!
+//! The sizes are Fashion-MNIST's (28, 14, 7); `cifar` takes CIFAR's (32, 16, 8).
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::time::Instant;
 use tulip_models::layers::{BatchNorm, Conv2d, Conv2dConfig};
 use tulip_models::{Mode, ParamBuilder};
 
-fn t<F: FnMut() -> Tensor>(name: &str, mut f: F) {
+/// Prints and returns the median time of `f` in milliseconds.
+fn t<F: FnMut() -> Tensor>(name: &str, mut f: F) -> f64 {
     let _ = f();
     let mut v = Vec::new();
     for _ in 0..5 {
@@ -19,6 +22,7 @@ fn t<F: FnMut() -> Tensor>(name: &str, mut f: F) {
     }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!("{name:40}: {:7.1} ms (median of 5)", v[2]);
+    v[2]
 }
 
 fn old_bn(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -36,7 +40,13 @@ fn old_bn(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 fn main() -> Result<()> {
     let d = Device::Cpu;
     let what = std::env::args().nth(1).unwrap_or_default();
-    for (c, s) in [(16usize, 28usize), (32, 14), (64, 7)] {
+    let cifar = std::env::args().nth(2).as_deref() == Some("cifar");
+    let sizes = if cifar {
+        [(16usize, 32usize), (32, 16), (64, 8)]
+    } else {
+        [(16, 28), (32, 14), (64, 7)]
+    };
+    for (c, s) in sizes {
         println!("--- 128x{c}x{s}x{s}");
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., (128, c, s, s), &d)?)?;
         let pb = ParamBuilder::new(0, DType::F32, &d);
@@ -82,7 +92,9 @@ fn main() -> Result<()> {
                 let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
                 g.get(w.as_tensor()).unwrap().clone()
             });
-            t("layer conv fwd", || conv.forward(x.as_tensor()).unwrap());
+            let ms = t("layer conv fwd", || conv.forward(x.as_tensor()).unwrap());
+            let flop = 2.0 * 128.0 * (c * c * 9 * s * s) as f64;
+            println!("{:40}: {:7.0} GF/s", "  layer conv fwd", flop / ms / 1e6);
             t("layer conv fwd+bwd", || {
                 let y = conv.forward(x.as_tensor()).unwrap();
                 let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
