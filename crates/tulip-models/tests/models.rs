@@ -15,6 +15,12 @@ fn model(cfg: &ModelConfig) -> Model {
     Model::init(cfg, 7, DType::F32, &Device::Cpu).expect("model builds")
 }
 
+/// The model's logits for `x` in evaluation mode, flattened.
+fn eval_logits(m: &Model, x: &Tensor) -> Vec<f32> {
+    let y = m.forward_t(x, false).unwrap();
+    y.flatten_all().unwrap().to_vec1().unwrap()
+}
+
 fn input(shape: (usize, usize, usize), batch: usize, seed: u64) -> Tensor {
     let (c, h, w) = shape;
     let n = batch * c * h * w;
@@ -248,27 +254,9 @@ fn same_seed_same_model_other_seed_other_model() {
     let a = Model::init(&cfg, 1, DType::F32, &Device::Cpu).unwrap();
     let b = Model::init(&cfg, 1, DType::F32, &Device::Cpu).unwrap();
     let c = Model::init(&cfg, 2, DType::F32, &Device::Cpu).unwrap();
-    let ya: Vec<f32> = a
-        .forward_t(&x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let yb: Vec<f32> = b
-        .forward_t(&x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let yc: Vec<f32> = c
-        .forward_t(&x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let ya = eval_logits(&a, &x);
+    let yb = eval_logits(&b, &x);
+    let yc = eval_logits(&c, &x);
     assert_eq!(ya, yb);
     assert_ne!(ya, yc);
 }
@@ -425,20 +413,8 @@ fn checkpoint_round_trip_gives_identical_logits() {
     let read = Checkpoint::read(&path, &Device::Cpu).unwrap();
     assert_eq!(read.metadata.get("epoch").map(String::as_str), Some("3"));
     read.load_into(b.params(), &path).unwrap();
-    let ya: Vec<f32> = a
-        .forward_t(&x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let yb: Vec<f32> = b
-        .forward_t(&x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let ya = eval_logits(&a, &x);
+    let yb = eval_logits(&b, &x);
     assert_eq!(ya, yb);
 }
 
