@@ -111,7 +111,7 @@ fn store<S: Simd, T: Lane>(dst: &mut [T], v: T::V<S>) {
     dst[..lanes::<S, T>()].copy_from_slice(bytemuck::cast_slice(std::slice::from_ref(&v)));
 }
 
-/// Most elements [`Flat::pad_channels_last`] skips to align its output.
+/// Most elements [`Flat::pad_channel_blocks`] skips to align its output.
 const MAX_LEAD: usize = 16;
 
 /// The padded-flat geometry of one image.
@@ -152,34 +152,38 @@ impl Flat {
         self.positions.div_ceil(tile) * tile
     }
 
-    /// Writes the image `src: [C, H, W]` zero-padded and channels-last to `out` (cleared
-    /// first) after `lead` elements, returned, that align it to 64 bytes (a cache line):
-    /// position `q` of the padded plane holds channels `lead + q·cp ..` `+ C`, then zeros
-    /// up to `cp`. Aligned, the weight gradient's loads of whole channel vectors never
-    /// straddle two cache lines (+20% speed).
-    fn pad_channels_last<T: Lane>(
+    /// Writes the image `src: [C, H, W]` zero-padded, in blocks of `n` channels, to `out`
+    /// (cleared first) after `lead` elements, returned, that align it to 64 bytes (a cache
+    /// line): block `b` is `[plane, n]`, position `q` of the padded plane holding channels
+    /// `b·n ..` `+ n` (zeros past `C`). A block is then a slice of whole vectors, one per
+    /// position, and the weight gradient's loads never straddle two cache lines (+20%).
+    fn pad_channel_blocks<T: Lane>(
         &self,
         g: &ConvGeom,
         src: &[T],
-        cp: usize,
+        n: usize,
         out: &mut Vec<T>,
     ) -> usize {
         out.clear();
-        let zeros = |out: &mut Vec<T>, n: usize| out.extend(std::iter::repeat_n(T::ZERO, n));
+        let zeros = |out: &mut Vec<T>, k: usize| out.extend(std::iter::repeat_n(T::ZERO, k));
         let lead = out.as_ptr().align_offset(64).min(MAX_LEAD);
         zeros(out, lead);
         let hw = g.h * g.w;
-        zeros(out, g.ph * self.row * cp);
-        for r in 0..g.h {
-            zeros(out, g.pw * cp);
-            for s in 0..g.w {
-                out.extend((0..g.c).map(|ci| src[ci * hw + r * g.w + s]));
-                zeros(out, cp - g.c);
+        for c0 in (0..g.c).step_by(n) {
+            let channels = c0..(c0 + n).min(g.c);
+            let start = out.len();
+            zeros(out, g.ph * self.row * n);
+            for r in 0..g.h {
+                zeros(out, g.pw * n);
+                for s in 0..g.w {
+                    out.extend(channels.clone().map(|ci| src[ci * hw + r * g.w + s]));
+                    zeros(out, n - channels.len());
+                }
+                zeros(out, g.pw * n);
             }
-            zeros(out, g.pw * cp);
+            let used = out.len() - start;
+            zeros(out, self.plane * n - used);
         }
-        let used = out.len() - lead;
-        zeros(out, self.plane * cp - used);
         lead
     }
 
@@ -505,18 +509,18 @@ impl<T: Lane> GradWeightImages<'_, T> {
             .chunks_exact(g.c * g.h * g.w)
             .zip(gr.chunks_exact(o * ho * wo))
         {
-            let lead = flat.pad_channels_last(g, xi, cp, xt);
-            let xt = &xt[lead..];
+            let lead = flat.pad_channel_blocks(g, xi, n, xt);
             let plane = |oo: usize| &gi[oo * ho * wo..][..ho * wo];
-            for cb in (0..cp).step_by(n) {
+            let blocks = xt[lead..].chunks_exact(flat.plane * n);
+            for (cb, block) in (0..cp).step_by(n).zip(blocks) {
                 for (chunk, offs) in taps.chunks_exact(TAPS).enumerate() {
-                    let dots = GradWeightDots::<T, TAPS> {
-                        xt: &xt[cb..],
-                        cp,
+                    let dots = GradWeightDots::<S, T, TAPS> {
+                        xt: bytemuck::cast_slice(block),
                         row: flat.row,
                         ho,
                         wo,
                         offs: offs.try_into().expect("TAPS elements"),
+                        stride: cp,
                         first_tap: chunk * TAPS,
                     };
                     let mut oo = 0;
@@ -549,33 +553,33 @@ impl<T: Lane> GradWeightImages<'_, T> {
     }
 }
 
-/// One channel vector's taps of the weight gradient over one image.
-struct GradWeightDots<'a, T, const TAPS: usize> {
-    /// The channels-last padded image, from the channel vector's first channel.
-    xt: &'a [T],
-    /// Channels (padded) per position of `xt`.
-    cp: usize,
+/// One channel block's taps of the weight gradient over one image.
+struct GradWeightDots<'a, S: Simd, T: Lane, const TAPS: usize> {
+    /// The block's padded image, one vector (of `lanes` channels) per position.
+    xt: &'a [T::V<S>],
     row: usize,
     ho: usize,
     wo: usize,
     /// Offsets (in positions) of these taps.
     offs: &'a [usize; TAPS],
+    /// Elements per tap in `sums` (the padded channel count).
+    stride: usize,
     /// Index of the first of these taps.
     first_tap: usize,
 }
 
-impl<T: Lane, const TAPS: usize> GradWeightDots<'_, T, TAPS> {
-    /// For each output channel `k`: `sums[at[k] + (first_tap + t)·cp ..][..lanes] +=
-    /// Σ_(r,s) gs[k][r·wo + s] · xt[(r·row + s + offs[t])·cp ..][..lanes]`.
+impl<S: Simd, T: Lane, const TAPS: usize> GradWeightDots<'_, S, T, TAPS> {
+    /// For each output channel `k`: `sums[at[k] + (first_tap + t)·stride ..][..lanes] +=
+    /// Σ_(r,s) gs[k][r·wo + s] · xt[r·row + s + offs[t]]`.
     #[inline(always)]
-    fn accumulate<S: Simd, const OB: usize>(
+    fn accumulate<const OB: usize>(
         &self,
         simd: S,
         gs: [&[T]; OB],
         at: [usize; OB],
         sums: &mut [T],
     ) -> usize {
-        let at = |k: usize, t: usize| at[k] + (self.first_tap + t) * self.cp;
+        let at = |k: usize, t: usize| at[k] + (self.first_tap + t) * self.stride;
         let mut acc = [[T::splat(simd, T::ZERO); TAPS]; OB];
         for (k, acc) in acc.iter_mut().enumerate() {
             for (t, a) in acc.iter_mut().enumerate() {
@@ -583,15 +587,25 @@ impl<T: Lane, const TAPS: usize> GradWeightDots<'_, T, TAPS> {
             }
         }
         for r in 0..self.ho {
-            let xr = &self.xt[r * self.row * self.cp..];
+            // Every slice exactly `wo` long, so that indexing by `s < wo` needs no bounds
+            // checks: with them (and the offsets' arithmetic) in the loop, it issued three
+            // instructions of overhead per multiply-add.
+            let mut taps = [&self.xt[..0]; TAPS];
+            for (x, &off) in taps.iter_mut().zip(self.offs) {
+                *x = &self.xt[r * self.row + off..][..self.wo];
+            }
+            let mut gr = [&gs[0][..0]; OB];
+            for (g, gk) in gr.iter_mut().zip(&gs) {
+                *g = &gk[r * self.wo..][..self.wo];
+            }
             for s in 0..self.wo {
                 // (A loop rather than `gs.map(…)`: see `run` on closures.)
                 let mut gv = [T::splat(simd, T::ZERO); OB];
-                for (v, gk) in gv.iter_mut().zip(&gs) {
-                    *v = T::splat(simd, gk[r * self.wo + s]);
+                for (v, g) in gv.iter_mut().zip(&gr) {
+                    *v = T::splat(simd, g[s]);
                 }
-                for (t, &off) in self.offs.iter().enumerate() {
-                    let xv = load::<S, T>(&xr[(s + off) * self.cp..]);
+                for (t, x) in taps.iter().enumerate() {
+                    let xv = x[s];
                     for k in 0..OB {
                         acc[k][t] = T::mul_add(simd, gv[k], xv, acc[k][t]);
                     }
