@@ -313,6 +313,7 @@ impl<T: Lane> ConvImages<'_, T> {
         let tile = NV * lanes::<S, T>();
         let flat = Flat::new(g, tile);
         let taps = flat.taps(g);
+        let rows: Vec<usize> = (0..g.kh).map(|i| i * flat.row).collect();
         let packed = pack_weights::<T, OB>(w, o, g.c, taps.len());
         let stride = flat.stride(tile);
         let (ho, wo) = (g.ho(), g.wo());
@@ -322,9 +323,24 @@ impl<T: Lane> ConvImages<'_, T> {
             flat.copy_rows(g, &x[image * g.c * g.h * g.w..][..g.c * g.h * g.w], &mut xp);
             for (block, wb) in packed.chunks_exact(g.c * taps.len() * OB).enumerate() {
                 for p0 in (0..flat.positions).step_by(tile) {
-                    conv_tile::<S, T, OB, NV>(
-                        simd, &xp, wb, flat.plane, &taps, p0, &mut tiles, stride,
-                    );
+                    let tile = Tile {
+                        xp: &xp,
+                        wb,
+                        plane: flat.plane,
+                        p0,
+                    };
+                    // The common widths with the kernel width a constant, so that the
+                    // inner loop's reads need no bounds checks.
+                    let acc = match g.kw {
+                        3 => tile.by_rows::<S, OB, NV, 3>(simd, &rows),
+                        1 => tile.by_rows::<S, OB, NV, 1>(simd, &rows),
+                        _ => tile.by_taps::<S, OB, NV>(simd, &taps),
+                    };
+                    for (k, acc) in acc.iter().enumerate() {
+                        for (v, &a) in acc.iter().enumerate() {
+                            store::<S, T>(&mut tiles[k * stride + p0 + v * lanes::<S, T>()..], a);
+                        }
+                    }
                 }
                 for k in 0..OB.min(o - block * OB) {
                     let oo = block * OB + k;
@@ -369,41 +385,80 @@ fn pack_weights<T: Lane, const OB: usize>(w: &[T], o: usize, c: usize, taps: usi
     packed
 }
 
-/// Positions `p0..p0+NV·lanes` of `OB` output channels into `tiles[k·stride + p0 ..]`.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn conv_tile<S: Simd, T: Lane, const OB: usize, const NV: usize>(
-    simd: S,
-    xp: &[T],
-    wb: &[T],
+/// One tile of the forward kernel: positions `p0..p0 + NV·lanes` of one block of `OB`
+/// output channels, summed over every input channel and tap.
+struct Tile<'a, T> {
+    /// The padded-flat image, `plane` elements per input channel.
+    xp: &'a [T],
+    /// The block's weights, `[C, taps, OB]`.
+    wb: &'a [T],
     plane: usize,
-    taps: &[usize],
     p0: usize,
-    tiles: &mut [T],
-    stride: usize,
-) {
-    let n = lanes::<S, T>();
-    let zero = T::splat(simd, T::ZERO);
-    let mut acc = [[zero; NV]; OB];
-    for (xc, wc) in xp.chunks_exact(plane).zip(wb.chunks_exact(taps.len() * OB)) {
-        let xc = &xc[p0..];
-        for (&off, wt) in taps.iter().zip(wc.chunks_exact(OB)) {
-            let xs = &xc[off..off + NV * n];
-            let mut xv = [zero; NV];
-            for (v, xv) in xv.iter_mut().enumerate() {
-                *xv = load::<S, T>(&xs[v * n..]);
+}
+
+impl<T: Lane> Tile<'_, T> {
+    /// With the taps given as offsets, one by one (any kernel shape).
+    #[inline(always)]
+    fn by_taps<S: Simd, const OB: usize, const NV: usize>(
+        &self,
+        simd: S,
+        taps: &[usize],
+    ) -> [[T::V<S>; NV]; OB] {
+        let n = lanes::<S, T>();
+        let mut acc = [[T::splat(simd, T::ZERO); NV]; OB];
+        let channels = self.xp.chunks_exact(self.plane);
+        for (xc, wc) in channels.zip(self.wb.chunks_exact(taps.len() * OB)) {
+            let xc = &xc[self.p0..];
+            for (&off, wt) in taps.iter().zip(wc.chunks_exact(OB)) {
+                multiply_add::<S, T, OB, NV>(simd, &xc[off..off + NV * n], wt, &mut acc);
             }
-            for (acc, &wk) in acc.iter_mut().zip(wt) {
-                let wk = T::splat(simd, wk);
-                for (a, &xv) in acc.iter_mut().zip(&xv) {
-                    *a = T::mul_add(simd, wk, xv, *a);
+        }
+        acc
+    }
+
+    /// With the taps taken a kernel row at a time (`rows`: each row's offset), `KW` taps
+    /// a row: one bounds check per row instead of one per tap.
+    #[inline(always)]
+    fn by_rows<S: Simd, const OB: usize, const NV: usize, const KW: usize>(
+        &self,
+        simd: S,
+        rows: &[usize],
+    ) -> [[T::V<S>; NV]; OB] {
+        let n = lanes::<S, T>();
+        let mut acc = [[T::splat(simd, T::ZERO); NV]; OB];
+        let channels = self.xp.chunks_exact(self.plane);
+        for (xc, wc) in channels.zip(self.wb.chunks_exact(rows.len() * KW * OB)) {
+            let xc = &xc[self.p0..];
+            for (&off, wr) in rows.iter().zip(wc.chunks_exact(KW * OB)) {
+                let window = &xc[off..][..KW - 1 + NV * n];
+                for j in 0..KW {
+                    let wt = &wr[j * OB..][..OB];
+                    multiply_add::<S, T, OB, NV>(simd, &window[j..][..NV * n], wt, &mut acc);
                 }
             }
         }
+        acc
     }
-    for (k, acc) in acc.iter().enumerate() {
-        for (v, &a) in acc.iter().enumerate() {
-            store::<S, T>(&mut tiles[k * stride + p0 + v * n..], a);
+}
+
+/// `acc[k][v] += w[k] · xs[v·lanes ..]` for one tap: `xs` holds `NV` vectors of input
+/// positions, `w` the tap's weight for each of `OB` output channels.
+#[inline(always)]
+fn multiply_add<S: Simd, T: Lane, const OB: usize, const NV: usize>(
+    simd: S,
+    xs: &[T],
+    w: &[T],
+    acc: &mut [[T::V<S>; NV]; OB],
+) {
+    let n = lanes::<S, T>();
+    let mut xv = [T::splat(simd, T::ZERO); NV];
+    for (v, xv) in xv.iter_mut().enumerate() {
+        *xv = load::<S, T>(&xs[v * n..]);
+    }
+    for (acc, &wk) in acc.iter_mut().zip(w) {
+        let wk = T::splat(simd, wk);
+        for (a, &xv) in acc.iter_mut().zip(&xv) {
+            *a = T::mul_add(simd, wk, xv, *a);
         }
     }
 }
