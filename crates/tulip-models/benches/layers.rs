@@ -4,7 +4,10 @@
 //!
 //!     cargo bench -p tulip-models --bench layers [conv|bn|loss|mm] [cifar]
 //!
-//! The sizes are Fashion-MNIST's (28, 14, 7); `cifar` takes CIFAR's (32, 16, 8).
+//! The sizes are Fashion-MNIST's (28, 14, 7); `cifar` takes CIFAR's (32, 16, 8). Run it
+//! with glibc told to keep freed memory (`MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736
+//! MALLOC_TOP_PAD_=1073741824`, as `tulip` and `cargo xtask bench` do): otherwise every
+//! large output is a fresh `mmap` whose page faults swamp the kernels' time.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::time::Instant;
