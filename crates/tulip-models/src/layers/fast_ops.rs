@@ -339,6 +339,16 @@ impl CustomOp2 for ChannelDot {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let zero = grad.zeros_like()?;
+        if x.id() == y.id() {
+            // Σ x·x (a variance): both contributions, 2·x·g, in one pass and one node,
+            // given to the first argument (Candle adds both arguments' gradients to the
+            // one tensor's anyway).
+            let dx = x
+                .track_op()
+                .then(|| channel_affine(x, &grad.affine(2.0, 0.0)?, &zero))
+                .transpose()?;
+            return Ok((dx, None));
+        }
         let dx = x
             .track_op()
             .then(|| channel_affine(y, grad, &zero))
@@ -1130,12 +1140,15 @@ pub(super) mod tests {
             ) < 1e-15
         );
 
-        // second order: L = Σ tanh(affine)² + ‖∂/∂x Σ q·tanh(affine)‖²
+        // second order: L = Σ z² + ‖∂/∂x Σ q·z‖², z built from tanh(affine) and the
+        // channel sums and dots
         let q = randn(&[3, 4, 2, 5], 14);
         let loss = |x: &Tensor, a: &Tensor, s: &Tensor| -> Result<Tensor> {
             let z = channel_affine(x, a, s)?.tanh()?;
             let e = channel_expand(&channel_sum(&z)?, z.dims())?;
             let e = (e + channel_expand(&channel_dot(&z, x)?, z.dims())?)?;
+            // A self-dot, whose backward takes its own path (one tensor, both arguments).
+            let e = (e + channel_expand(&channel_dot(&z, &z)?, z.dims())?)?;
             let z = (z + (e * 0.1)?)?;
             let inner = (&z * &q)?.sum_all()?.backward()?;
             let gx = inner.get(x).expect("gx").clone();
