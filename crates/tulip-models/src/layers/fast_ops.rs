@@ -289,6 +289,39 @@ impl CustomOp1 for ChannelSum {
     }
 }
 
+/// `x − mean(x)` per channel of `[B, C, …]`, the mean over every dimension but 1. A linear
+/// projection that is its own adjoint, so its backward is itself: one pass, where the
+/// composition `x − expand(sum(x)/N)` made three (a copy, an expand and an add).
+struct Centre;
+
+fn centre_cpu<T: WithDType>(s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    let (b, c, sz) = bcs(l.dims())?;
+    let x = contiguous::<T>(s, l)?;
+    let n = (b * sz).max(1) as f64;
+    let means = per_channel(c, |ci| {
+        let sum: f64 = channel_planes(&x, (b, c, sz), ci).map(block_sum).sum();
+        T::from_f64(sum / n)
+    });
+    let mut out = Vec::with_capacity(x.len());
+    for (i, plane) in x.chunks_exact(sz.max(1)).enumerate() {
+        let m = means[i % c];
+        out.extend(plane.iter().map(|&v| v - m));
+    }
+    Ok((T::to_cpu_storage_owned(out), l.shape().clone()))
+}
+
+impl CustomOp1 for Centre {
+    fn name(&self) -> &'static str {
+        "tulip-centre"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        float_dispatch!(s, centre_cpu(s, l))
+    }
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(centre(grad)?))
+    }
+}
+
 /// `Σ x·y` over every dimension but 1: `[B, C, …]² → [C]` (no full-size temporary).
 struct ChannelDot;
 
@@ -752,6 +785,20 @@ pub fn channel_sum(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// `x − mean(x)` per channel of `x: [B, C, …]`, the mean taken over every dimension but 1;
+/// differentiable to any order.
+///
+/// # Errors
+/// Fails on a tensor of rank below 2.
+pub fn centre(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        x.apply_op1(Centre)
+    } else {
+        let dims: Vec<usize> = (0..x.rank()).filter(|&d| d != 1).collect();
+        x.broadcast_sub(&x.mean_keepdim(dims.as_slice())?)
+    }
+}
+
 /// `Σ x·y` of two `[B, C, …]` tensors over every dimension but 1, as `[C]`, without a
 /// full-size temporary; differentiable to any order.
 ///
@@ -1129,6 +1176,9 @@ pub(super) mod tests {
         assert!(max_diff(&cd, &(&x0 * &y).unwrap().sum((0, 2, 3)).unwrap()) < 1e-12);
         let cs = channel_sum(&x0).unwrap();
         assert!(max_diff(&cs, &x0.sum((0, 2, 3)).unwrap()) < 1e-12);
+        let centred = centre(&x0).unwrap();
+        let mean = x0.mean_keepdim((0, 2, 3)).unwrap();
+        assert!(max_diff(&centred, &x0.broadcast_sub(&mean).unwrap()) < 1e-14);
         let ex = channel_expand(&a0, &[3, 4, 2, 5]).unwrap();
         assert!(
             max_diff(
@@ -1150,6 +1200,7 @@ pub(super) mod tests {
             // A self-dot, whose backward takes its own path (one tensor, both arguments).
             let e = (e + channel_expand(&channel_dot(&z, &z)?, z.dims())?)?;
             let z = (z + (e * 0.1)?)?;
+            let z = (&z + (centre(&(&z * x)?)? * 0.5)?)?;
             let inner = (&z * &q)?.sum_all()?.backward()?;
             let gx = inner.get(x).expect("gx").clone();
             z.sqr()?.sum_all()? + gx.sqr()?.sum_all()?

@@ -21,8 +21,8 @@ use candle_core::{
 };
 
 use super::{
-    bcs, block_sum, channel_affine, channel_affine2, channel_dot, channel_planes, channel_sum,
-    contiguous, first_order_only, per_channel, relu_mask, relu_value,
+    bcs, block_sum, centre, channel_affine2, channel_dot, channel_planes, channel_sum, contiguous,
+    first_order_only, per_channel, relu_mask, relu_value,
 };
 
 /// `Σ u·(v − m)` with eight independent accumulators (so it vectorises), returned in f64.
@@ -223,8 +223,7 @@ impl BatchNormTrain {
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let c = x.dim(1)?;
         let n = (x.elem_count() / c.max(1)) as f64;
-        let mean = (channel_sum(x)? / n)?;
-        let centred = channel_affine(x, &weight.ones_like()?, &mean.neg()?)?;
+        let centred = centre(x)?;
         let var = (channel_dot(&centred, &centred)? / n)?;
         let inv_std = (var + self.eps)?.sqrt()?.recip()?;
         let dbeta = channel_sum(dy)?;
