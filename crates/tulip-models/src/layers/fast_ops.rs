@@ -182,6 +182,12 @@ fn channel_planes<T>(
     (0..b).map(move |bi| &t[(bi * c + ci) * sz..][..sz])
 }
 
+/// The mean of channel `ci` of `t: [B, C, S]` over the batch and positions, summed in f64.
+fn channel_mean<T: WithDType>(t: &[T], (b, c, sz): (usize, usize, usize), ci: usize) -> f64 {
+    let sum: f64 = channel_planes(t, (b, c, sz), ci).map(block_sum).sum();
+    sum / (b * sz).max(1) as f64
+}
+
 /// `[f(c) for c in 0..channels]`, the channels shared among the threads in contiguous
 /// ranges. Each channel's value is computed by one thread in one fixed order, so the
 /// result does not depend on the number of threads.
@@ -203,6 +209,37 @@ fn relu_value<T: PartialOrd + Copy>(v: T, zero: T) -> T {
         v
     } else {
         zero
+    }
+}
+
+/// Fails unless the two operands of `what` have one shape.
+fn same_dims(what: &str, l1: &Layout, l2: &Layout) -> Result<()> {
+    if l1.dims() != l2.dims() {
+        bail!("{what}: shapes {:?} and {:?} differ", l1.dims(), l2.dims());
+    }
+    Ok(())
+}
+
+/// `out[i] = f(x[i], y[i])` for two tensors of one shape.
+fn zip_map<T: WithDType>(
+    what: &str,
+    (xs, xl): (&CpuStorage, &Layout),
+    (ys, yl): (&CpuStorage, &Layout),
+    f: impl Fn(T, T) -> T,
+) -> Result<(CpuStorage, Shape)> {
+    same_dims(what, xl, yl)?;
+    let (x, y) = (contiguous::<T>(xs, xl)?, contiguous::<T>(ys, yl)?);
+    let out: Vec<T> = x.iter().zip(y.iter()).map(|(&a, &b)| f(a, b)).collect();
+    Ok((T::to_cpu_storage_owned(out), xl.shape().clone()))
+}
+
+/// The gradient reaching the input of an op whose output `out` went through a ReLU (if
+/// `relu`): positive exactly where the ReLU's input was.
+fn through_relu(relu: bool, grad: &Tensor, out: &Tensor) -> Result<Tensor> {
+    if relu {
+        relu_mask(grad, out)
+    } else {
+        Ok(grad.clone())
     }
 }
 
@@ -297,11 +334,7 @@ struct Centre;
 fn centre_cpu<T: WithDType>(s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
     let (b, c, sz) = bcs(l.dims())?;
     let x = contiguous::<T>(s, l)?;
-    let n = (b * sz).max(1) as f64;
-    let means = per_channel(c, |ci| {
-        let sum: f64 = channel_planes(&x, (b, c, sz), ci).map(block_sum).sum();
-        T::from_f64(sum / n)
-    });
+    let means = per_channel(c, |ci| T::from_f64(channel_mean(&x, (b, c, sz), ci)));
     let mut out = Vec::with_capacity(x.len());
     for (i, plane) in x.chunks_exact(sz.max(1)).enumerate() {
         let m = means[i % c];
@@ -331,13 +364,7 @@ fn channel_dot_cpu<T: WithDType>(
     s2: &CpuStorage,
     l2: &Layout,
 ) -> Result<(CpuStorage, Shape)> {
-    if l1.dims() != l2.dims() {
-        bail!(
-            "channel_dot: shapes {:?} and {:?} differ",
-            l1.dims(),
-            l2.dims()
-        );
-    }
+    same_dims("channel_dot", l1, l2)?;
     let (b, c, sz) = bcs(l1.dims())?;
     let x = contiguous::<T>(s1, l1)?;
     let y = contiguous::<T>(s2, l2)?;
@@ -492,14 +519,7 @@ impl CustomOp3 for ChannelAffine {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // After a ReLU the output is positive exactly where its input was.
-        let masked;
-        let grad = if self.relu {
-            masked = relu_mask(grad, res)?;
-            &masked
-        } else {
-            grad
-        };
+        let grad = &through_relu(self.relu, grad, res)?;
         let dx = if x.track_op() {
             Some(channel_affine(grad, a, &a.zeros_like()?)?)
         } else {
@@ -550,22 +570,14 @@ fn relu_mask_cpu<T: WithDType>(
     xs: &CpuStorage,
     xl: &Layout,
 ) -> Result<(CpuStorage, Shape)> {
-    if gl.dims() != xl.dims() {
-        bail!(
-            "relu_mask: gradient {:?} and input {:?} differ",
-            gl.dims(),
-            xl.dims()
-        );
-    }
-    let g = contiguous::<T>(gs, gl)?;
-    let x = contiguous::<T>(xs, xl)?;
     let zero = T::from_f64(0.0);
-    let out: Vec<T> = g
-        .iter()
-        .zip(x.iter())
-        .map(|(&gv, &xv)| if xv > zero { gv } else { zero })
-        .collect();
-    Ok((T::to_cpu_storage_owned(out), gl.shape().clone()))
+    zip_map("relu_mask", (gs, gl), (xs, xl), |g: T, x: T| {
+        if x > zero {
+            g
+        } else {
+            zero
+        }
+    })
 }
 
 impl CustomOp2 for ReluMask {
@@ -620,21 +632,10 @@ fn add_relu_cpu<T: WithDType>(
     ys: &CpuStorage,
     yl: &Layout,
 ) -> Result<(CpuStorage, Shape)> {
-    if xl.dims() != yl.dims() {
-        bail!(
-            "add_relu: shapes {:?} and {:?} differ",
-            xl.dims(),
-            yl.dims()
-        );
-    }
-    let (x, y) = (contiguous::<T>(xs, xl)?, contiguous::<T>(ys, yl)?);
     let zero = T::from_f64(0.0);
-    let out: Vec<T> = x
-        .iter()
-        .zip(y.iter())
-        .map(|(&a, &b)| relu_value(a + b, zero))
-        .collect();
-    Ok((T::to_cpu_storage_owned(out), xl.shape().clone()))
+    zip_map("add_relu", (xs, xl), (ys, yl), |a: T, b: T| {
+        relu_value(a + b, zero)
+    })
 }
 
 impl CustomOp2 for AddRelu {

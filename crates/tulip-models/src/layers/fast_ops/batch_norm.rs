@@ -21,8 +21,8 @@ use candle_core::{
 };
 
 use super::{
-    bcs, block_sum, centre, channel_affine2, channel_dot, channel_planes, channel_sum, contiguous,
-    first_order_only, per_channel, relu_mask, relu_value,
+    bcs, block_sum, centre, channel_affine2, channel_dot, channel_mean, channel_planes,
+    channel_sum, contiguous, first_order_only, per_channel, relu_value, through_relu,
 };
 
 /// `Σ u·(v − m)` with eight independent accumulators (so it vectorises), returned in f64.
@@ -63,7 +63,7 @@ fn statistics_cpu<T: WithDType>(s: &CpuStorage, l: &Layout) -> Result<(Vec<f64>,
     let n = (b * sz).max(1) as f64;
     let planes = |ci: usize| channel_planes(&x, (b, c, sz), ci);
     let stats = per_channel(c, |ci| {
-        let mean = planes(ci).map(block_sum).sum::<f64>() / n;
+        let mean = channel_mean(&x, (b, c, sz), ci);
         let m = T::from_f64(mean);
         let var = planes(ci).map(|p| centred_dot(p, p, m)).sum::<f64>() / n;
         (mean, var)
@@ -267,14 +267,7 @@ impl CustomOp3 for BatchNormTrain {
         res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // After a ReLU the output is positive exactly where its input was.
-        let masked;
-        let dy = if self.relu {
-            masked = relu_mask(dy, res)?;
-            &masked
-        } else {
-            dy
-        };
+        let dy = &through_relu(self.relu, dy, res)?;
         let (dx, dgamma, dbeta) = if first_order_only() {
             match x.dtype() {
                 DType::F32 => self.fused_backward::<f32>(x, weight, dy)?,
