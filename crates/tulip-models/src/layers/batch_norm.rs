@@ -187,9 +187,14 @@ mod tests {
         let r = seq(&[4, 3, 5, 6], 2);
         let q = seq(&[4, 3, 5, 6], 3);
         // L = Σ r·y + ‖∂(Σ q·y)/∂x‖²: first and second derivatives of the layer.
-        let run = |f: &dyn Fn(&Tensor) -> CResult<Tensor>| -> Vec<Tensor> {
+        let run_with = |f: &dyn Fn(&Tensor) -> CResult<Tensor>, input_only: bool| -> Vec<Tensor> {
             let y = f(x.as_tensor()).unwrap();
-            let inner = (&y * &q).unwrap().sum_all().unwrap().backward().unwrap();
+            let inner_loss = (&y * &q).unwrap().sum_all().unwrap();
+            let inner = if input_only {
+                crate::input_gradient_only(|| inner_loss.backward()).unwrap()
+            } else {
+                inner_loss.backward().unwrap()
+            };
             let gx = inner.get(x.as_tensor()).unwrap().clone();
             let l = ((&y * &r).unwrap().sum_all().unwrap() + gx.sqr().unwrap().sum_all().unwrap())
                 .unwrap();
@@ -202,11 +207,22 @@ mod tests {
                 g.get(&b).unwrap().clone(),
             ]
         };
+        let run = |f: &dyn Fn(&Tensor) -> CResult<Tensor>| run_with(f, false);
         let ours = run(&|x| bn.forward(x, Mode::Train));
         let theirs = run(&|x| reference(x, &w, &b));
         for (i, (a, t)) in ours.iter().zip(&theirs).enumerate() {
             assert_eq!(a.dims(), t.dims());
             assert!(max_diff(a, t) < 1e-9, "output {i}: {}", max_diff(a, t));
+        }
+        // The Lipschitz penalties' way: the inner pass for the input's gradient only.
+        let ours = run_with(&|x| bn.forward_relu(x, Mode::Train), true);
+        let theirs = run_with(&|x| reference(x, &w, &b)?.relu(), true);
+        for (i, (a, t)) in ours.iter().zip(&theirs).enumerate() {
+            assert!(
+                max_diff(a, t) < 1e-9,
+                "input gradient only, output {i}: {}",
+                max_diff(a, t)
+            );
         }
         // The same with the ReLU fused in, and in evaluation mode (affine + ReLU).
         let ours = run(&|x| bn.forward_relu(x, Mode::Train));

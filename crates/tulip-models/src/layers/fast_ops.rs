@@ -10,11 +10,12 @@
 //!   index arithmetic (~20 ms for a 128×16×28×28 tensor); these do it with contiguous
 //!   loops.
 //! * **ReLU** fused where it follows an op (the residual add, an affine map), with one
-//!   masked copy as its backward; **2×2 average pooling**; `channel_affine2`.
+//!   masked copy as its backward; **2×2 average pooling**.
 //! * **Stride-1 convolution** (`conv`): three bilinear ops closed under differentiation,
 //!   run by the direct SIMD kernels of `direct_conv`, 2-3x faster at the ResNet sizes than
 //!   the im2col + GEMM they replaced.
-//! * **Batch norm** in training mode as one op (`batch_norm`).
+//! * **Batch norm** in training mode as one op, and its input gradient as another for
+//!   the gradients of gradients (`batch_norm`).
 //!
 //! Two thread-local scopes let a backward pass whose result is never differentiated
 //! again take shortcuts: [`first_order_gradients`] and [`input_gradient_only`].
@@ -70,17 +71,17 @@ pub(super) fn first_order_only() -> bool {
     FIRST_ORDER_ONLY.with(Cell::get)
 }
 
-/// Runs `f` with backward passes that compute no gradient for convolution kernels (the
-/// [`GradStore`](candle_core::backprop::GradStore) then has none for them): for a pass
-/// whose only use is the input's gradient, such as the Lipschitz penalties' inner
-/// pass, this skips a third of its convolution work, and, with second-order gradients
-/// on, the graph of it. Kernels are assumed not to depend on the input, as in every
-/// model here. Applies to this thread only.
+/// Runs `f` with backward passes that compute no gradient for convolution kernels or
+/// batch norms' weights and biases (the [`GradStore`](candle_core::backprop::GradStore)
+/// then has none for them): for a pass whose only use is the input's gradient, such as
+/// the Lipschitz penalties' inner pass, this skips a third of its convolution work, and,
+/// with second-order gradients on, the graph of it. Parameters are assumed not to depend
+/// on the input, as in every model here. Applies to this thread only.
 pub fn input_gradient_only<R>(f: impl FnOnce() -> R) -> R {
     with_flag(&INPUT_GRADIENT_ONLY, f)
 }
 
-fn kernel_gradients_wanted() -> bool {
+fn parameter_gradients_wanted() -> bool {
     !INPUT_GRADIENT_ONLY.with(Cell::get)
 }
 
@@ -844,108 +845,6 @@ pub fn channel_affine(x: &Tensor, a: &Tensor, s: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// `z[b, c, …] = u[b, c, …]·k[0, c] + v[b, c, …]·k[1, c] + k[2, c]` for two tensors of one
-/// shape and `k: [3, C]`.
-struct ChannelAffine2;
-
-fn channel_affine2_cpu<T: WithDType>(
-    (us, ul): (&CpuStorage, &Layout),
-    (vs, vl): (&CpuStorage, &Layout),
-    (ks, kl): (&CpuStorage, &Layout),
-) -> Result<(CpuStorage, Shape)> {
-    let (b, c, sz) = bcs(ul.dims())?;
-    if ul.dims() != vl.dims() || kl.dims() != [3, c] {
-        bail!(
-            "channel_affine2: shapes {:?}, {:?} and coefficients {:?}",
-            ul.dims(),
-            vl.dims(),
-            kl.dims()
-        );
-    }
-    let (u, v, k) = (
-        contiguous::<T>(us, ul)?,
-        contiguous::<T>(vs, vl)?,
-        contiguous::<T>(ks, kl)?,
-    );
-    let mut out = Vec::with_capacity(b * c * sz);
-    for (i, (up, vp)) in u
-        .chunks_exact(sz.max(1))
-        .zip(v.chunks_exact(sz.max(1)))
-        .enumerate()
-    {
-        let ci = i % c;
-        let (p, q, r) = (k[ci], k[c + ci], k[2 * c + ci]);
-        out.extend(up.iter().zip(vp).map(|(&a, &b)| a * p + b * q + r));
-    }
-    Ok((T::to_cpu_storage_owned(out), ul.shape().clone()))
-}
-
-impl CustomOp3 for ChannelAffine2 {
-    fn name(&self) -> &'static str {
-        "tulip-channel-affine2"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        float_dispatch!(s1, channel_affine2_cpu((s1, l1), (s2, l2), (s3, l3)))
-    }
-    fn bwd(
-        &self,
-        u: &Tensor,
-        v: &Tensor,
-        k: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let zero = k.get(2)?.zeros_like()?;
-        let du = u
-            .track_op()
-            .then(|| channel_affine(grad, &k.get(0)?, &zero))
-            .transpose()?;
-        let dv = v
-            .track_op()
-            .then(|| channel_affine(grad, &k.get(1)?, &zero))
-            .transpose()?;
-        let dk = k
-            .track_op()
-            .then(|| {
-                let parts = [
-                    channel_dot(grad, u)?,
-                    channel_dot(grad, v)?,
-                    channel_sum(grad)?,
-                ];
-                Tensor::stack(&parts, 0)
-            })
-            .transpose()?;
-        Ok((du, dv, dk))
-    }
-}
-
-/// `u·p_c + v·q_c + r_c` in one pass (`p, q, r: [C]`), differentiable to any order. Other
-/// devices use Candle's ops.
-///
-/// # Errors
-/// Fails on a shape mismatch.
-pub fn channel_affine2(
-    u: &Tensor,
-    v: &Tensor,
-    p: &Tensor,
-    q: &Tensor,
-    r: &Tensor,
-) -> Result<Tensor> {
-    if u.device().is_cpu() {
-        u.apply_op3(v, &Tensor::stack(&[p, q, r], 0)?, ChannelAffine2)
-    } else {
-        channel_affine(u, p, r)? + channel_affine(v, q, &r.zeros_like()?)?
-    }
-}
-
 /// `relu(x·a_c + s_c)` in one pass (one node instead of two); differentiable to any
 /// order. Other devices use Candle's ops.
 ///
@@ -1118,45 +1017,6 @@ pub(super) mod tests {
                 let (a, b) = (g1.get(v1[i].as_tensor()), g2.get(v2[i].as_tensor()));
                 assert!(max_diff(a.unwrap(), b.unwrap()) < 1e-12, "{h}×{w}, arg {i}");
             }
-        }
-    }
-
-    /// `channel_affine2` against its broadcasting formula: value, and gradients (of all
-    /// five arguments) of a loss that goes through its backward pass.
-    #[test]
-    fn channel_affine2_matches_broadcasting_to_second_order() {
-        second_order_on();
-        let (u0, v0) = (randn(&[3, 4, 2, 5], 61), randn(&[3, 4, 2, 5], 62));
-        let coefs = [63, 64, 65].map(|seed| randn(&[4], seed));
-        let (q, r) = (randn(&[3, 4, 2, 5], 66), randn(&[3, 4, 2, 5], 67));
-        let broadcast = |u: &Tensor, v: &Tensor, k: &[Tensor]| -> Result<Tensor> {
-            let shaped = |t: &Tensor| t.reshape((1, 4, 1, 1));
-            u.broadcast_mul(&shaped(&k[0])?)?
-                .add(&v.broadcast_mul(&shaped(&k[1])?)?)?
-                .broadcast_add(&shaped(&k[2])?)
-        };
-        let fused =
-            |u: &Tensor, v: &Tensor, k: &[Tensor]| channel_affine2(u, v, &k[0], &k[1], &k[2]);
-        type F<'a> = &'a dyn Fn(&Tensor, &Tensor, &[Tensor]) -> Result<Tensor>;
-        let run = |f: F<'_>| -> Vec<Tensor> {
-            let vars: Vec<Var> = [&u0, &v0]
-                .into_iter()
-                .chain(&coefs)
-                .map(|t| Var::from_tensor(t).unwrap())
-                .collect();
-            let t: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-            let z = f(&t[0], &t[1], &t[2..]).unwrap().tanh().unwrap();
-            let inner = (&z * &q).unwrap().sum_all().unwrap().backward().unwrap();
-            let gu = inner.get(&t[0]).unwrap().clone();
-            let l = ((&z * &r).unwrap().sum_all().unwrap() + gu.sqr().unwrap().sum_all().unwrap())
-                .unwrap();
-            let g = l.backward().unwrap();
-            let mut out = vec![z, gu];
-            out.extend(t.iter().map(|t| g.get(t).unwrap().clone()));
-            out
-        };
-        for (i, (a, b)) in run(&fused).iter().zip(&run(&broadcast)).enumerate() {
-            assert!(max_diff(a, b) < 1e-12, "output {i}: {}", max_diff(a, b));
         }
     }
 

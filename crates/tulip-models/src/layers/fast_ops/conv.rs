@@ -11,7 +11,9 @@ use candle_core::{
 };
 
 use super::direct_conv::{self, Isa};
-use super::{channel_affine_relu, contiguous, float_dispatch, kernel_gradients_wanted, relu_mask};
+use super::{
+    channel_affine_relu, contiguous, float_dispatch, parameter_gradients_wanted, relu_mask,
+};
 
 /// The shape of a stride-1 convolution: `b` images of `c × h × w`, a `kh × kw` kernel,
 /// zero padding `(ph, pw)` on each side.
@@ -188,7 +190,7 @@ impl CustomOp2 for ConvS1 {
             // ⟨F(x,w), r⟩: ∂x = Gx(r, w), ∂w = Gw(x, r)
             ConvKind::Forward => (
                 arg1.track_op().then(|| conv2d_grad_input(grad, arg2, p)),
-                (arg2.track_op() && kernel_gradients_wanted())
+                (arg2.track_op() && parameter_gradients_wanted())
                     .then(|| conv2d_grad_weight(arg1, grad, p)),
             ),
             // ⟨Gx(g,w), r⟩ = ⟨g, F(r,w)⟩ = ⟨w, Gw(r,g)⟩
