@@ -48,16 +48,17 @@ fn centred_dot<T: WithDType>(u: &[T], v: &[T], m: T) -> f64 {
 /// vectorises), in f64.
 fn pair_sums<T: WithDType>(u: &[T], v: &[T]) -> [f64; 3] {
     let zero = T::from_f64(0.0);
-    let mut acc = [[zero; 8]; 3];
+    let (mut su, mut suv, mut svv) = ([zero; 8], [zero; 8], [zero; 8]);
     for (cu, cv) in u.chunks_exact(8).zip(v.chunks_exact(8)) {
-        for (k, (&a, &b)) in cu.iter().zip(cv).enumerate() {
-            acc[0][k] += a;
-            acc[1][k] += a * b;
-            acc[2][k] += b * b;
+        let (cu, cv): (&[T; 8], &[T; 8]) = (eight(cu), eight(cv));
+        for k in 0..8 {
+            su[k] += cu[k];
+            suv[k] += cu[k] * cv[k];
+            svv[k] += cv[k] * cv[k];
         }
     }
     let tail = u.len() / 8 * 8;
-    let mut sums = acc.map(|a| a.iter().map(|v| v.to_f64()).sum::<f64>());
+    let mut sums = [su, suv, svv].map(|a| a.iter().map(|v| v.to_f64()).sum::<f64>());
     for (&a, &b) in u[tail..].iter().zip(&v[tail..]) {
         let (a, b) = (a.to_f64(), b.to_f64());
         sums[0] += a;
@@ -67,23 +68,29 @@ fn pair_sums<T: WithDType>(u: &[T], v: &[T]) -> [f64; 3] {
     sums
 }
 
+/// A chunk of `chunks_exact(8)` as an array, so that its loop needs no bounds checks.
+fn eight<T>(chunk: &[T]) -> &[T; 8] {
+    chunk.try_into().expect("a chunk of 8")
+}
+
 /// `[Σg, Σg·u, Σg·v]` over one plane of `g`, `u` and `v`, as [`pair_sums`].
 fn weighted_sums<T: WithDType>(g: &[T], u: &[T], v: &[T]) -> [f64; 3] {
     let zero = T::from_f64(0.0);
-    let mut acc = [[zero; 8]; 3];
+    let (mut sg, mut sgu, mut sgv) = ([zero; 8], [zero; 8], [zero; 8]);
     let chunks = g
         .chunks_exact(8)
         .zip(u.chunks_exact(8))
         .zip(v.chunks_exact(8));
     for ((cg, cu), cv) in chunks {
-        for (k, ((&w, &a), &b)) in cg.iter().zip(cu).zip(cv).enumerate() {
-            acc[0][k] += w;
-            acc[1][k] += w * a;
-            acc[2][k] += w * b;
+        let (cg, cu, cv) = (eight(cg), eight(cu), eight(cv));
+        for k in 0..8 {
+            sg[k] += cg[k];
+            sgu[k] += cg[k] * cu[k];
+            sgv[k] += cg[k] * cv[k];
         }
     }
     let tail = g.len() / 8 * 8;
-    let mut sums = acc.map(|a| a.iter().map(|v| v.to_f64()).sum::<f64>());
+    let mut sums = [sg, sgu, sgv].map(|a| a.iter().map(|v| v.to_f64()).sum::<f64>());
     for ((&w, &a), &b) in g[tail..].iter().zip(&u[tail..]).zip(&v[tail..]) {
         let (w, a, b) = (w.to_f64(), a.to_f64(), b.to_f64());
         sums[0] += w;
@@ -219,42 +226,55 @@ impl BatchNormTrain {
         Ok((T::to_cpu_storage_owned(y), xl.shape().clone()))
     }
 
-    /// The closed-form gradients `(dx, dγ, dβ)` in two passes, as plain tensors.
+    /// The closed-form gradients `(dx, dγ, dβ)` in two passes, as plain tensors. With the
+    /// ReLU fused (`relu_output` its output), `dy` is masked plane by plane as it is read,
+    /// instead of in a full-size pass of its own.
     fn fused_backward<T: WithDType>(
         &self,
         x: &Tensor,
         weight: &Tensor,
         dy: &Tensor,
+        relu_output: Option<&Tensor>,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, c, sz) = bcs(x.dims())?;
         let n = (b * sz).max(1) as f64;
         let w = weight.to_dtype(DType::F64)?.to_vec1::<f64>()?;
         let (x, dy) = (x.contiguous()?, dy.contiguous()?);
+        let y = relu_output.unwrap_or(&dy).contiguous()?;
         let (xs, xl) = x.storage_and_layout();
         let (gs, gl) = dy.storage_and_layout();
-        let (Storage::Cpu(xs), Storage::Cpu(gs)) = (&*xs, &*gs) else {
+        let (ys, yl) = y.storage_and_layout();
+        let (Storage::Cpu(xs), Storage::Cpu(gs), Storage::Cpu(ys)) = (&*xs, &*gs, &*ys) else {
             bail!("batch norm: fused backward on the CPU only");
         };
         let (x, g) = (contiguous::<T>(xs, xl)?, contiguous::<T>(gs, gl)?);
+        let y = relu_output.map(|_| contiguous::<T>(ys, yl)).transpose()?;
+        // Plane `i` of dy, through the ReLU's mask (into `buf`) if it has one.
+        let dy_plane = |i: usize, buf: &mut Vec<T>| {
+            buf.clear();
+            let gp = plane(&g, sz, i);
+            match &y {
+                Some(y) => {
+                    let zero = T::from_f64(0.0);
+                    let masked = gp.iter().zip(plane(y, sz, i));
+                    buf.extend(masked.map(|(&g, &y)| if y > zero { g } else { zero }));
+                }
+                None => buf.extend_from_slice(gp),
+            }
+        };
         // Σ dy and Σ dy·(x − μ), per channel.
         let sums = per_channel(c, |ci| {
             let m = T::from_f64(self.mean[ci]);
-            let sum = channel_planes(&g, (b, c, sz), ci)
-                .map(block_sum)
-                .sum::<f64>();
-            let dot = channel_planes(&g, (b, c, sz), ci)
-                .zip(channel_planes(&x, (b, c, sz), ci))
-                .map(|(gp, xp)| centred_dot(gp, xp, m))
-                .sum::<f64>();
+            let mut gp = Vec::with_capacity(sz);
+            let (mut sum, mut dot) = (0.0, 0.0);
+            for bi in 0..b {
+                dy_plane(bi * c + ci, &mut gp);
+                sum += block_sum(&gp);
+                dot += centred_dot(&gp, plane(&x, sz, bi * c + ci), m);
+            }
             (sum, dot)
         });
-        let (sum, dot): (Vec<f64>, Vec<f64>) = sums.into_iter().unzip();
-        let planes = || {
-            x.chunks_exact(sz.max(1))
-                .zip(g.chunks_exact(sz.max(1)))
-                .take(b * c)
-        };
-        let dbeta = sum;
+        let (dbeta, dot): (Vec<f64>, Vec<f64>) = sums.into_iter().unzip();
         let dgamma: Vec<f64> = dot.iter().zip(&self.inv_std).map(|(d, s)| d * s).collect();
         // dx = a·dy + k·(x − μ) + z, a = γσ⁻¹, k = −a·dγ·σ⁻¹/N, z = −a·dβ/N.
         let coef = |ci: usize| {
@@ -270,13 +290,12 @@ impl BatchNormTrain {
         };
         let coefs: Vec<_> = (0..c).map(coef).collect();
         let mut dx = Vec::with_capacity(x.len());
-        for (i, (xp, gp)) in planes().enumerate() {
+        let mut gp = Vec::with_capacity(sz);
+        for i in 0..b * c {
             let (a, k, m, z) = coefs[i % c];
-            dx.extend(
-                xp.iter()
-                    .zip(gp)
-                    .map(|(&xv, &gv)| gv * a + (xv - m) * k + z),
-            );
+            dy_plane(i, &mut gp);
+            let terms = plane(&x, sz, i).iter().zip(&gp);
+            dx.extend(terms.map(|(&xv, &gv)| gv * a + (xv - m) * k + z));
         }
         let cpu = Device::Cpu;
         Ok((
@@ -338,14 +357,15 @@ impl CustomOp3 for BatchNormTrain {
         res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dy = &through_relu(self.relu, dy, res)?;
         let (dx, dgamma, dbeta) = if first_order_only() {
+            let relu_output = self.relu.then_some(res);
             let (dx, dgamma, dbeta) = match x.dtype() {
-                DType::F32 => self.fused_backward::<f32>(x, weight, dy)?,
-                _ => self.fused_backward::<f64>(x, weight, dy)?,
+                DType::F32 => self.fused_backward::<f32>(x, weight, dy, relu_output)?,
+                _ => self.fused_backward::<f64>(x, weight, dy, relu_output)?,
             };
             (dx, Some(dgamma), Some(dbeta))
         } else {
+            let dy = &through_relu(self.relu, dy, res)?;
             self.differentiable_backward(x, weight, dy)?
         };
         Ok((
