@@ -13,9 +13,9 @@
 //!
 //! That fused backward returns plain tensors, so it is taken only inside
 //! [`first_order_gradients`](super::first_order_gradients). Everywhere else `dx` is a
-//! second op, [`BatchNormInputGradient`] of `dy` and `x − μ` (with `μ` and `σ` recomputed
-//! from `x`), whose own backward is exact; `dγ` and `dβ` are composed from the
-//! differentiable per-channel ops. So gradients of gradients stay exact.
+//! second op, [`BatchNormInputGradient`] of `dy`, `x` and `γ` (with `σ` recomputed from
+//! `x`), whose own backward is exact; `dγ` and `dβ` are composed from the differentiable
+//! per-channel ops. So gradients of gradients stay exact.
 
 use candle_core::{
     bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor, WithDType,
@@ -23,7 +23,8 @@ use candle_core::{
 
 use super::{
     bcs, block_sum, centre, channel_dot, channel_mean, channel_planes, channel_sum, contiguous,
-    first_order_only, parameter_gradients_wanted, per_channel, relu_value, through_relu,
+    first_order_only, parameter_gradients_wanted, per_channel, planes_on_threads, relu_value,
+    through_relu,
 };
 
 /// `Σ u·(v − m)` with eight independent accumulators (so it vectorises), returned in f64.
@@ -105,23 +106,6 @@ fn plane<T>(t: &[T], sz: usize, i: usize) -> &[T] {
     &t[i * sz..][..sz]
 }
 
-/// For each of the `c` channels of a `[B, C, S]` tensor, the sum over its `b` planes of
-/// `f(plane index)`, summed in one fixed order.
-fn channel_totals<const K: usize>(
-    b: usize,
-    c: usize,
-    f: impl Fn(usize) -> [f64; K] + Sync,
-) -> Vec<[f64; K]> {
-    per_channel(c, |ci| {
-        (0..b).fold([0.0; K], |mut total, bi| {
-            for (t, p) in total.iter_mut().zip(f(bi * c + ci)) {
-                *t += p;
-            }
-            total
-        })
-    })
-}
-
 /// Per-channel batch mean and biased variance of `x: [B, C, …]` (two passes, summed in
 /// f64), read straight from its data: not recorded in any graph.
 ///
@@ -183,6 +167,17 @@ struct BatchNormTrain {
 }
 
 impl BatchNormTrain {
+    /// Per channel `[μ, γσ⁻¹, β]`: the forward pass is `y = (x − μ)·γσ⁻¹ + β` with these,
+    /// rounded to the data's type.
+    fn affine(&self, weight: &[f64], bias: &[f64]) -> Vec<[f64; 3]> {
+        let channels = self
+            .mean
+            .iter()
+            .zip(&self.inv_std)
+            .zip(weight.iter().zip(bias));
+        channels.map(|((&m, &s), (&w, &b))| [m, w * s, b]).collect()
+    }
+
     fn forward<T: WithDType>(
         &self,
         (xs, xl): (&CpuStorage, &Layout),
@@ -206,11 +201,11 @@ impl BatchNormTrain {
         // y = (x − μ)·a + β with a = γσ⁻¹: centred first, as the unfused layer did, so
         // that a large mean does not cost precision (x·a + (β − μ·a) loses ~log₂(|μ|/σ)
         // bits, enough to fail the penalty's finite-difference test).
-        let coefs: Vec<(T, T, T)> = (0..c)
-            .map(|ci| {
-                let a = w[ci].to_f64() * self.inv_std[ci];
-                (T::from_f64(self.mean[ci]), T::from_f64(a), bias[ci])
-            })
+        let to_f64 = |v: &[T]| v.iter().map(|v| v.to_f64()).collect::<Vec<_>>();
+        let coefs: Vec<(T, T, T)> = self
+            .affine(&to_f64(&w), &to_f64(&bias))
+            .into_iter()
+            .map(|[m, a, s]| (T::from_f64(m), T::from_f64(a), T::from_f64(s)))
             .collect();
         let mut y = Vec::with_capacity(b * c * sz);
         let zero = T::from_f64(0.0);
@@ -305,20 +300,28 @@ impl BatchNormTrain {
         ))
     }
 
-    /// The same gradients as differentiable ops, `μ` and `σ` recomputed from `x`: `dx` by
-    /// [`BatchNormInputGradient`], `dγ` and `dβ` (when wanted) composed from per-channel
-    /// ops.
+    /// The same gradients as differentiable ops: `dx` by [`BatchNormInputGradient`] (from
+    /// `dy` before the ReLU's mask), `dγ` and `dβ` (when wanted) composed from per-channel
+    /// ops, with `μ` and `σ` recomputed from `x`.
     fn differentiable_backward(
         &self,
         x: &Tensor,
         weight: &Tensor,
-        dy: &Tensor,
+        bias: &Tensor,
+        (dy, relu_output): (&Tensor, &Tensor),
     ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
-        let centred = centre(x)?;
-        let dx = dy.apply_op3(&centred, weight, BatchNormInputGradient { eps: self.eps })?;
+        let to_f64 = |t: &Tensor| t.to_dtype(DType::F64)?.to_vec1::<f64>();
+        let op = BatchNormInputGradient {
+            eps: self.eps,
+            affine: self.affine(&to_f64(weight)?, &to_f64(bias)?),
+            relu: self.relu,
+        };
+        let dx = dy.apply_op3(x, weight, op)?;
         if !parameter_gradients_wanted() {
             return Ok((dx, None, None));
         }
+        let dy = &through_relu(self.relu, dy, relu_output)?;
+        let centred = centre(x)?;
         let c = x.dim(1)?;
         let n = (x.elem_count() / c.max(1)) as f64;
         let var = (channel_dot(&centred, &centred)? / n)?;
@@ -365,8 +368,7 @@ impl CustomOp3 for BatchNormTrain {
             };
             (dx, Some(dgamma), Some(dbeta))
         } else {
-            let dy = &through_relu(self.relu, dy, res)?;
-            self.differentiable_backward(x, weight, dy)?
+            self.differentiable_backward(x, weight, bias, (dy, res))?
         };
         Ok((
             x.track_op().then_some(dx),
@@ -376,8 +378,9 @@ impl CustomOp3 for BatchNormTrain {
     }
 }
 
-/// Batch norm's input gradient as a function of the gradient `dy` reaching its output
-/// (after the ReLU's mask), the centred input `xc = x − μ` and the weight `γ`:
+/// Batch norm's input gradient as a function of the gradient `g` reaching its output,
+/// its input `x` and its weight `γ`, with `dy = g·[y > 0]` (`y` the forward's output,
+/// when the ReLU is fused; `dy = g` otherwise) and `xc = x − μ`:
 ///
 /// ```text
 /// dx = a·(dy − m_g − s²·m_gx·xc),   a = γs,  s = (v + ε)^(−1/2),
@@ -386,42 +389,133 @@ impl CustomOp3 for BatchNormTrain {
 ///
 /// means per channel over the batch and positions. It is the one node of a batch norm in
 /// the graph of an input gradient that is differentiated again (the Lipschitz
-/// penalties'). Composed from per-channel ops instead, `dy` and `xc` each fed three
-/// nodes, and the outer backward pass made about a dozen full-size passes and four
-/// accumulations per layer; this op's backward reads its inputs twice and writes two
-/// gradients, with the closed form (`ḡ` the gradient reaching `dx`, `N` the elements per
-/// channel, `G0 = Σḡ`, `G1 = Σḡ·dy`, `G2 = Σḡ·xc`):
+/// penalties'). Composed from a ReLU mask, a centring and per-channel ops instead, `dy`
+/// and `xc` each fed three nodes, and the outer backward pass made about fourteen
+/// full-size passes and four accumulations per layer; this op's backward reads its
+/// inputs twice and writes two gradients, with the closed form (`ḡ` the gradient
+/// reaching `dx`, `N` the elements per channel, `G0 = Σḡ`, `G1 = Σḡ·dy`, `G2 = Σḡ·xc`):
 ///
 /// ```text
-/// ∂/∂dy = a·(ḡ − G0/N − s²·xc·G2/N)
+/// ∂/∂dy = a·(ḡ − G0/N − s²·xc·G2/N)                        (∂/∂g: that, masked)
 /// ∂/∂xc = −γs³·(m_gx·ḡ + (G2/N)·dy + ((G1 − m_g·G0)/N − 3s²·m_gx·G2/N)·xc)
+/// ∂/∂x  = ∂/∂xc − mean(∂/∂xc)                                (μ is the mean of x)
 /// ∂/∂γ  = s·(G1 − m_g·G0) − s³·m_gx·G2
 /// ```
 ///
-/// Those gradients are plain tensors: second derivatives through this op are exact,
-/// third derivatives are not available.
+/// The mask is piecewise constant (no gradient, as for any ReLU). `μ` and the mask come
+/// from the forward pass ([`BatchNormTrain::affine`]), so `xc` and the mask are bit for
+/// bit the forward's. The gradients are plain tensors: second derivatives through this
+/// op are exact, third derivatives are not available.
 struct BatchNormInputGradient {
     eps: f64,
+    /// The forward's per-channel `[μ, γσ⁻¹, β]`.
+    affine: Vec<[f64; 3]>,
+    relu: bool,
 }
 
 /// The per-channel statistics of `dy` and `xc` the op and its gradient use.
 struct InputGradientStats {
-    gamma: f64,
     /// `s = (v + ε)^(−1/2)`.
     s: f64,
     m_g: f64,
     m_gx: f64,
 }
 
-impl BatchNormInputGradient {
-    fn stats(&self, sums: [f64; 3], gamma: f64, n: f64) -> InputGradientStats {
-        let [sum_g, sum_gx, sum_xx] = sums;
-        InputGradientStats {
-            gamma,
-            s: 1.0 / (sum_xx / n + self.eps).sqrt(),
-            m_g: sum_g / n,
-            m_gx: sum_gx / n,
+/// Plane by plane, the op's `dy` and `xc` formed from its inputs.
+struct InputGradientPlanes<'a, T> {
+    g: &'a [T],
+    x: &'a [T],
+    /// The `[B, C, S]` dimensions.
+    b: usize,
+    c: usize,
+    sz: usize,
+    /// `γ`, in f64.
+    gamma: Vec<f64>,
+    /// Per channel `(μ, γσ⁻¹, β)` in `T`, as the forward pass used them.
+    affine: Vec<(T, T, T)>,
+    relu: bool,
+}
+
+impl<T: WithDType> InputGradientPlanes<'_, T> {
+    /// Plane `i`'s `dy` and `xc`, into the two buffers.
+    fn fill(&self, i: usize, dy: &mut Vec<T>, xc: &mut Vec<T>) {
+        let (m, a, s) = self.affine[i % self.c];
+        let (g, x) = (plane(self.g, self.sz, i), plane(self.x, self.sz, i));
+        xc.clear();
+        xc.extend(x.iter().map(|&v| v - m));
+        dy.clear();
+        if self.relu {
+            // The forward's ReLU input, `(x − μ)·a + β`, in the forward's arithmetic.
+            let zero = T::from_f64(0.0);
+            let masked = g.iter().zip(xc.iter());
+            dy.extend(masked.map(|(&g, &v)| if v * a + s > zero { g } else { zero }));
+        } else {
+            dy.extend_from_slice(g);
         }
+    }
+
+    /// `[Σdy, Σdy·xc, Σxc², Σxc]` per channel, and with `gr` (the gradient reaching the
+    /// op's output) also `[Σḡ, Σḡ·dy, Σḡ·xc]`, in f64.
+    fn channel_sums(&self, gr: Option<&[T]>) -> Vec<[f64; 7]> {
+        per_channel(self.c, |ci| {
+            let (mut dy, mut xc) = (Vec::with_capacity(self.sz), Vec::with_capacity(self.sz));
+            let mut total = [0.0; 7];
+            for i in (0..self.b).map(|bi| bi * self.c + ci) {
+                self.fill(i, &mut dy, &mut xc);
+                let [p, q, r] = pair_sums(&dy, &xc);
+                let [u, v, w] = match gr {
+                    Some(gr) => weighted_sums(plane(gr, self.sz, i), &dy, &xc),
+                    None => [0.0; 3],
+                };
+                let part = [p, q, r, block_sum(&xc), u, v, w];
+                for (t, p) in total.iter_mut().zip(part) {
+                    *t += p;
+                }
+            }
+            total
+        })
+    }
+}
+
+impl BatchNormInputGradient {
+    fn stats(&self, sums: &[f64; 7], n: f64) -> InputGradientStats {
+        InputGradientStats {
+            s: 1.0 / (sums[2] / n + self.eps).sqrt(),
+            m_g: sums[0] / n,
+            m_gx: sums[1] / n,
+        }
+    }
+
+    /// The op's inputs as planes, checked against each other.
+    fn planes<'a, T: WithDType>(
+        &self,
+        (g, gl): (&'a [T], &Layout),
+        (x, xl): (&'a [T], &Layout),
+        w: &[T],
+    ) -> Result<InputGradientPlanes<'a, T>> {
+        let (b, c, sz) = bcs(gl.dims())?;
+        if gl.dims() != xl.dims() || w.len() != c || self.affine.len() != c {
+            bail!(
+                "batch norm input gradient: shapes {:?} and {:?}, weight of {} and statistics of {}",
+                gl.dims(),
+                xl.dims(),
+                w.len(),
+                self.affine.len()
+            );
+        }
+        let affine = self.affine.iter();
+        Ok(InputGradientPlanes {
+            g,
+            x,
+            b,
+            c,
+            sz,
+            gamma: w.iter().map(|v| v.to_f64()).collect(),
+            affine: affine
+                .map(|&[m, a, s]| (T::from_f64(m), T::from_f64(a), T::from_f64(s)))
+                .collect(),
+            relu: self.relu,
+        })
     }
 
     fn forward<T: WithDType>(
@@ -430,109 +524,102 @@ impl BatchNormInputGradient {
         (xs, xl): (&CpuStorage, &Layout),
         (ws, wl): (&CpuStorage, &Layout),
     ) -> Result<(CpuStorage, Shape)> {
-        let (b, c, sz) = bcs(gl.dims())?;
-        if gl.dims() != xl.dims() || wl.dims() != [c] {
-            bail!(
-                "batch norm input gradient: shapes {:?}, {:?} and weight {:?}",
-                gl.dims(),
-                xl.dims(),
-                wl.dims()
-            );
-        }
-        let (dy, xc, w) = (
+        let (g, x, w) = (
             contiguous::<T>(gs, gl)?,
             contiguous::<T>(xs, xl)?,
             contiguous::<T>(ws, wl)?,
         );
+        let planes = self.planes((&g, gl), (&x, xl), &w)?;
+        let (b, c, sz) = (planes.b, planes.c, planes.sz);
         let n = (b * sz).max(1) as f64;
-        let sums = channel_totals(b, c, |i| pair_sums(plane(&dy, sz, i), plane(&xc, sz, i)));
+        let sums = planes.channel_sums(None);
         // dx = dy·a + xc·k + z: the arithmetic of the fused first-order backward.
         let coefs: Vec<(T, T, T)> = sums
             .iter()
-            .zip(w.iter())
-            .map(|(&sums, &gamma)| {
-                let st = self.stats(sums, gamma.to_f64(), n);
-                let a = st.gamma * st.s;
+            .zip(&planes.gamma)
+            .map(|(sums, &gamma)| {
+                let st = self.stats(sums, n);
+                let a = gamma * st.s;
                 let k = -a * st.s * st.s * st.m_gx;
                 (T::from_f64(a), T::from_f64(k), T::from_f64(-a * st.m_g))
             })
             .collect();
         let mut dx = Vec::with_capacity(b * c * sz);
+        let (mut dy, mut xc) = (Vec::with_capacity(sz), Vec::with_capacity(sz));
         for i in 0..b * c {
             let (a, k, z) = coefs[i % c];
-            let values = plane(&dy, sz, i).iter().zip(plane(&xc, sz, i));
-            dx.extend(values.map(|(&g, &x)| g * a + x * k + z));
+            planes.fill(i, &mut dy, &mut xc);
+            dx.extend(dy.iter().zip(&xc).map(|(&g, &x)| g * a + x * k + z));
         }
         Ok((T::to_cpu_storage_owned(dx), gl.shape().clone()))
     }
 
-    /// `(∂/∂dy, ∂/∂xc, ∂/∂γ)` of `Σ ḡ·dx` (see the type's docs).
+    /// `(∂/∂g, ∂/∂x, ∂/∂γ)` of `Σ ḡ·dx` (see the type's docs).
     fn gradients<T: WithDType>(
         &self,
-        dy: &Tensor,
-        xc: &Tensor,
+        g: &Tensor,
+        x: &Tensor,
         weight: &Tensor,
         grad: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        let (b, c, sz) = bcs(dy.dims())?;
-        let n = (b * sz).max(1) as f64;
-        let w = weight.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-        let gr_shape = grad.shape().clone();
-        let (dy, xc, grad) = (dy.contiguous()?, xc.contiguous()?, grad.contiguous()?);
-        let (dy, xc, gr) = (
-            dy.storage_and_layout(),
-            xc.storage_and_layout(),
-            grad.storage_and_layout(),
+        let shape = g.shape().clone();
+        let (g, x, w, grad) = (
+            g.contiguous()?,
+            x.contiguous()?,
+            weight.contiguous()?,
+            grad.contiguous()?,
         );
-        let (Storage::Cpu(dys), Storage::Cpu(xcs), Storage::Cpu(grs)) = (&*dy.0, &*xc.0, &*gr.0)
+        let (g, x) = (g.storage_and_layout(), x.storage_and_layout());
+        let (w, gr) = (w.storage_and_layout(), grad.storage_and_layout());
+        let (Storage::Cpu(gs), Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(grs)) =
+            (&*g.0, &*x.0, &*w.0, &*gr.0)
         else {
             bail!("batch norm input gradient: on the CPU only");
         };
-        let (dy, xc, gr) = (
-            contiguous::<T>(dys, dy.1)?,
-            contiguous::<T>(xcs, xc.1)?,
-            contiguous::<T>(grs, gr.1)?,
-        );
-        let sums = channel_totals(b, c, |i| {
-            let [p, q, r] = pair_sums(plane(&dy, sz, i), plane(&xc, sz, i));
-            let [u, v, t] = weighted_sums(plane(&gr, sz, i), plane(&dy, sz, i), plane(&xc, sz, i));
-            [p, q, r, u, v, t]
-        });
+        let (gd, xd) = (contiguous::<T>(gs, g.1)?, contiguous::<T>(xs, x.1)?);
+        let (wd, gr) = (contiguous::<T>(ws, w.1)?, contiguous::<T>(grs, gr.1)?);
+        let planes = self.planes((&gd, g.1), (&xd, x.1), &wd)?;
+        let (b, c, sz) = (planes.b, planes.c, planes.sz);
+        let n = (b * sz).max(1) as f64;
+        let sums = planes.channel_sums(Some(&gr));
         let mut dgamma = Vec::with_capacity(c);
         let mut coefs = Vec::with_capacity(c);
-        for (&[p, q, r, g0, g1, g2], &gamma) in sums.iter().zip(&w) {
-            let st = self.stats([p, q, r], gamma, n);
+        for (sums, &gamma) in sums.iter().zip(&planes.gamma) {
+            let st = self.stats(sums, n);
+            let [_, _, _, sum_xc, g0, g1, g2] = *sums;
             let (s, s2) = (st.s, st.s * st.s);
             let a = gamma * s;
             let c3 = -gamma * s * s2;
             dgamma.push(s * (g1 - st.m_g * g0) - s * s2 * st.m_gx * g2);
-            coefs.push(
-                [
-                    // ∂/∂dy = ḡ·a + xc·k + z
-                    a,
-                    -a * s2 * g2 / n,
-                    -a * g0 / n,
-                    // ∂/∂xc = ḡ·p + dy·q + xc·r
-                    c3 * st.m_gx,
-                    c3 * g2 / n,
-                    c3 * ((g1 - st.m_g * g0) / n - 3.0 * s2 * st.m_gx * g2 / n),
-                ]
-                .map(T::from_f64),
-            );
+            // ∂/∂xc = ḡ·p + dy·q + xc·r, less its mean for ∂/∂x.
+            let p = c3 * st.m_gx;
+            let q = c3 * g2 / n;
+            let r = c3 * ((g1 - st.m_g * g0) / n - 3.0 * s2 * st.m_gx * g2 / n);
+            let mean = (p * g0 + q * sums[0] + r * sum_xc) / n;
+            // ∂/∂dy = ḡ·a + xc·k + z
+            coefs.push([a, -a * s2 * g2 / n, -a * g0 / n, p, q, r, -mean].map(T::from_f64));
         }
-        let mut ddy = Vec::with_capacity(b * c * sz);
-        let mut dxc = Vec::with_capacity(b * c * sz);
-        for i in 0..b * c {
-            let [a, k, z, p, q, r] = coefs[i % c];
-            let (g, u, x) = (plane(&gr, sz, i), plane(&dy, sz, i), plane(&xc, sz, i));
-            ddy.extend(g.iter().zip(x).map(|(&g, &x)| g * a + x * k + z));
-            let terms = g.iter().zip(u).zip(x);
-            dxc.extend(terms.map(|((&g, &u), &x)| g * p + u * q + x * r));
-        }
-        let (shape, cpu) = (&gr_shape, &Device::Cpu);
+        let zero = T::from_f64(0.0);
+        let [dg, dx] = planes_on_threads(b * c, sz, |i, [dg, dx]| {
+            let [a, k, z, p, q, r, t] = coefs[i % c];
+            let (mut dy, mut xc) = (Vec::with_capacity(sz), Vec::with_capacity(sz));
+            planes.fill(i, &mut dy, &mut xc);
+            let gr = plane(&gr, sz, i);
+            let (_, am, s) = planes.affine[i % c];
+            for (d, (&gr, &x)) in dg.iter_mut().zip(gr.iter().zip(&xc)) {
+                // Masked as dy was: zero where the ReLU's input was not positive.
+                let open = !planes.relu || x * am + s > zero;
+                *d = if open { gr * a + x * k + z } else { zero };
+            }
+            let terms = gr.iter().zip(&dy).zip(&xc);
+            for (d, ((&gr, &u), &x)) in dx.iter_mut().zip(terms) {
+                *d = gr * p + u * q + x * r + t;
+            }
+        });
+        let cpu = &Device::Cpu;
         Ok((
-            Tensor::from_vec(ddy, shape, cpu)?,
-            Tensor::from_vec(dxc, shape, cpu)?,
+            Tensor::from_vec(dg, &shape, cpu)?,
+            Tensor::from_vec(dx, &shape, cpu)?,
             Tensor::from_vec(dgamma, c, cpu)?.to_dtype(T::DTYPE)?,
         ))
     }
@@ -561,19 +648,19 @@ impl CustomOp3 for BatchNormInputGradient {
 
     fn bwd(
         &self,
-        dy: &Tensor,
-        xc: &Tensor,
+        g: &Tensor,
+        x: &Tensor,
         weight: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (ddy, dxc, dgamma) = match dy.dtype() {
-            DType::F32 => self.gradients::<f32>(dy, xc, weight, grad)?,
-            _ => self.gradients::<f64>(dy, xc, weight, grad)?,
+        let (dg, dx, dgamma) = match g.dtype() {
+            DType::F32 => self.gradients::<f32>(g, x, weight, grad)?,
+            _ => self.gradients::<f64>(g, x, weight, grad)?,
         };
         Ok((
-            dy.track_op().then_some(ddy),
-            xc.track_op().then_some(dxc),
+            g.track_op().then_some(dg),
+            x.track_op().then_some(dx),
             weight.track_op().then_some(dgamma),
         ))
     }
@@ -585,75 +672,105 @@ mod tests {
     use crate::layers::fast_ops::tests::randn;
     use candle_core::Var;
 
-    /// The op's gradients with respect to `dy`, `xc` and `γ` against central differences
-    /// of `L = Σ ḡ·dx`, in f64, on data where every term of the closed form counts: `xc`
-    /// not centred and of variance near 1 (so that `ε` matters little), `dy` correlated
-    /// with `xc` (so that `m_gx` is far from 0), and `ḡ` correlated with both.
+    /// The op for `x`: its mean as `μ`, and a ReLU mask `(x − μ)·a + β > 0` if `relu`.
+    fn op_for(x: &Tensor, relu: bool) -> BatchNormInputGradient {
+        let mean = x.mean_keepdim(0).unwrap().mean_keepdim(2).unwrap();
+        let mean = mean.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        BatchNormInputGradient {
+            eps: 0.3,
+            affine: mean
+                .iter()
+                .zip([0.9, -1.4])
+                .map(|(&m, a)| [m, a, 0.2])
+                .collect(),
+            relu,
+        }
+    }
+
+    /// The op's gradients with respect to `g`, `x` and `γ` against central differences of
+    /// `L = Σ ḡ·dx`, in f64, with and without the ReLU mask; `μ` is recomputed from each
+    /// perturbed `x`, as the op assumes. The data make every term of the closed form
+    /// count: `x` of mean far from 0 and variance near 1 (so that `ε` matters little),
+    /// `g` correlated with `x` (so that `m_gx` is far from 0), `ḡ` with both.
     #[test]
     fn input_gradient_op_has_the_gradients_of_central_differences() {
-        let op = || BatchNormInputGradient { eps: 0.3 };
         let shape = [3, 2, 5];
-        let xc = (randn(&shape, 1) * 1.7).unwrap();
-        let dy = ((randn(&shape, 2) + (&xc * 0.8).unwrap()).unwrap() + 0.4).unwrap();
+        let x = ((randn(&shape, 1) * 1.7).unwrap() + 0.6).unwrap();
+        let g = ((randn(&shape, 2) + (&x * 0.8).unwrap()).unwrap() + 0.4).unwrap();
         let gbar =
-            ((randn(&shape, 3) + (&dy * 0.5).unwrap()).unwrap() - (&xc * 0.7).unwrap()).unwrap();
+            ((randn(&shape, 3) + (&g * 0.5).unwrap()).unwrap() - (&x * 0.7).unwrap()).unwrap();
         let gamma = Tensor::new(&[1.3f64, -0.6], &Device::Cpu).unwrap();
-        let loss = |dy: &Tensor, xc: &Tensor, gamma: &Tensor| -> f64 {
-            let dx = dy.apply_op3(xc, gamma, op()).unwrap();
-            (dx * &gbar)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
-        let vars = [&dy, &xc, &gamma].map(|t| Var::from_tensor(t).unwrap());
-        let dx = vars[0].apply_op3(&vars[1], &vars[2], op()).unwrap();
-        let grads = (dx * &gbar).unwrap().sum_all().unwrap().backward().unwrap();
-        let h = 1e-5;
-        for (which, var) in vars.iter().enumerate() {
-            let ours = grads.get(var).unwrap().flatten_all().unwrap();
-            let ours = ours.to_vec1::<f64>().unwrap();
-            let base = var.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            for (i, &analytic) in ours.iter().enumerate() {
-                let at = |delta: f64| {
-                    let mut v = base.clone();
-                    v[i] += delta;
-                    let t = Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap();
-                    let mut args = [dy.clone(), xc.clone(), gamma.clone()];
-                    args[which] = t;
-                    loss(&args[0], &args[1], &args[2])
-                };
-                let numeric = (at(h) - at(-h)) / (2.0 * h);
-                assert!(
-                    (analytic - numeric).abs() < 1e-7 * (1.0 + numeric.abs()),
-                    "argument {which}, element {i}: {analytic} against {numeric}"
-                );
+        for relu in [false, true] {
+            let loss = |g: &Tensor, x: &Tensor, gamma: &Tensor| -> f64 {
+                let dx = g.apply_op3(x, gamma, op_for(x, relu)).unwrap();
+                (dx * &gbar)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar()
+                    .unwrap()
+            };
+            let vars = [&g, &x, &gamma].map(|t| Var::from_tensor(t).unwrap());
+            let dx = vars[0]
+                .apply_op3(&vars[1], &vars[2], op_for(&x, relu))
+                .unwrap();
+            let grads = (dx * &gbar).unwrap().sum_all().unwrap().backward().unwrap();
+            let h = 1e-5;
+            for (which, var) in vars.iter().enumerate() {
+                let ours = grads.get(var).unwrap().flatten_all().unwrap();
+                let ours = ours.to_vec1::<f64>().unwrap();
+                let base = var.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                for (i, &analytic) in ours.iter().enumerate() {
+                    let at = |delta: f64| {
+                        let mut v = base.clone();
+                        v[i] += delta;
+                        let t = Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap();
+                        let mut args = [g.clone(), x.clone(), gamma.clone()];
+                        args[which] = t;
+                        loss(&args[0], &args[1], &args[2])
+                    };
+                    let numeric = (at(h) - at(-h)) / (2.0 * h);
+                    assert!(
+                        (analytic - numeric).abs() < 1e-7 * (1.0 + numeric.abs()),
+                        "relu {relu}, argument {which}, element {i}: {analytic} against {numeric}"
+                    );
+                }
             }
         }
         // The op's value is batch norm's input gradient, term by term.
-        let n = 15.0;
-        let dims: &[usize] = &[0, 2];
-        let mean = |t: &Tensor| (t.sum_keepdim(dims).unwrap() / n).unwrap();
-        let s = (mean(&xc.sqr().unwrap()) + 0.3)
-            .unwrap()
-            .sqrt()
-            .unwrap()
-            .recip()
-            .unwrap();
-        let g3 = gamma.reshape((1, 2, 1)).unwrap();
-        let m_gx = mean(&(&dy * &xc).unwrap());
-        let inner = dy
-            .broadcast_sub(&mean(&dy))
-            .unwrap()
-            .sub(
-                &xc.broadcast_mul(&(s.sqr().unwrap() * m_gx).unwrap())
-                    .unwrap(),
-            )
-            .unwrap();
-        let expected = inner.broadcast_mul(&g3.broadcast_mul(&s).unwrap()).unwrap();
-        let dx = dy.apply_op3(&xc, &gamma, op()).unwrap();
-        let diff = (dx - expected).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(diff.to_scalar::<f64>().unwrap() < 1e-12);
+        for relu in [false, true] {
+            let n = 15.0;
+            let dims: &[usize] = &[0, 2];
+            let mean = |t: &Tensor| (t.sum_keepdim(dims).unwrap() / n).unwrap();
+            let xc = x.broadcast_sub(&mean(&x)).unwrap();
+            let dy = if relu {
+                let a = Tensor::new(&[0.9f64, -1.4], &Device::Cpu).unwrap();
+                let pre = xc.broadcast_mul(&a.reshape((1, 2, 1)).unwrap()).unwrap() + 0.2;
+                let mask = pre.unwrap().gt(0.0).unwrap().to_dtype(DType::F64).unwrap();
+                (&g * mask).unwrap()
+            } else {
+                g.clone()
+            };
+            let s = (mean(&xc.sqr().unwrap()) + 0.3)
+                .unwrap()
+                .sqrt()
+                .unwrap()
+                .recip()
+                .unwrap();
+            let g3 = gamma.reshape((1, 2, 1)).unwrap();
+            let m_gx = mean(&(&dy * &xc).unwrap());
+            let inner = dy
+                .broadcast_sub(&mean(&dy))
+                .unwrap()
+                .sub(
+                    &xc.broadcast_mul(&(s.sqr().unwrap() * m_gx).unwrap())
+                        .unwrap(),
+                )
+                .unwrap();
+            let expected = inner.broadcast_mul(&g3.broadcast_mul(&s).unwrap()).unwrap();
+            let dx = g.apply_op3(&x, &gamma, op_for(&x, relu)).unwrap();
+            let diff = (dx - expected).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(diff.to_scalar::<f64>().unwrap() < 1e-12, "relu {relu}");
+        }
     }
 }
