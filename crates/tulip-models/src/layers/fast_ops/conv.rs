@@ -409,8 +409,14 @@ mod tests {
     #[test]
     fn conv_affine_relu_matches_the_three_ops() {
         second_order_on();
-        for &(c, o, k, p) in &[(3, 5, 3, 1), (4, 8, 1, 0), (2, 9, 3, 2)] {
-            let x0 = randn(&[2, c, 6, 5], 71);
+        // (8×4: a 1×1 kernel over whole tiles of output.)
+        for &(c, o, k, p, h, width) in &[
+            (3, 5, 3, 1, 6, 5),
+            (4, 8, 1, 0, 6, 5),
+            (4, 11, 1, 0, 8, 4),
+            (2, 9, 3, 2, 6, 5),
+        ] {
+            let x0 = randn(&[2, c, h, width], 71);
             let w = randn(&[o, c, k, k], 72);
             let (scale, shift) = (randn(&[o], 73), randn(&[o], 74));
             let dims = conv2d_s1(&x0, &w, p).unwrap().dims().to_vec();

@@ -315,6 +315,39 @@ impl<T: Lane> ConvImages<'_, T> {
         let taps = flat.taps(g);
         let rows: Vec<usize> = (0..g.kh).map(|i| i * flat.row).collect();
         let packed = pack_weights::<T, OB>(w, o, g.c, taps.len());
+        let hw = g.h * g.w;
+        if g.kh * g.kw == 1 && g.ph + g.pw == 0 && hw % tile == 0 {
+            // A 1×1 kernel without padding reads the image as it is and writes whole
+            // tiles of output: no padded copy, no garbage columns to skip.
+            for (image, y) in out.chunks_exact_mut(o * hw).enumerate() {
+                let xi = &x[image * g.c * hw..][..g.c * hw];
+                for (block, wb) in packed.chunks_exact(g.c * OB).enumerate() {
+                    for p0 in (0..hw).step_by(tile) {
+                        let tile = Tile {
+                            xp: xi,
+                            wb,
+                            plane: hw,
+                            p0,
+                        };
+                        let acc = tile.by_rows::<S, OB, NV, 1>(simd, &[0]);
+                        for (k, acc) in acc.iter().enumerate().take(o - block * OB) {
+                            let oo = block * OB + k;
+                            let dst = &mut y[oo * hw + p0..][..NV * lanes::<S, T>()];
+                            for (v, &a) in acc.iter().enumerate() {
+                                store::<S, T>(&mut dst[v * lanes::<S, T>()..], a);
+                            }
+                            if let Some(e) = epilogue {
+                                let (a, s) = (e.scale[oo], e.shift[oo]);
+                                for d in dst.iter_mut() {
+                                    *d = relu_value(*d * a + s, T::ZERO);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            return;
+        }
         let stride = flat.stride(tile);
         let (ho, wo) = (g.ho(), g.wo());
         let mut xp = flat.zeroed(g);
@@ -763,7 +796,7 @@ mod tests {
 
     /// Shapes that leave remainders everywhere: channels that do not fill a vector or a
     /// block of outputs, images smaller than a tile, odd batches, 1×1, 3×1 and 5×5
-    /// kernels, paddings 0 to k − 1.
+    /// kernels, paddings 0 to k − 1; and a 1×1 kernel over whole tiles (8×8).
     fn geometries() -> Vec<(ConvGeom, usize)> {
         let geom = |b, c, h, w, (kh, kw), (ph, pw)| ConvGeom {
             b,
@@ -783,6 +816,7 @@ mod tests {
             (geom(2, 5, 4, 6, (5, 5), (2, 2)), 5),
             (geom(2, 6, 3, 3, (3, 3), (2, 2)), 16),
             (geom(5, 16, 9, 9, (1, 1), (0, 0)), 8),
+            (geom(3, 5, 8, 8, (1, 1), (0, 0)), 11),
             (geom(5, 2, 2, 3, (3, 3), (1, 1)), 2),
             (geom(2, 3, 6, 5, (3, 1), (1, 0)), 4),
             (geom(3, 32, 10, 12, (3, 3), (1, 1)), 33),
