@@ -213,8 +213,12 @@ fn write_results(args: &BenchArgs, rows: &[(String, Measured, Option<Measured>)]
     let with_torch = rows.iter().any(|(_, _, t)| t.is_some());
     let mut md = String::from("# Tulip-rs performance figures\n\n");
     md += &format!(
-        "    cargo xtask bench --steps {}{}\n\n",
+        "    cargo xtask bench --steps {}{}{}\n\n",
         args.steps,
+        match args.gradpass_images {
+            10_000 => String::new(),
+            n => format!(" --gradpass-images {n}"),
+        },
         if with_torch {
             " --torch ../torch-venv/bin/python"
         } else {
@@ -302,6 +306,13 @@ fn write_results(args: &BenchArgs, rows: &[(String, Measured, Option<Measured>)]
             "\nThe PyTorch side times a 1024×1024 sgemm \"canary\" (GFLOPS) before and after \
              each case (results.json); in this run it ranged {lo:.0}–{hi:.0}. Its level depends on \
              the CPU; a case whose canary sags well below the others was slowed by the host.\n"
+        );
+    }
+    if args.gradpass_images != 10_000 {
+        md += &format!(
+            "\nThe gradient pass ran over {} images; its figure per 10k is extrapolated \
+             linearly.\n",
+            args.gradpass_images
         );
     }
     let md_path = args.out.join("RESULTS.md");

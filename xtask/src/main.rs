@@ -3,6 +3,9 @@
 //! Each chore is a subcommand with its own module; add one by adding a variant to
 //! [`Command`] and an arm to its `run`.
 #![warn(missing_docs)]
+// The argument structs' doc comments are `--help` text, written for a terminal: their
+// `<dataset>` and `[default: …]` are neither HTML tags nor intra-doc links.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 
 /// With `--features mimalloc`: the allocator the `tulip` binary uses, so that the bench
 /// measures what users run (see crates/tulip-cli/src/main.rs).

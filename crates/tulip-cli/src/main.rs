@@ -1,6 +1,10 @@
 //! `tulip`: train image classifiers that are robust to adversarial examples, and measure
 //! how robust they are. See `tulip --help` and `tulip <command> --help`.
 
+// The argument structs' doc comments are `--help` text, written for a terminal: their
+// `<dataset>` and `[default: …]` are neither HTML tags nor intra-doc links.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
+
 mod attack;
 mod eval;
 mod nn_attack;
