@@ -287,11 +287,13 @@ fn bcs(dims: &[usize]) -> Result<(usize, usize, usize)> {
     Ok((dims[0], dims[1], dims[2..].iter().product()))
 }
 
+/// `f::<f32>(args)` or `f::<f64>(args)` by the storage's type (`f` a function or a path
+/// such as `Self::forward`); an error for any other.
 macro_rules! float_dispatch {
-    ($s:expr, $f:ident ( $($arg:expr),* )) => {
+    ($s:expr, $($f:ident)::+ ( $($arg:expr),* )) => {
         match $s {
-            CpuStorage::F32(_) => $f::<f32>($($arg),*),
-            CpuStorage::F64(_) => $f::<f64>($($arg),*),
+            CpuStorage::F32(_) => $($f)::+::<f32>($($arg),*),
+            CpuStorage::F64(_) => $($f)::+::<f64>($($arg),*),
             _ => bail!("fast_ops: only f32 and f64 are supported"),
         }
     };

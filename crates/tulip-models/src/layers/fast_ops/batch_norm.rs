@@ -23,8 +23,8 @@ use candle_core::{
 
 use super::{
     bcs, block_sum, centre, channel_dot, channel_mean, channel_planes, channel_sum, contiguous,
-    first_order_only, parameter_gradients_wanted, per_channel, planes_on_threads, relu_value,
-    through_relu,
+    first_order_only, float_dispatch, parameter_gradients_wanted, per_channel, planes_on_threads,
+    relu_value, through_relu,
 };
 
 /// `Σ u·(v − m)` with eight independent accumulators (so it vectorises), returned in f64.
@@ -345,11 +345,7 @@ impl CustomOp3 for BatchNormTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        match s1 {
-            CpuStorage::F32(_) => self.forward::<f32>((s1, l1), (s2, l2), (s3, l3)),
-            CpuStorage::F64(_) => self.forward::<f64>((s1, l1), (s2, l2), (s3, l3)),
-            _ => bail!("batch norm: only f32 and f64 are supported"),
-        }
+        float_dispatch!(s1, Self::forward(self, (s1, l1), (s2, l2), (s3, l3)))
     }
 
     fn bwd(
@@ -639,11 +635,7 @@ impl CustomOp3 for BatchNormInputGradient {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        match s1 {
-            CpuStorage::F32(_) => self.forward::<f32>((s1, l1), (s2, l2), (s3, l3)),
-            CpuStorage::F64(_) => self.forward::<f64>((s1, l1), (s2, l2), (s3, l3)),
-            _ => bail!("batch norm input gradient: only f32 and f64 are supported"),
-        }
+        float_dispatch!(s1, Self::forward(self, (s1, l1), (s2, l2), (s3, l3)))
     }
 
     fn bwd(
