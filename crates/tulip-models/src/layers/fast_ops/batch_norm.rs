@@ -222,39 +222,43 @@ impl BatchNormTrain {
     }
 
     /// The closed-form gradients `(dx, dγ, dβ)` in two passes, as plain tensors. With the
-    /// ReLU fused (`relu_output` its output), `dy` is masked plane by plane as it is read,
-    /// instead of in a full-size pass of its own.
+    /// ReLU fused, `dy` is masked plane by plane as it is read, the mask recomputed from
+    /// `x` in the forward pass's arithmetic (reading the output for it instead made the
+    /// passes read three full-size tensors, not two).
     fn fused_backward<T: WithDType>(
         &self,
         x: &Tensor,
         weight: &Tensor,
+        bias: &Tensor,
         dy: &Tensor,
-        relu_output: Option<&Tensor>,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, c, sz) = bcs(x.dims())?;
         let n = (b * sz).max(1) as f64;
-        let w = weight.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        let to_f64 = |t: &Tensor| t.to_dtype(DType::F64)?.to_vec1::<f64>();
+        let w = to_f64(weight)?;
+        let affine: Vec<(T, T, T)> = self
+            .affine(&w, &to_f64(bias)?)
+            .into_iter()
+            .map(|[m, a, s]| (T::from_f64(m), T::from_f64(a), T::from_f64(s)))
+            .collect();
         let (x, dy) = (x.contiguous()?, dy.contiguous()?);
-        let y = relu_output.unwrap_or(&dy).contiguous()?;
         let (xs, xl) = x.storage_and_layout();
         let (gs, gl) = dy.storage_and_layout();
-        let (ys, yl) = y.storage_and_layout();
-        let (Storage::Cpu(xs), Storage::Cpu(gs), Storage::Cpu(ys)) = (&*xs, &*gs, &*ys) else {
+        let (Storage::Cpu(xs), Storage::Cpu(gs)) = (&*xs, &*gs) else {
             bail!("batch norm: fused backward on the CPU only");
         };
         let (x, g) = (contiguous::<T>(xs, xl)?, contiguous::<T>(gs, gl)?);
-        let y = relu_output.map(|_| contiguous::<T>(ys, yl)).transpose()?;
+        let zero = T::from_f64(0.0);
         // Plane `i` of dy, through the ReLU's mask (into `buf`) if it has one.
         let dy_plane = |i: usize, buf: &mut Vec<T>| {
             buf.clear();
             let gp = plane(&g, sz, i);
-            match &y {
-                Some(y) => {
-                    let zero = T::from_f64(0.0);
-                    let masked = gp.iter().zip(plane(y, sz, i));
-                    buf.extend(masked.map(|(&g, &y)| if y > zero { g } else { zero }));
-                }
-                None => buf.extend_from_slice(gp),
+            if self.relu {
+                let (m, a, s) = affine[i % c];
+                let masked = gp.iter().zip(plane(&x, sz, i));
+                buf.extend(masked.map(|(&g, &v)| if (v - m) * a + s > zero { g } else { zero }));
+            } else {
+                buf.extend_from_slice(gp);
             }
         };
         // Σ dy and Σ dy·(x − μ), per channel.
@@ -357,10 +361,9 @@ impl CustomOp3 for BatchNormTrain {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dgamma, dbeta) = if first_order_only() {
-            let relu_output = self.relu.then_some(res);
             let (dx, dgamma, dbeta) = match x.dtype() {
-                DType::F32 => self.fused_backward::<f32>(x, weight, dy, relu_output)?,
-                _ => self.fused_backward::<f64>(x, weight, dy, relu_output)?,
+                DType::F32 => self.fused_backward::<f32>(x, weight, bias, dy)?,
+                _ => self.fused_backward::<f64>(x, weight, bias, dy)?,
             };
             (dx, Some(dgamma), Some(dbeta))
         } else {
