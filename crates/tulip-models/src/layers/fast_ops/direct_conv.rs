@@ -165,24 +165,24 @@ impl Flat {
         out: &mut Vec<T>,
     ) -> usize {
         out.clear();
-        let zeros = |out: &mut Vec<T>, k: usize| out.extend(std::iter::repeat_n(T::ZERO, k));
         let lead = out.as_ptr().align_offset(64).min(MAX_LEAD);
-        zeros(out, lead);
+        out.resize(lead + g.c.div_ceil(n) * self.plane * n, T::ZERO);
         let hw = g.h * g.w;
-        for c0 in (0..g.c).step_by(n) {
-            let channels = c0..(c0 + n).min(g.c);
-            let start = out.len();
-            zeros(out, g.ph * self.row * n);
+        let blocks = out[lead..].chunks_exact_mut(self.plane * n);
+        for (c0, block) in (0..g.c).step_by(n).zip(blocks) {
+            // Row by row, each channel's row read in order and written to every `n`-th
+            // element: a padded row of the block is a few kB and stays in L1. (Gathering
+            // `n` channels per position instead, with `extend`, took 6% of a plain step.)
             for r in 0..g.h {
-                zeros(out, g.pw * n);
-                for s in 0..g.w {
-                    out.extend(channels.clone().map(|ci| src[ci * hw + r * g.w + s]));
-                    zeros(out, n - channels.len());
+                let at = ((g.ph + r) * self.row + g.pw) * n;
+                let dst = &mut block[at..][..g.w * n];
+                for k in 0..n.min(g.c - c0) {
+                    let line = &src[(c0 + k) * hw + r * g.w..][..g.w];
+                    for (position, &v) in dst.chunks_exact_mut(n).zip(line) {
+                        position[k] = v;
+                    }
                 }
-                zeros(out, g.pw * n);
             }
-            let used = out.len() - start;
-            zeros(out, self.plane * n - used);
         }
         lead
     }
