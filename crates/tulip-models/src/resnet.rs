@@ -95,6 +95,11 @@ impl ConvBn {
     fn forward_relu(&self, x: &Tensor, mode: Mode) -> CResult<Tensor> {
         layers::conv_bn_relu(&self.conv, self.bn.as_ref(), x, mode)
     }
+
+    /// `relu(self.forward(x) + skip)`, in evaluation mode fused into the convolution.
+    fn forward_add_relu(&self, x: &Tensor, skip: &Tensor, mode: Mode) -> CResult<Tensor> {
+        layers::conv_bn_add_relu(&self.conv, self.bn.as_ref(), x, skip, mode)
+    }
 }
 
 /// `fcc`: the 1×1 width-changing map at the start of a block.
@@ -198,7 +203,7 @@ impl Block {
             BlockBody::Basic([first, second]) => {
                 let y = first.forward_relu(&x, mode)?;
                 let y = layers::dropout(&y, self.dropout, mode)?;
-                second.forward(&y, mode)?
+                second.forward_add_relu(&y, &x, mode)?
             }
             BlockBody::Branch {
                 first,
@@ -210,10 +215,10 @@ impl Block {
                 let y = second.forward(&y, mode)?;
                 // Channels are laid out branch-major: average the branches.
                 let (b, c, h, w) = y.dims4()?;
-                y.reshape((b, *branches, c / branches, h, w))?.mean(1)?
+                let y = y.reshape((b, *branches, c / branches, h, w))?.mean(1)?;
+                layers::add_relu(&x, &y, mode)?
             }
         };
-        let y = layers::add_relu(&x, &y, mode)?;
         if self.pool {
             layers::avg_pool2x2(&y)
         } else {

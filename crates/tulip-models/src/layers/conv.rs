@@ -1,6 +1,8 @@
 use candle_core::{Result as CResult, Tensor};
 
-use super::fast_ops::{channel_affine, channel_affine_relu, conv2d_affine_relu, conv2d_s1};
+use super::fast_ops::{
+    add_relu, channel_affine, channel_affine_relu, conv2d_affine_relu, conv2d_s1,
+};
 use crate::params::{Init, ParamBuilder};
 use crate::Result;
 
@@ -141,9 +143,10 @@ impl Conv2d {
         }
     }
 
-    /// `relu(self.forward(x)·scale_o + shift_o)` for `scale`, `shift: [O]` (an
-    /// evaluation-mode batch norm), in one pass where the convolution allows it (CPU,
-    /// stride 1, one group, no bias; see `fast_ops::conv2d_affine_relu`).
+    /// `relu(self.forward(x)·scale_o + shift_o [+ skip])` for `scale`, `shift: [O]` (an
+    /// evaluation-mode batch norm) and `skip` (a residual connection, the output's shape),
+    /// in one pass where the convolution allows it (CPU, stride 1, one group, no bias; see
+    /// `fast_ops::conv2d_affine_relu`).
     ///
     /// # Errors
     /// Fails on a shape mismatch.
@@ -152,6 +155,7 @@ impl Conv2d {
         x: &Tensor,
         scale: &Tensor,
         shift: &Tensor,
+        skip: Option<&Tensor>,
     ) -> CResult<Tensor> {
         let cfg = &self.cfg;
         let fusable = cfg.stride == 1
@@ -160,9 +164,12 @@ impl Conv2d {
             && self.bias.is_none()
             && x.device().is_cpu();
         if fusable {
-            conv2d_affine_relu(x, &self.weight, scale, shift, cfg.padding)
-        } else {
-            channel_affine_relu(&self.forward(x)?, scale, shift)
+            return conv2d_affine_relu(x, &self.weight, scale, shift, skip, cfg.padding);
+        }
+        let y = self.forward(x)?;
+        match skip {
+            None => channel_affine_relu(&y, scale, shift),
+            Some(skip) => add_relu(&channel_affine(&y, scale, shift)?, skip),
         }
     }
 }

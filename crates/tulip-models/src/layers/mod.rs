@@ -61,13 +61,34 @@ pub fn conv_bn_relu(
 ) -> Result<Tensor> {
     if let (Some(bn), Mode::Eval) = (bn, mode) {
         let (scale, shift) = bn.eval_affine()?;
-        return conv.forward_affine_relu(x, &scale, &shift);
+        return conv.forward_affine_relu(x, &scale, &shift, None);
     }
     let y = conv.forward(x)?;
     match bn {
         Some(bn) => bn.forward_relu(&y, mode),
         None => relu(&y, mode),
     }
+}
+
+/// `relu(bn(conv(x)) + skip)` (without batch norm `relu(conv(x) + skip)`), the end of a
+/// residual block; in evaluation mode one pass, fused into the convolution.
+pub fn conv_bn_add_relu(
+    conv: &Conv2d,
+    bn: Option<&BatchNorm>,
+    x: &Tensor,
+    skip: &Tensor,
+    mode: Mode,
+) -> Result<Tensor> {
+    if let (Some(bn), Mode::Eval) = (bn, mode) {
+        let (scale, shift) = bn.eval_affine()?;
+        return conv.forward_affine_relu(x, &scale, &shift, Some(skip));
+    }
+    let y = conv.forward(x)?;
+    let y = match bn {
+        Some(bn) => bn.forward(&y, mode)?,
+        None => y,
+    };
+    add_relu(skip, &y, mode)
 }
 
 /// `relu(x + y)`, the end of a residual block, in one pass; `x + y` in linearised mode.

@@ -238,10 +238,36 @@ pub(super) fn conv<T: Lane>(isa: Isa, x: &[T], g: &ConvGeom, w: &[T], o: usize) 
 }
 
 /// What [`conv_then`] applies to each output channel as it writes it:
-/// `y = v·scale[o] + shift[o]`, then a ReLU.
+/// `y = relu(v·scale[o] + shift[o] + skip)`, an evaluation-mode batch norm, the residual
+/// connection (if any) and a ReLU.
+#[derive(Clone, Copy)]
 pub(super) struct AffineRelu<'a, T> {
     pub(super) scale: &'a [T],
     pub(super) shift: &'a [T],
+    /// `[B, O, Ho, Wo]`, added before the ReLU.
+    pub(super) skip: Option<&'a [T]>,
+}
+
+impl<T: Lane> AffineRelu<'_, T> {
+    /// Writes `relu(v·scale[o] + shift[o] + skip)` to `dst`, for `skip` the residual's
+    /// values at `dst`'s place (`at`: its offset in the output).
+    #[inline(always)]
+    fn write(&self, o: usize, at: usize, dst: &mut [T], v: &[T]) {
+        let (a, s) = (self.scale[o], self.shift[o]);
+        match self.skip {
+            None => {
+                for (d, &v) in dst.iter_mut().zip(v) {
+                    *d = relu_value(v * a + s, T::ZERO);
+                }
+            }
+            Some(skip) => {
+                let skip = &skip[at..][..dst.len()];
+                for ((d, &v), &r) in dst.iter_mut().zip(v).zip(skip) {
+                    *d = relu_value(v * a + s + r, T::ZERO);
+                }
+            }
+        }
+    }
 }
 
 /// [`conv`], each output then mapped through `epilogue` in the same pass.
@@ -260,12 +286,17 @@ pub(super) fn conv_then<T: Lane>(
         per_thread,
         out.chunks_mut(per_thread * per_image.max(1)),
         |b0, part| {
+            // This job's images of the residual.
+            let epilogue = epilogue.map(|e| AffineRelu {
+                skip: e.skip.map(|r| &r[b0 * per_image..]),
+                ..e
+            });
             isa.dispatch(ConvImages {
                 x: &x[b0 * g.c * g.h * g.w..],
                 g,
                 w,
                 o,
-                epilogue: epilogue.as_ref(),
+                epilogue,
                 out: part,
             });
         },
@@ -279,7 +310,8 @@ struct ConvImages<'a, T> {
     g: &'a ConvGeom,
     w: &'a [T],
     o: usize,
-    epilogue: Option<&'a AffineRelu<'a, T>>,
+    /// Its `skip` starting at this job's first image.
+    epilogue: Option<AffineRelu<'a, T>>,
     /// `[n, O, Ho, Wo]` for this job's `n` images.
     out: &'a mut [T],
 }
@@ -319,6 +351,7 @@ impl<T: Lane> ConvImages<'_, T> {
         if g.kh * g.kw == 1 && g.ph + g.pw == 0 && hw % tile == 0 {
             // A 1×1 kernel without padding reads the image as it is and writes whole
             // tiles of output: no padded copy, no garbage columns to skip.
+            let mut sums = vec![T::ZERO; tile];
             for (image, y) in out.chunks_exact_mut(o * hw).enumerate() {
                 let xi = &x[image * g.c * hw..][..g.c * hw];
                 for (block, wb) in packed.chunks_exact(g.c * OB).enumerate() {
@@ -332,14 +365,19 @@ impl<T: Lane> ConvImages<'_, T> {
                         let acc = tile.by_rows::<S, OB, NV, 1>(simd, &[0]);
                         for (k, acc) in acc.iter().enumerate().take(o - block * OB) {
                             let oo = block * OB + k;
-                            let dst = &mut y[oo * hw + p0..][..NV * lanes::<S, T>()];
-                            for (v, &a) in acc.iter().enumerate() {
-                                store::<S, T>(&mut dst[v * lanes::<S, T>()..], a);
-                            }
-                            if let Some(e) = epilogue {
-                                let (a, s) = (e.scale[oo], e.shift[oo]);
-                                for d in dst.iter_mut() {
-                                    *d = relu_value(*d * a + s, T::ZERO);
+                            let at = oo * hw + p0;
+                            let dst = &mut y[at..][..NV * lanes::<S, T>()];
+                            match &epilogue {
+                                None => {
+                                    for (v, &a) in acc.iter().enumerate() {
+                                        store::<S, T>(&mut dst[v * lanes::<S, T>()..], a);
+                                    }
+                                }
+                                Some(e) => {
+                                    for (v, &a) in acc.iter().enumerate() {
+                                        store::<S, T>(&mut sums[v * lanes::<S, T>()..], a);
+                                    }
+                                    e.write(oo, image * o * hw + at, dst, &sums);
                                 }
                             }
                         }
@@ -380,15 +418,9 @@ impl<T: Lane> ConvImages<'_, T> {
                     let channel = &mut y[oo * ho * wo..][..ho * wo];
                     for (r, line) in channel.chunks_exact_mut(wo).enumerate() {
                         let src = &tiles[k * stride + r * flat.row..][..wo];
-                        match epilogue {
+                        match &epilogue {
                             None => copy_row(line, src),
-                            Some(e) => {
-                                let (a, s) = (e.scale[oo], e.shift[oo]);
-                                for (d, &v) in line.iter_mut().zip(src) {
-                                    let t = v * a + s;
-                                    *d = relu_value(t, T::ZERO);
-                                }
-                            }
+                            Some(e) => e.write(oo, ((image * o + oo) * ho + r) * wo, line, src),
                         }
                     }
                 }
