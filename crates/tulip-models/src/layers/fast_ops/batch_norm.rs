@@ -23,8 +23,8 @@ use candle_core::{
 
 use super::{
     bcs, block_sum, centre, channel_dot, channel_mean, channel_planes, channel_sum, contiguous,
-    first_order_only, float_dispatch, parameter_gradients_wanted, per_channel, planes_on_threads,
-    relu_value, through_relu,
+    first_order_only, float_dispatch, map_planes, parameter_gradients_wanted, per_channel,
+    planes_on_threads, relu_value, through_relu, zip_planes,
 };
 
 /// `Σ u·(v − m)` with eight independent accumulators (so it vectorises), returned in f64.
@@ -207,17 +207,14 @@ impl BatchNormTrain {
             .into_iter()
             .map(|[m, a, s]| (T::from_f64(m), T::from_f64(a), T::from_f64(s)))
             .collect();
-        let mut y = Vec::with_capacity(b * c * sz);
-        let zero = T::from_f64(0.0);
-        for (i, plane) in x.chunks_exact(sz.max(1)).enumerate().take(b * c) {
+        let relu = self.relu;
+        let y = map_planes(&x[..b * c * sz], sz, |i, x, y| {
             let (m, a, s) = coefs[i % c];
-            let values = plane.iter().map(|&v| (v - m) * a + s);
-            if self.relu {
-                y.extend(values.map(|v| relu_value(v, zero)));
-            } else {
-                y.extend(values);
+            let values = x.iter().map(|&v| (v - m) * a + s);
+            for (y, v) in y.iter_mut().zip(values) {
+                *y = if relu { relu_value(v, T::zero()) } else { v };
             }
-        }
+        });
         Ok((T::to_cpu_storage_owned(y), xl.shape().clone()))
     }
 
@@ -288,14 +285,20 @@ impl BatchNormTrain {
             )
         };
         let coefs: Vec<_> = (0..c).map(coef).collect();
-        let mut dx = Vec::with_capacity(x.len());
-        let mut gp = Vec::with_capacity(sz);
-        for i in 0..b * c {
+        let relu = self.relu;
+        let dx = zip_planes(&x, &g, sz, |i, x, g, dx| {
             let (a, k, m, z) = coefs[i % c];
-            dy_plane(i, &mut gp);
-            let terms = plane(&x, sz, i).iter().zip(&gp);
-            dx.extend(terms.map(|(&xv, &gv)| gv * a + (xv - m) * k + z));
-        }
+            // The mask as `dy_plane`'s, in the forward's arithmetic.
+            let (_, fa, fs) = affine[i % c];
+            for (dx, (&xv, &gv)) in dx.iter_mut().zip(x.iter().zip(g)) {
+                let gv = if !relu || (xv - m) * fa + fs > T::zero() {
+                    gv
+                } else {
+                    T::zero()
+                };
+                *dx = gv * a + (xv - m) * k + z;
+            }
+        });
         let cpu = Device::Cpu;
         Ok((
             Tensor::from_vec(dx, xl.shape(), &cpu)?,
