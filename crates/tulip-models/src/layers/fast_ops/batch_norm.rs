@@ -546,13 +546,21 @@ impl BatchNormInputGradient {
                 (T::from_f64(a), T::from_f64(k), T::from_f64(-a * st.m_g))
             })
             .collect();
-        let mut dx = Vec::with_capacity(b * c * sz);
-        let (mut dy, mut xc) = (Vec::with_capacity(sz), Vec::with_capacity(sz));
-        for i in 0..b * c {
+        let relu = planes.relu;
+        let dx = zip_planes(&g[..b * c * sz], &x[..b * c * sz], sz, |i, g, x, dx| {
             let (a, k, z) = coefs[i % c];
-            planes.fill(i, &mut dy, &mut xc);
-            dx.extend(dy.iter().zip(&xc).map(|(&g, &x)| g * a + x * k + z));
-        }
+            // `dy` and `xc` as `planes.fill` forms them.
+            let (m, am, s) = planes.affine[i % c];
+            for (dx, (&g, &x)) in dx.iter_mut().zip(g.iter().zip(x)) {
+                let xc = x - m;
+                let dy = if !relu || xc * am + s > T::zero() {
+                    g
+                } else {
+                    T::zero()
+                };
+                *dx = dy * a + xc * k + z;
+            }
+        });
         Ok((T::to_cpu_storage_owned(dx), gl.shape().clone()))
     }
 
