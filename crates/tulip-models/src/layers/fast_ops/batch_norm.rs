@@ -45,26 +45,50 @@ fn centred_dot<T: WithDType>(u: &[T], v: &[T], m: T) -> f64 {
     acc.iter().map(|a| a.to_f64()).sum::<f64>() + rest
 }
 
-/// `[Σu, Σu·v, Σv²]` over one plane of `u` and `v`, eight accumulators each (so that it
-/// vectorises), in f64.
-fn pair_sums<T: WithDType>(u: &[T], v: &[T]) -> [f64; 3] {
-    let zero = T::from_f64(0.0);
-    let (mut su, mut suv, mut svv) = ([zero; 8], [zero; 8], [zero; 8]);
-    for (cu, cv) in u.chunks_exact(8).zip(v.chunks_exact(8)) {
-        let (cu, cv): (&[T; 8], &[T; 8]) = (eight(cu), eight(cv));
+/// One plane's `[Σdy, Σdy·xc, Σxc², Σxc]` and, if `WEIGHTED`, `[Σḡ, Σḡ·dy, Σḡ·xc]` (zeros
+/// otherwise), with `(dy, xc) = form(g, x)` element by element: one pass over the inputs
+/// (forming `dy` and `xc` into buffers first, then summing them, took two more), eight
+/// accumulators each so that it vectorises, in f64.
+fn plane_sums<T: WithDType, const WEIGHTED: bool>(
+    g: &[T],
+    x: &[T],
+    gr: &[T],
+    form: impl Fn(T, T) -> (T, T),
+) -> [f64; 7] {
+    let mut acc = [[T::zero(); 8]; 7];
+    let chunks = g
+        .chunks_exact(8)
+        .zip(x.chunks_exact(8))
+        .zip(gr.chunks_exact(8));
+    for ((cg, cx), cr) in chunks {
+        let (cg, cx, cr) = (eight(cg), eight(cx), eight(cr));
         for k in 0..8 {
-            su[k] += cu[k];
-            suv[k] += cu[k] * cv[k];
-            svv[k] += cv[k] * cv[k];
+            let (dy, xc) = form(cg[k], cx[k]);
+            acc[0][k] += dy;
+            acc[1][k] += dy * xc;
+            acc[2][k] += xc * xc;
+            acc[3][k] += xc;
+            if WEIGHTED {
+                acc[4][k] += cr[k];
+                acc[5][k] += cr[k] * dy;
+                acc[6][k] += cr[k] * xc;
+            }
         }
     }
-    let tail = u.len() / 8 * 8;
-    let mut sums = [su, suv, svv].map(|a| a.iter().map(|v| v.to_f64()).sum::<f64>());
-    for (&a, &b) in u[tail..].iter().zip(&v[tail..]) {
-        let (a, b) = (a.to_f64(), b.to_f64());
-        sums[0] += a;
-        sums[1] += a * b;
-        sums[2] += b * b;
+    let mut sums = acc.map(|a| a.iter().map(|v| v.to_f64()).sum::<f64>());
+    let tail = g.len() / 8 * 8;
+    for ((&g, &x), &r) in g[tail..].iter().zip(&x[tail..]).zip(&gr[tail..]) {
+        let (dy, xc) = form(g, x);
+        let (dy, xc, r) = (dy.to_f64(), xc.to_f64(), r.to_f64());
+        sums[0] += dy;
+        sums[1] += dy * xc;
+        sums[2] += xc * xc;
+        sums[3] += xc;
+        if WEIGHTED {
+            sums[4] += r;
+            sums[5] += r * dy;
+            sums[6] += r * xc;
+        }
     }
     sums
 }
@@ -72,33 +96,6 @@ fn pair_sums<T: WithDType>(u: &[T], v: &[T]) -> [f64; 3] {
 /// A chunk of `chunks_exact(8)` as an array, so that its loop needs no bounds checks.
 fn eight<T>(chunk: &[T]) -> &[T; 8] {
     chunk.try_into().expect("a chunk of 8")
-}
-
-/// `[Σg, Σg·u, Σg·v]` over one plane of `g`, `u` and `v`, as [`pair_sums`].
-fn weighted_sums<T: WithDType>(g: &[T], u: &[T], v: &[T]) -> [f64; 3] {
-    let zero = T::from_f64(0.0);
-    let (mut sg, mut sgu, mut sgv) = ([zero; 8], [zero; 8], [zero; 8]);
-    let chunks = g
-        .chunks_exact(8)
-        .zip(u.chunks_exact(8))
-        .zip(v.chunks_exact(8));
-    for ((cg, cu), cv) in chunks {
-        let (cg, cu, cv) = (eight(cg), eight(cu), eight(cv));
-        for k in 0..8 {
-            sg[k] += cg[k];
-            sgu[k] += cg[k] * cu[k];
-            sgv[k] += cg[k] * cv[k];
-        }
-    }
-    let tail = g.len() / 8 * 8;
-    let mut sums = [sg, sgu, sgv].map(|a| a.iter().map(|v| v.to_f64()).sum::<f64>());
-    for ((&w, &a), &b) in g[tail..].iter().zip(&u[tail..]).zip(&v[tail..]) {
-        let (w, a, b) = (w.to_f64(), a.to_f64(), b.to_f64());
-        sums[0] += w;
-        sums[1] += w * a;
-        sums[2] += w * b;
-    }
-    sums
 }
 
 /// Plane `i` (of `sz` elements) of a `[B, C, S]` tensor's data.
@@ -439,20 +436,15 @@ struct InputGradientPlanes<'a, T> {
 }
 
 impl<T: WithDType> InputGradientPlanes<'_, T> {
-    /// Plane `i`'s `dy` and `xc`, into the two buffers.
-    fn fill(&self, i: usize, dy: &mut Vec<T>, xc: &mut Vec<T>) {
-        let (m, a, s) = self.affine[i % self.c];
-        let (g, x) = (plane(self.g, self.sz, i), plane(self.x, self.sz, i));
-        xc.clear();
-        xc.extend(x.iter().map(|&v| v - m));
-        dy.clear();
-        if self.relu {
-            // The forward's ReLU input, `(x − μ)·a + β`, in the forward's arithmetic.
-            let zero = T::from_f64(0.0);
-            let masked = g.iter().zip(xc.iter());
-            dy.extend(masked.map(|(&g, &v)| if v * a + s > zero { g } else { zero }));
-        } else {
-            dy.extend_from_slice(g);
+    /// `(dy, xc)` of an element `(g, x)` of channel `ci`: `xc = x − μ`, and `dy = g` where
+    /// the forward's ReLU input `xc·a + β` was positive (in its arithmetic), 0 elsewhere.
+    /// (`move`, so that the loops it is inlined into keep the coefficients in registers.)
+    fn form(&self, ci: usize) -> impl Fn(T, T) -> (T, T) + Copy {
+        let ((m, a, s), relu) = (self.affine[ci], self.relu);
+        move |g, x| {
+            let xc = x - m;
+            let open = !relu || xc * a + s > T::zero();
+            (if open { g } else { T::zero() }, xc)
         }
     }
 
@@ -460,16 +452,14 @@ impl<T: WithDType> InputGradientPlanes<'_, T> {
     /// op's output) also `[Σḡ, Σḡ·dy, Σḡ·xc]`, in f64.
     fn channel_sums(&self, gr: Option<&[T]>) -> Vec<[f64; 7]> {
         per_channel(self.c, |ci| {
-            let (mut dy, mut xc) = (Vec::with_capacity(self.sz), Vec::with_capacity(self.sz));
+            let form = self.form(ci);
             let mut total = [0.0; 7];
             for i in (0..self.b).map(|bi| bi * self.c + ci) {
-                self.fill(i, &mut dy, &mut xc);
-                let [p, q, r] = pair_sums(&dy, &xc);
-                let [u, v, w] = match gr {
-                    Some(gr) => weighted_sums(plane(gr, self.sz, i), &dy, &xc),
-                    None => [0.0; 3],
+                let (g, x) = (plane(self.g, self.sz, i), plane(self.x, self.sz, i));
+                let part = match gr {
+                    Some(gr) => plane_sums::<T, true>(g, x, plane(gr, self.sz, i), form),
+                    None => plane_sums::<T, false>(g, x, x, form),
                 };
-                let part = [p, q, r, block_sum(&xc), u, v, w];
                 for (t, p) in total.iter_mut().zip(part) {
                     *t += p;
                 }
@@ -546,18 +536,10 @@ impl BatchNormInputGradient {
                 (T::from_f64(a), T::from_f64(k), T::from_f64(-a * st.m_g))
             })
             .collect();
-        let relu = planes.relu;
         let dx = zip_planes(&g[..b * c * sz], &x[..b * c * sz], sz, |i, g, x, dx| {
-            let (a, k, z) = coefs[i % c];
-            // `dy` and `xc` as `planes.fill` forms them.
-            let (m, am, s) = planes.affine[i % c];
+            let ((a, k, z), form) = (coefs[i % c], planes.form(i % c));
             for (dx, (&g, &x)) in dx.iter_mut().zip(g.iter().zip(x)) {
-                let xc = x - m;
-                let dy = if !relu || xc * am + s > T::zero() {
-                    g
-                } else {
-                    T::zero()
-                };
+                let (dy, xc) = form(g, x);
                 *dx = dy * a + xc * k + z;
             }
         });
@@ -609,21 +591,17 @@ impl BatchNormInputGradient {
             // ∂/∂dy = ḡ·a + xc·k + z
             coefs.push([a, -a * s2 * g2 / n, -a * g0 / n, p, q, r, -mean].map(T::from_f64));
         }
-        let zero = T::from_f64(0.0);
         let [dg, dx] = planes_on_threads(b * c, sz, |i, [dg, dx]| {
             let [a, k, z, p, q, r, t] = coefs[i % c];
-            let (mut dy, mut xc) = (Vec::with_capacity(sz), Vec::with_capacity(sz));
-            planes.fill(i, &mut dy, &mut xc);
-            let gr = plane(&gr, sz, i);
-            let (_, am, s) = planes.affine[i % c];
-            for (d, (&gr, &x)) in dg.iter_mut().zip(gr.iter().zip(&xc)) {
+            let (form, (_, am, s)) = (planes.form(i % c), planes.affine[i % c]);
+            let (g, x, gr) = (plane(&gd, sz, i), plane(&xd, sz, i), plane(&gr, sz, i));
+            let inputs = g.iter().zip(x).zip(gr);
+            for ((dg, dx), ((&g, &x), &gr)) in dg.iter_mut().zip(dx.iter_mut()).zip(inputs) {
+                let (dy, xc) = form(g, x);
                 // Masked as dy was: zero where the ReLU's input was not positive.
-                let open = !planes.relu || x * am + s > zero;
-                *d = if open { gr * a + x * k + z } else { zero };
-            }
-            let terms = gr.iter().zip(&dy).zip(&xc);
-            for (d, ((&gr, &u), &x)) in dx.iter_mut().zip(terms) {
-                *d = gr * p + u * q + x * r + t;
+                let open = !planes.relu || xc * am + s > T::zero();
+                *dg = if open { gr * a + xc * k + z } else { T::zero() };
+                *dx = gr * p + dy * q + xc * r + t;
             }
         });
         let cpu = &Device::Cpu;
