@@ -22,7 +22,7 @@ use candle_core::{
 };
 
 use super::{
-    bcs, block_sum, centre, channel_dot, channel_mean, channel_planes, channel_sum, contiguous,
+    bcs, centre, channel_dot, channel_mean, channel_planes, channel_sum, contiguous,
     first_order_only, float_dispatch, map_planes, parameter_gradients_wanted, per_channel,
     planes_on_threads, relu_value, through_relu, zip_planes,
 };
@@ -43,6 +43,19 @@ fn centred_dot<T: WithDType>(u: &[T], v: &[T], m: T) -> f64 {
         .map(|(&x, &y)| (x * (y - m)).to_f64())
         .sum();
     acc.iter().map(|a| a.to_f64()).sum::<f64>() + rest
+}
+
+/// `(dy, xc)` of an element `(g, x)` of a channel whose forward pass had `(μ, a, β)`:
+/// `xc = x − μ`, and `dy = g` where that pass's ReLU input `xc·a + β` was positive (in its
+/// arithmetic, so the mask is bit for bit the forward's), 0 elsewhere; `dy = g` without
+/// the ReLU. (`move`, so that the loops it is inlined into keep the coefficients in
+/// registers: a captured reference is reloaded for every element, unvectorised.)
+fn form<T: WithDType>((m, a, s): (T, T, T), relu: bool) -> impl Fn(T, T) -> (T, T) + Copy {
+    move |g, x| {
+        let xc = x - m;
+        let open = !relu || xc * a + s > T::zero();
+        (if open { g } else { T::zero() }, xc)
+    }
 }
 
 /// One plane's `[Σdy, Σdy·xc, Σxc², Σxc]` and, if `WEIGHTED`, `[Σḡ, Σḡ·dy, Σḡ·xc]` (zeros
@@ -242,30 +255,15 @@ impl BatchNormTrain {
             bail!("batch norm: fused backward on the CPU only");
         };
         let (x, g) = (contiguous::<T>(xs, xl)?, contiguous::<T>(gs, gl)?);
-        let zero = T::from_f64(0.0);
-        // Plane `i` of dy, through the ReLU's mask (into `buf`) if it has one.
-        let dy_plane = |i: usize, buf: &mut Vec<T>| {
-            buf.clear();
-            let gp = plane(&g, sz, i);
-            if self.relu {
-                let (m, a, s) = affine[i % c];
-                let masked = gp.iter().zip(plane(&x, sz, i));
-                buf.extend(masked.map(|(&g, &v)| if (v - m) * a + s > zero { g } else { zero }));
-            } else {
-                buf.extend_from_slice(gp);
-            }
-        };
-        // Σ dy and Σ dy·(x − μ), per channel.
+        // Σ dy and Σ dy·(x − μ), per channel, in one pass over each plane.
         let sums = per_channel(c, |ci| {
-            let m = T::from_f64(self.mean[ci]);
-            let mut gp = Vec::with_capacity(sz);
-            let (mut sum, mut dot) = (0.0, 0.0);
-            for bi in 0..b {
-                dy_plane(bi * c + ci, &mut gp);
-                sum += block_sum(&gp);
-                dot += centred_dot(&gp, plane(&x, sz, bi * c + ci), m);
-            }
-            (sum, dot)
+            let form = form(affine[ci], self.relu);
+            let planes = (0..b).map(|bi| bi * c + ci);
+            let sums = planes.map(|i| {
+                let (g, x) = (plane(&g, sz, i), plane(&x, sz, i));
+                plane_sums::<T, false>(g, x, x, form)
+            });
+            sums.fold((0.0, 0.0), |(sum, dot), p| (sum + p[0], dot + p[1]))
         });
         let (dbeta, dot): (Vec<f64>, Vec<f64>) = sums.into_iter().unzip();
         let dgamma: Vec<f64> = dot.iter().zip(&self.inv_std).map(|(d, s)| d * s).collect();
@@ -274,26 +272,14 @@ impl BatchNormTrain {
             let a = w[ci] * self.inv_std[ci];
             let k = -a * dgamma[ci] * self.inv_std[ci] / n;
             let z = -a * dbeta[ci] / n;
-            (
-                T::from_f64(a),
-                T::from_f64(k),
-                T::from_f64(self.mean[ci]),
-                T::from_f64(z),
-            )
+            (T::from_f64(a), T::from_f64(k), T::from_f64(z))
         };
         let coefs: Vec<_> = (0..c).map(coef).collect();
-        let relu = self.relu;
         let dx = zip_planes(&x, &g, sz, |i, x, g, dx| {
-            let (a, k, m, z) = coefs[i % c];
-            // The mask as `dy_plane`'s, in the forward's arithmetic.
-            let (_, fa, fs) = affine[i % c];
-            for (dx, (&xv, &gv)) in dx.iter_mut().zip(x.iter().zip(g)) {
-                let gv = if !relu || (xv - m) * fa + fs > T::zero() {
-                    gv
-                } else {
-                    T::zero()
-                };
-                *dx = gv * a + (xv - m) * k + z;
+            let ((a, k, z), form) = (coefs[i % c], form(affine[i % c], self.relu));
+            for (dx, (&x, &g)) in dx.iter_mut().zip(x.iter().zip(g)) {
+                let (dy, xc) = form(g, x);
+                *dx = dy * a + xc * k + z;
             }
         });
         let cpu = Device::Cpu;
@@ -436,16 +422,9 @@ struct InputGradientPlanes<'a, T> {
 }
 
 impl<T: WithDType> InputGradientPlanes<'_, T> {
-    /// `(dy, xc)` of an element `(g, x)` of channel `ci`: `xc = x − μ`, and `dy = g` where
-    /// the forward's ReLU input `xc·a + β` was positive (in its arithmetic), 0 elsewhere.
-    /// (`move`, so that the loops it is inlined into keep the coefficients in registers.)
+    /// [`form`] for channel `ci`.
     fn form(&self, ci: usize) -> impl Fn(T, T) -> (T, T) + Copy {
-        let ((m, a, s), relu) = (self.affine[ci], self.relu);
-        move |g, x| {
-            let xc = x - m;
-            let open = !relu || xc * a + s > T::zero();
-            (if open { g } else { T::zero() }, xc)
-        }
+        form(self.affine[ci], self.relu)
     }
 
     /// `[Σdy, Σdy·xc, Σxc², Σxc]` per channel, and with `gr` (the gradient reaching the
