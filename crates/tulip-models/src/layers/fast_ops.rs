@@ -336,11 +336,29 @@ fn zip_map<T: WithDType>(
     what: &str,
     (xs, xl): (&CpuStorage, &Layout),
     (ys, yl): (&CpuStorage, &Layout),
-    f: impl Fn(T, T) -> T,
+    f: impl Fn(T, T) -> T + Sync,
 ) -> Result<(CpuStorage, Shape)> {
     same_dims(what, xl, yl)?;
-    let (x, y) = (contiguous::<T>(xs, xl)?, contiguous::<T>(ys, yl)?);
-    let out: Vec<T> = x.iter().zip(y.iter()).map(|(&a, &b)| f(a, b)).collect();
+    let (x, y) = (T::cpu_storage_as_slice(xs)?, T::cpu_storage_as_slice(ys)?);
+    // On the threads without a zero fill, as `map_planes`. (`f` must capture by value: a
+    // captured reference is reloaded for every element and the loop is not vectorised.)
+    let out = binary_map_vec_par(
+        xl,
+        yl,
+        x,
+        y,
+        &f,
+        |a, b, out| {
+            for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+                *o = f(a, b);
+            }
+        },
+        |b, a, out| {
+            for (o, &a) in out.iter_mut().zip(a) {
+                *o = f(a, b);
+            }
+        },
+    );
     Ok((T::to_cpu_storage_owned(out), xl.shape().clone()))
 }
 
@@ -656,9 +674,13 @@ impl CustomOp3 for ChannelAffine {
 struct Relu;
 
 fn relu_cpu<T: WithDType>(s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-    let x = contiguous::<T>(s, l)?;
-    let zero = T::from_f64(0.0);
-    let out: Vec<T> = x.iter().map(|&v| relu_value(v, zero)).collect();
+    let f = |v| relu_value(v, T::zero());
+    // On the threads without a zero fill, as `map_planes`.
+    let out = unary_map_vec_par(T::cpu_storage_as_slice(s)?, l, f, |x, out| {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = f(v);
+        }
+    });
     Ok((T::to_cpu_storage_owned(out), l.shape().clone()))
 }
 
@@ -684,7 +706,7 @@ fn relu_mask_cpu<T: WithDType>(
     xl: &Layout,
 ) -> Result<(CpuStorage, Shape)> {
     let zero = T::from_f64(0.0);
-    zip_map("relu_mask", (gs, gl), (xs, xl), |g: T, x: T| {
+    zip_map("relu_mask", (gs, gl), (xs, xl), move |g: T, x: T| {
         if x > zero {
             g
         } else {
@@ -746,7 +768,7 @@ fn add_relu_cpu<T: WithDType>(
     yl: &Layout,
 ) -> Result<(CpuStorage, Shape)> {
     let zero = T::from_f64(0.0);
-    zip_map("add_relu", (xs, xl), (ys, yl), |a: T, b: T| {
+    zip_map("add_relu", (xs, xl), (ys, yl), move |a: T, b: T| {
         relu_value(a + b, zero)
     })
 }
