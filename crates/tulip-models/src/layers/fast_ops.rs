@@ -1082,6 +1082,23 @@ pub(super) mod tests {
         }
     }
 
+    /// The element-wise ops on inputs large enough for Candle's parallel maps (from 64Ki
+    /// elements), one of them a strided view, against Candle's compositions.
+    #[test]
+    fn elementwise_ops_match_candle_on_large_and_strided_inputs() {
+        let x = randn(&[2, 4, 100, 100], 61);
+        let y = randn(&[2, 4, 100, 100], 62).transpose(2, 3).unwrap();
+        let z = randn(&[2, 4, 100, 100], 63);
+        for (a, b) in [(&x, &z), (&x, &y), (&y, &x), (&x, &x)] {
+            let sum = (a + b).unwrap().relu().unwrap();
+            assert_eq!(max_diff(&add_relu(a, b).unwrap(), &sum), 0.0);
+            assert_eq!(max_diff(&relu(a).unwrap(), &a.relu().unwrap()), 0.0);
+            let open = b.gt(0.0).unwrap().to_dtype(a.dtype()).unwrap();
+            let masked = (a * open).unwrap();
+            assert_eq!(max_diff(&relu_mask(a, b).unwrap(), &masked), 0.0);
+        }
+    }
+
     #[test]
     fn relu_matches_candle_to_second_order_and_finite_differences() {
         second_order_on();
