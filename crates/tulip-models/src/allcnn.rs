@@ -27,7 +27,7 @@ impl ConvUnit {
     }
 
     fn forward(&self, x: &Tensor, mode: Mode) -> CResult<Tensor> {
-        layers::conv_bn_relu(&self.conv, self.bn.as_ref(), x, mode)
+        layers::conv_bn_relu(&self.conv, self.bn.as_ref(), x, None, mode)
     }
 }
 

@@ -93,12 +93,12 @@ impl ConvBn {
     /// `relu(self.forward(x))`, the ReLU fused into the batch norm where there is one, and
     /// in evaluation mode both into the convolution.
     fn forward_relu(&self, x: &Tensor, mode: Mode) -> CResult<Tensor> {
-        layers::conv_bn_relu(&self.conv, self.bn.as_ref(), x, mode)
+        layers::conv_bn_relu(&self.conv, self.bn.as_ref(), x, None, mode)
     }
 
     /// `relu(self.forward(x) + skip)`, in evaluation mode fused into the convolution.
     fn forward_add_relu(&self, x: &Tensor, skip: &Tensor, mode: Mode) -> CResult<Tensor> {
-        layers::conv_bn_add_relu(&self.conv, self.bn.as_ref(), x, skip, mode)
+        layers::conv_bn_relu(&self.conv, self.bn.as_ref(), x, Some(skip), mode)
     }
 }
 

@@ -1,8 +1,6 @@
 use candle_core::{Result as CResult, Tensor};
 
-use super::fast_ops::{
-    add_relu, channel_affine, channel_affine_relu, conv2d_affine_relu, conv2d_s1,
-};
+use super::fast_ops::{channel_affine, channel_affine_add_relu, conv2d_affine_relu, conv2d_s1};
 use crate::params::{Init, ParamBuilder};
 use crate::Result;
 
@@ -166,11 +164,7 @@ impl Conv2d {
         if fusable {
             return conv2d_affine_relu(x, &self.weight, scale, shift, skip, cfg.padding);
         }
-        let y = self.forward(x)?;
-        match skip {
-            None => channel_affine_relu(&y, scale, shift),
-            Some(skip) => add_relu(&channel_affine(&y, scale, shift)?, skip),
-        }
+        channel_affine_add_relu(&self.forward(x)?, scale, shift, skip)
     }
 }
 

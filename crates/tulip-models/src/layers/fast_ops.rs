@@ -992,6 +992,23 @@ pub fn channel_affine_relu(x: &Tensor, a: &Tensor, s: &Tensor) -> Result<Tensor>
     }
 }
 
+/// `relu(x·a_c + s_c [+ skip])`: [`channel_affine_relu`], or with a residual `skip` the
+/// affine map and [`add_relu`]. The unfused form of `conv2d_affine_relu`'s epilogue.
+///
+/// # Errors
+/// Fails on a shape mismatch.
+pub fn channel_affine_add_relu(
+    x: &Tensor,
+    a: &Tensor,
+    s: &Tensor,
+    skip: Option<&Tensor>,
+) -> Result<Tensor> {
+    match skip {
+        None => channel_affine_relu(x, a, s),
+        Some(skip) => add_relu(&channel_affine(x, a, s)?, skip),
+    }
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;

@@ -51,44 +51,27 @@ pub fn relu(x: &Tensor, mode: Mode) -> Result<Tensor> {
     }
 }
 
-/// `relu(bn(conv(x)))` (`relu(conv(x))` without batch norm), fused as far as `mode`
-/// allows: the ReLU into the batch norm, and in evaluation mode both into the convolution.
+/// `relu(bn(conv(x)) [+ skip])` (without batch norm `relu(conv(x) [+ skip])`; `skip` a
+/// residual connection), fused as far as `mode` allows: a ReLU without `skip` into the
+/// batch norm, and in evaluation mode everything into the convolution.
 pub fn conv_bn_relu(
     conv: &Conv2d,
     bn: Option<&BatchNorm>,
     x: &Tensor,
+    skip: Option<&Tensor>,
     mode: Mode,
 ) -> Result<Tensor> {
     if let (Some(bn), Mode::Eval) = (bn, mode) {
         let (scale, shift) = bn.eval_affine()?;
-        return conv.forward_affine_relu(x, &scale, &shift, None);
+        return conv.forward_affine_relu(x, &scale, &shift, skip);
     }
     let y = conv.forward(x)?;
-    match bn {
-        Some(bn) => bn.forward_relu(&y, mode),
-        None => relu(&y, mode),
+    match (bn, skip) {
+        (Some(bn), None) => bn.forward_relu(&y, mode),
+        (None, None) => relu(&y, mode),
+        (Some(bn), Some(skip)) => add_relu(skip, &bn.forward(&y, mode)?, mode),
+        (None, Some(skip)) => add_relu(skip, &y, mode),
     }
-}
-
-/// `relu(bn(conv(x)) + skip)` (without batch norm `relu(conv(x) + skip)`), the end of a
-/// residual block; in evaluation mode one pass, fused into the convolution.
-pub fn conv_bn_add_relu(
-    conv: &Conv2d,
-    bn: Option<&BatchNorm>,
-    x: &Tensor,
-    skip: &Tensor,
-    mode: Mode,
-) -> Result<Tensor> {
-    if let (Some(bn), Mode::Eval) = (bn, mode) {
-        let (scale, shift) = bn.eval_affine()?;
-        return conv.forward_affine_relu(x, &scale, &shift, Some(skip));
-    }
-    let y = conv.forward(x)?;
-    let y = match bn {
-        Some(bn) => bn.forward(&y, mode)?,
-        None => y,
-    };
-    add_relu(skip, &y, mode)
 }
 
 /// `relu(x + y)`, the end of a residual block, in one pass; `x + y` in linearised mode.

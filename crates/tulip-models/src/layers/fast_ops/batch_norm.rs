@@ -45,16 +45,31 @@ fn centred_dot<T: WithDType>(u: &[T], v: &[T], m: T) -> f64 {
     acc.iter().map(|a| a.to_f64()).sum::<f64>() + rest
 }
 
-/// `(dy, xc)` of an element `(g, x)` of a channel whose forward pass had `(μ, a, β)`:
-/// `xc = x − μ`, and `dy = g` where that pass's ReLU input `xc·a + β` was positive (in its
-/// arithmetic, so the mask is bit for bit the forward's), 0 elsewhere; `dy = g` without
-/// the ReLU. (`move`, so that the loops it is inlined into keep the coefficients in
-/// registers: a captured reference is reloaded for every element, unvectorised.)
-fn form<T: WithDType>((m, a, s): (T, T, T), relu: bool) -> impl Fn(T, T) -> (T, T) + Copy {
+/// Per channel `(μ, a, β)` rounded to the data's type, as the forward pass uses them.
+fn in_type<T: WithDType>(affine: &[[f64; 3]]) -> Vec<(T, T, T)> {
+    let round = T::from_f64;
+    affine
+        .iter()
+        .map(|&[m, a, s]| (round(m), round(a), round(s)))
+        .collect()
+}
+
+/// Whether the forward pass's ReLU let an element through, from its `xc = x − μ` in a
+/// channel with `(μ, a, β)`: where its input `xc·a + β` was positive, in that pass's
+/// arithmetic (so the mask is bit for bit the forward's); everywhere without the ReLU.
+fn opens<T: WithDType>((_, a, s): (T, T, T), relu: bool) -> impl Fn(T) -> bool + Copy {
+    move |xc| !relu || xc * a + s > T::zero()
+}
+
+/// `(dy, xc)` of an element `(g, x)` of a channel with `(μ, a, β)`: `xc = x − μ`, and
+/// `dy = g` where the ReLU [`opens`], 0 elsewhere. (`move`, so that the loops it is
+/// inlined into keep the coefficients in registers: a captured reference is reloaded for
+/// every element, unvectorised.)
+fn form<T: WithDType>(affine: (T, T, T), relu: bool) -> impl Fn(T, T) -> (T, T) + Copy {
+    let (m, open) = (affine.0, opens(affine, relu));
     move |g, x| {
         let xc = x - m;
-        let open = !relu || xc * a + s > T::zero();
-        (if open { g } else { T::zero() }, xc)
+        (if open(xc) { g } else { T::zero() }, xc)
     }
 }
 
@@ -212,11 +227,7 @@ impl BatchNormTrain {
         // that a large mean does not cost precision (x·a + (β − μ·a) loses ~log₂(|μ|/σ)
         // bits, enough to fail the penalty's finite-difference test).
         let to_f64 = |v: &[T]| v.iter().map(|v| v.to_f64()).collect::<Vec<_>>();
-        let coefs: Vec<(T, T, T)> = self
-            .affine(&to_f64(&w), &to_f64(&bias))
-            .into_iter()
-            .map(|[m, a, s]| (T::from_f64(m), T::from_f64(a), T::from_f64(s)))
-            .collect();
+        let coefs = in_type::<T>(&self.affine(&to_f64(&w), &to_f64(&bias)));
         let relu = self.relu;
         let y = map_planes(&x[..b * c * sz], sz, |i, x, y| {
             let (m, a, s) = coefs[i % c];
@@ -243,11 +254,7 @@ impl BatchNormTrain {
         let n = (b * sz).max(1) as f64;
         let to_f64 = |t: &Tensor| t.to_dtype(DType::F64)?.to_vec1::<f64>();
         let w = to_f64(weight)?;
-        let affine: Vec<(T, T, T)> = self
-            .affine(&w, &to_f64(bias)?)
-            .into_iter()
-            .map(|[m, a, s]| (T::from_f64(m), T::from_f64(a), T::from_f64(s)))
-            .collect();
+        let affine = in_type::<T>(&self.affine(&w, &to_f64(bias)?));
         let (x, dy) = (x.contiguous()?, dy.contiguous()?);
         let (xs, xl) = x.storage_and_layout();
         let (gs, gl) = dy.storage_and_layout();
@@ -474,7 +481,6 @@ impl BatchNormInputGradient {
                 self.affine.len()
             );
         }
-        let affine = self.affine.iter();
         Ok(InputGradientPlanes {
             g,
             x,
@@ -482,9 +488,7 @@ impl BatchNormInputGradient {
             c,
             sz,
             gamma: w.iter().map(|v| v.to_f64()).collect(),
-            affine: affine
-                .map(|&[m, a, s]| (T::from_f64(m), T::from_f64(a), T::from_f64(s)))
-                .collect(),
+            affine: in_type(&self.affine),
             relu: self.relu,
         })
     }
@@ -572,14 +576,17 @@ impl BatchNormInputGradient {
         }
         let [dg, dx] = planes_on_threads(b * c, sz, |i, [dg, dx]| {
             let [a, k, z, p, q, r, t] = coefs[i % c];
-            let (form, (_, am, s)) = (planes.form(i % c), planes.affine[i % c]);
+            let (form, open) = (planes.form(i % c), opens(planes.affine[i % c], planes.relu));
             let (g, x, gr) = (plane(&gd, sz, i), plane(&xd, sz, i), plane(&gr, sz, i));
             let inputs = g.iter().zip(x).zip(gr);
             for ((dg, dx), ((&g, &x), &gr)) in dg.iter_mut().zip(dx.iter_mut()).zip(inputs) {
                 let (dy, xc) = form(g, x);
-                // Masked as dy was: zero where the ReLU's input was not positive.
-                let open = !planes.relu || xc * am + s > T::zero();
-                *dg = if open { gr * a + xc * k + z } else { T::zero() };
+                // Masked as dy was.
+                *dg = if open(xc) {
+                    gr * a + xc * k + z
+                } else {
+                    T::zero()
+                };
                 *dx = gr * p + dy * q + xc * r + t;
             }
         });

@@ -12,8 +12,7 @@ use candle_core::{
 
 use super::direct_conv::{self, Isa};
 use super::{
-    add_relu, channel_affine, channel_affine_relu, contiguous, float_dispatch,
-    parameter_gradients_wanted, relu_mask,
+    channel_affine_add_relu, contiguous, float_dispatch, parameter_gradients_wanted, relu_mask,
 };
 
 /// The shape of a stride-1 convolution: `b` images of `c × h × w`, a `kh × kw` kernel,
@@ -406,11 +405,7 @@ pub fn conv2d_affine_relu(
 ) -> Result<Tensor> {
     let constants = !(w.track_op() || scale.track_op() || shift.track_op());
     if !x.device().is_cpu() || !constants {
-        let y = conv2d_s1(x, w, padding)?;
-        return match skip {
-            None => channel_affine_relu(&y, scale, shift),
-            Some(skip) => add_relu(&channel_affine(&y, scale, shift)?, skip),
-        };
+        return channel_affine_add_relu(&conv2d_s1(x, w, padding)?, scale, shift, skip);
     }
     let op = ConvAffineRelu {
         padding,
@@ -428,8 +423,8 @@ mod tests {
     use super::*;
     use candle_core::{DType, Var};
 
-    use super::super::input_gradient_only;
     use super::super::tests::randn;
+    use super::super::{channel_affine, input_gradient_only};
     use crate::layers::{max_abs_diff as max_diff, second_order_on};
 
     #[test]
