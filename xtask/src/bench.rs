@@ -37,6 +37,9 @@ const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
     "glibc malloc"
 };
 
+/// Images of the reference max-gradient-norm pass (the test set); fewer are extrapolated.
+const GRADPASS_IMAGES: usize = 10_000;
+
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -52,7 +55,7 @@ pub struct BenchArgs {
     pub steps: usize,
     /// Images of the max-gradient-norm pass (the reference figure is for 10,000; fewer
     /// are extrapolated linearly and marked).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = GRADPASS_IMAGES)]
     pub gradpass_images: usize,
     /// Also run the PyTorch side with this Python (a venv with torch; see
     /// `../shared/bench/README.md`), case by case right after ours, and print the ratios.
@@ -174,7 +177,7 @@ fn run_child(cmd: &mut Command, malloc: &str) -> Result<Measured> {
     let num = |k: &str| raw.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
     // A gradient pass is reported per 10,000 images, as in the issue's table.
     let seconds = match raw.get("kind").and_then(Value::as_str) {
-        Some("gradpass") => num("pass_s") * 10_000.0 / num("images"),
+        Some("gradpass") => num("pass_s") * GRADPASS_IMAGES as f64 / num("images"),
         _ => num("median_s"),
     };
     Ok(Measured {
@@ -216,7 +219,7 @@ fn write_results(args: &BenchArgs, rows: &[(String, Measured, Option<Measured>)]
         "    cargo xtask bench --steps {}{}{}\n\n",
         args.steps,
         match args.gradpass_images {
-            10_000 => String::new(),
+            GRADPASS_IMAGES => String::new(),
             n => format!(" --gradpass-images {n}"),
         },
         if with_torch {
@@ -308,7 +311,7 @@ fn write_results(args: &BenchArgs, rows: &[(String, Measured, Option<Measured>)]
              the CPU; a case whose canary sags well below the others was slowed by the host.\n"
         );
     }
-    if args.gradpass_images != 10_000 {
+    if args.gradpass_images != GRADPASS_IMAGES {
         md += &format!(
             "\nThe gradient pass ran over {} images; its figure per 10k is extrapolated \
              linearly.\n",
@@ -365,7 +368,7 @@ pub struct CaseArgs {
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
     /// Images of the gradient pass.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = GRADPASS_IMAGES)]
     pub gradpass_images: usize,
     /// Fashion-MNIST directory for the nn-attack case.
     #[arg(long)]
