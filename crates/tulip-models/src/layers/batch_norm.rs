@@ -2,7 +2,7 @@ use candle_core::{Result as CResult, Tensor, Var};
 
 use super::fast_ops::{
     batch_norm_train, batch_statistics, channel_affine, channel_affine_relu, channel_dot,
-    channel_sum,
+    channel_sum, ChannelStatistics,
 };
 use super::Mode;
 use crate::params::{Init, ParamBuilder};
@@ -56,7 +56,7 @@ impl BatchNorm {
     /// # Errors
     /// Fails on a shape mismatch.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> CResult<Tensor> {
-        self.normalise(x, mode, false)
+        self.normalise(x, mode, false, None)
     }
 
     /// `relu(self.forward(x, mode))` (the identity for the ReLU in linearised mode), in one
@@ -65,13 +65,25 @@ impl BatchNorm {
     /// # Errors
     /// Fails on a shape mismatch.
     pub fn forward_relu(&self, x: &Tensor, mode: Mode) -> CResult<Tensor> {
-        self.normalise(x, mode, mode != Mode::Linearised)
+        self.normalise(x, mode, mode != Mode::Linearised, None)
     }
 
-    fn normalise(&self, x: &Tensor, mode: Mode, relu: bool) -> CResult<Tensor> {
+    /// [`BatchNorm::forward`] (`relu` false) or [`BatchNorm::forward_relu`] (true); in
+    /// training mode on the CPU with `x`'s per-channel batch mean and variance when the
+    /// caller has them (the convolution that made `x` takes them as it writes it).
+    pub(super) fn normalise(
+        &self,
+        x: &Tensor,
+        mode: Mode,
+        relu: bool,
+        statistics: Option<ChannelStatistics>,
+    ) -> CResult<Tensor> {
         let channels = x.dim(1)?;
         if mode == Mode::Train && x.device().is_cpu() {
-            let (mean, var) = batch_statistics(x)?;
+            let (mean, var) = match statistics {
+                Some(statistics) => statistics,
+                None => batch_statistics(x)?,
+            };
             let n = (x.elem_count() / channels) as f64;
             let as_tensor =
                 |v: &[f64]| Tensor::from_slice(v, channels, x.device())?.to_dtype(x.dtype());

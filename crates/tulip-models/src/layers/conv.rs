@@ -1,6 +1,9 @@
 use candle_core::{Result as CResult, Tensor};
 
-use super::fast_ops::{channel_affine, channel_affine_add_relu, conv2d_affine_relu, conv2d_s1};
+use super::fast_ops::{
+    channel_affine, channel_affine_add_relu, conv2d_affine_relu, conv2d_s1, conv2d_s1_statistics,
+    ChannelStatistics,
+};
 use crate::params::{Init, ParamBuilder};
 use crate::Result;
 
@@ -141,6 +144,33 @@ impl Conv2d {
         }
     }
 
+    /// [`Conv2d::forward`], and where the convolution allows it (CPU, stride 1, one group,
+    /// no bias) its output's per-channel batch mean and variance, taken as it is written
+    /// (for a training-mode batch norm that follows).
+    ///
+    /// # Errors
+    /// Fails on a shape mismatch.
+    pub(super) fn forward_with_statistics(
+        &self,
+        x: &Tensor,
+    ) -> CResult<(Tensor, Option<ChannelStatistics>)> {
+        if self.fusable(x) {
+            let (y, statistics) = conv2d_s1_statistics(x, &self.weight, self.cfg.padding)?;
+            return Ok((y, Some(statistics)));
+        }
+        Ok((self.forward(x)?, None))
+    }
+
+    /// Whether one op can run this convolution with something fused into its output.
+    fn fusable(&self, x: &Tensor) -> bool {
+        let cfg = &self.cfg;
+        cfg.stride == 1
+            && cfg.groups == 1
+            && cfg.padding < cfg.kernel_size
+            && self.bias.is_none()
+            && x.device().is_cpu()
+    }
+
     /// `relu(self.forward(x)·scale_o + shift_o [+ skip])` for `scale`, `shift: [O]` (an
     /// evaluation-mode batch norm) and `skip` (a residual connection, the output's shape),
     /// in one pass where the convolution allows it (CPU, stride 1, one group, no bias; see
@@ -155,14 +185,8 @@ impl Conv2d {
         shift: &Tensor,
         skip: Option<&Tensor>,
     ) -> CResult<Tensor> {
-        let cfg = &self.cfg;
-        let fusable = cfg.stride == 1
-            && cfg.groups == 1
-            && cfg.padding < cfg.kernel_size
-            && self.bias.is_none()
-            && x.device().is_cpu();
-        if fusable {
-            return conv2d_affine_relu(x, &self.weight, scale, shift, skip, cfg.padding);
+        if self.fusable(x) {
+            return conv2d_affine_relu(x, &self.weight, scale, shift, skip, self.cfg.padding);
         }
         channel_affine_add_relu(&self.forward(x)?, scale, shift, skip)
     }

@@ -33,7 +33,7 @@ use std::sync::Mutex;
 use std::thread::LocalKey;
 
 pub(super) use batch_norm::{batch_norm_train, batch_statistics};
-pub use conv::{conv2d_affine_relu, conv2d_s1};
+pub use conv::{conv2d_affine_relu, conv2d_s1, conv2d_s1_statistics, ChannelStatistics};
 
 use candle_core::cpu_backend::{binary_map_vec_par, unary_map_vec_par};
 use candle_core::{
@@ -191,14 +191,14 @@ fn channel_mean<T: WithDType>(t: &[T], (b, c, sz): (usize, usize, usize), ci: us
     sum / (b * sz).max(1) as f64
 }
 
-/// `[f(c) for c in 0..channels]`, the channels shared among the threads in contiguous
-/// ranges. Each channel's value is computed by one thread in one fixed order, so the
+/// `[f(i) for i in 0..n]` (`i` a channel, a plane), the indices shared among the threads
+/// in contiguous ranges. Each value is computed by one thread in one fixed order, so the
 /// result does not depend on the number of threads.
-fn per_channel<R: Send>(channels: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
-    let per_thread = channels.div_ceil(threads().max(1)).max(1);
-    let ranges = (0..channels)
+fn map_indices<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+    let per_thread = n.div_ceil(threads().max(1)).max(1);
+    let ranges = (0..n)
         .step_by(per_thread)
-        .map(|c0| c0..(c0 + per_thread).min(channels));
+        .map(|i0| i0..(i0 + per_thread).min(n));
     let parts = on_threads(per_thread, ranges, |_, range| {
         range.map(&f).collect::<Vec<_>>()
     });
@@ -438,7 +438,7 @@ fn block_dot<T: WithDType>(u: &[T], v: &[T]) -> f64 {
 fn channel_sum_cpu<T: WithDType>(s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
     let (b, c, sz) = bcs(l.dims())?;
     let x = contiguous::<T>(s, l)?;
-    let out = per_channel(c, |ci| {
+    let out = map_indices(c, |ci| {
         let sum: f64 = channel_planes(&x, (b, c, sz), ci).map(block_sum).sum();
         T::from_f64(sum)
     });
@@ -465,7 +465,7 @@ struct Centre;
 fn centre_cpu<T: WithDType>(s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
     let (b, c, sz) = bcs(l.dims())?;
     let x = contiguous::<T>(s, l)?;
-    let means = per_channel(c, |ci| T::from_f64(channel_mean(&x, (b, c, sz), ci)));
+    let means = map_indices(c, |ci| T::from_f64(channel_mean(&x, (b, c, sz), ci)));
     let mut out = Vec::with_capacity(x.len());
     for (i, plane) in x.chunks_exact(sz.max(1)).enumerate() {
         let m = means[i % c];
@@ -499,7 +499,7 @@ fn channel_dot_cpu<T: WithDType>(
     let (b, c, sz) = bcs(l1.dims())?;
     let x = contiguous::<T>(s1, l1)?;
     let y = contiguous::<T>(s2, l2)?;
-    let out = per_channel(c, |ci| {
+    let out = map_indices(c, |ci| {
         let dot: f64 = channel_planes(&x, (b, c, sz), ci)
             .zip(channel_planes(&y, (b, c, sz), ci))
             .map(|(xp, yp)| block_dot(xp, yp))

@@ -65,12 +65,25 @@ pub fn conv_bn_relu(
         let (scale, shift) = bn.eval_affine()?;
         return conv.forward_affine_relu(x, &scale, &shift, skip);
     }
-    let y = conv.forward(x)?;
-    match (bn, skip) {
-        (Some(bn), None) => bn.forward_relu(&y, mode),
-        (None, None) => relu(&y, mode),
-        (Some(bn), Some(skip)) => add_relu(skip, &bn.forward(&y, mode)?, mode),
-        (None, Some(skip)) => add_relu(skip, &y, mode),
+    let (bn, train) = match bn {
+        Some(bn) => (bn, mode == Mode::Train),
+        None => {
+            let y = conv.forward(x)?;
+            return match skip {
+                None => relu(&y, mode),
+                Some(skip) => add_relu(skip, &y, mode),
+            };
+        }
+    };
+    // In training, batch norm's statistics are taken as the convolution writes its output.
+    let (y, statistics) = if train {
+        conv.forward_with_statistics(x)?
+    } else {
+        (conv.forward(x)?, None)
+    };
+    match skip {
+        None => bn.normalise(&y, mode, mode != Mode::Linearised, statistics),
+        Some(skip) => add_relu(skip, &bn.normalise(&y, mode, false, statistics)?, mode),
     }
 }
 
@@ -132,7 +145,62 @@ pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use crate::ParamBuilder;
+    use candle_core::{DType, Device, Var};
+
+    /// In training, `conv_bn_relu` hands batch norm the statistics its convolution took
+    /// while writing the output: outputs, running statistics (through evaluation-mode
+    /// outputs afterwards) and every gradient agree with a convolution and a batch norm
+    /// applied one after the other, which compute the statistics from the output.
+    #[test]
+    fn conv_bn_relu_in_training_agrees_with_conv_then_batch_norm() {
+        let dev = Device::Cpu;
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            for (skip, kernel) in [(false, 3), (true, 3), (false, 1)] {
+                let layers = || {
+                    let pb = ParamBuilder::new(11, dtype, &dev);
+                    let conv = Conv2d::new(&Conv2dConfig::same(3, 4, kernel, false), pb.pp(0));
+                    let bn = BatchNorm::new(4, true, pb.pp(1));
+                    (conv.unwrap(), bn.unwrap(), pb.params())
+                };
+                let (conv_a, bn_a, params_a) = layers();
+                let (conv_b, bn_b, params_b) = layers();
+                let random = |shape: &[usize], mean: f64| {
+                    Tensor::randn(mean, 1.0, shape, &dev)
+                        .and_then(|t| t.to_dtype(dtype))
+                        .unwrap()
+                };
+                // A mean far from zero, so that a slip in combining the statistics shows.
+                let x = Var::from_tensor(&random(&[3, 3, 6, 5], 4.0)).unwrap();
+                let residual = skip.then(|| random(&[3, 4, 6, 5], 0.0));
+                let r = random(&[3, 4, 6, 5], 0.0);
+                let fused = conv_bn_relu(&conv_a, Some(&bn_a), &x, residual.as_ref(), Mode::Train);
+                let y = conv_b.forward(&x).unwrap();
+                let separate = match &residual {
+                    None => bn_b.forward_relu(&y, Mode::Train),
+                    Some(s) => add_relu(s, &bn_b.forward(&y, Mode::Train).unwrap(), Mode::Train),
+                };
+                let (fused, separate) = (fused.unwrap(), separate.unwrap());
+                let case = format!("{dtype:?}, skip {skip}, {kernel}×{kernel}");
+                assert!(max_abs_diff(&fused, &separate) < tol, "{case}: outputs");
+                let grads = |out: &Tensor| (out * &r).unwrap().sum_all().unwrap().backward();
+                let (ga, gb) = (grads(&fused).unwrap(), grads(&separate).unwrap());
+                for (a, b) in params_a.all().iter().zip(params_b.all()) {
+                    if let (Some(da), Some(db)) =
+                        (ga.get(a.var.as_tensor()), gb.get(b.var.as_tensor()))
+                    {
+                        assert!(max_abs_diff(da, db) < tol * 10.0, "{case}: ∂{}", a.name);
+                    }
+                }
+                // Both used their statistics for the running ones.
+                let eval = |conv: &Conv2d, bn: &BatchNorm| {
+                    conv_bn_relu(conv, Some(bn), &x, None, Mode::Eval).unwrap()
+                };
+                let (ea, eb) = (eval(&conv_a, &bn_a), eval(&conv_b, &bn_b));
+                assert!(max_abs_diff(&ea, &eb) < tol, "{case}: running statistics");
+            }
+        }
+    }
 
     #[test]
     fn avg_pool_floors_odd_sizes_and_its_gradient_skips_dropped_pixels() {

@@ -4,8 +4,9 @@
 //! Built from the per-channel ops, the layer recorded five full-size nodes per call, and
 //! Candle's backward pass then made some twenty passes over the activations (each node's
 //! gradient materialised, zero-filled and added). As one op the forward pass reads `x`
-//! three times and writes `y` once, and a first-order backward pass reads `dy` and `x`
-//! twice and writes `dx` once, with the closed form
+//! once and writes `y` once (the statistics, two more passes, are taken by the convolution
+//! that writes `x`, as it writes it: [`plane_moments`]), and a first-order backward pass
+//! reads `dy` and `x` twice and writes `dx` once, with the closed form
 //!
 //! ```text
 //! dβ = Σ dy,   dγ = Σ dy·x̂,   dx = γσ⁻¹·(dy − dβ/N − x̂·dγ/N),   x̂ = (x − μ)σ⁻¹.
@@ -22,26 +23,25 @@ use candle_core::{
 };
 
 use super::{
-    bcs, centre, channel_dot, channel_mean, channel_planes, channel_sum, contiguous,
-    first_order_only, float_dispatch, map_planes, parameter_gradients_wanted, per_channel,
-    planes_on_threads, relu_value, through_relu, zip_planes,
+    bcs, block_sum, centre, channel_dot, channel_sum, contiguous, first_order_only, float_dispatch,
+    map_indices, map_planes, parameter_gradients_wanted, planes_on_threads, relu_value,
+    through_relu, zip_planes,
 };
 
-/// `Σ u·(v − m)` with eight independent accumulators (so it vectorises), returned in f64.
-fn centred_dot<T: WithDType>(u: &[T], v: &[T], m: T) -> f64 {
-    let zero = T::from_f64(0.0);
-    let mut acc = [zero; 8];
-    for (cu, cv) in u.chunks_exact(8).zip(v.chunks_exact(8)) {
-        for ((a, &x), &y) in acc.iter_mut().zip(cu).zip(cv) {
-            *a += x * (y - m);
+/// `Σ (v − m)²` with eight independent accumulators (so it vectorises), returned in f64.
+fn centred_squares<T: WithDType>(v: &[T], m: T) -> f64 {
+    let mut acc = [T::zero(); 8];
+    let chunks = v.chunks_exact(8);
+    let rest: f64 = chunks
+        .remainder()
+        .iter()
+        .map(|&x| ((x - m) * (x - m)).to_f64())
+        .sum();
+    for chunk in chunks {
+        for (a, &x) in acc.iter_mut().zip(eight(chunk)) {
+            *a += (x - m) * (x - m);
         }
     }
-    let tail = u.len() / 8 * 8;
-    let rest: f64 = u[tail..]
-        .iter()
-        .zip(&v[tail..])
-        .map(|(&x, &y)| (x * (y - m)).to_f64())
-        .sum();
     acc.iter().map(|a| a.to_f64()).sum::<f64>() + rest
 }
 
@@ -131,8 +131,43 @@ fn plane<T>(t: &[T], sz: usize, i: usize) -> &[T] {
     &t[i * sz..][..sz]
 }
 
-/// Per-channel batch mean and biased variance of `x: [B, C, …]` (two passes, summed in
-/// f64), read straight from its data: not recorded in any graph.
+/// One plane's share of its channel's batch statistics, `[Σx, Σ(x − m)², m]` with `m` the
+/// plane's own mean rounded to the data's type: two passes over a plane, which a
+/// convolution makes while the plane it has just written is in cache
+/// ([`super::conv::conv2d_s1_statistics`]). Summed in f64 from eight accumulators.
+pub(super) fn plane_moments<T: WithDType>(plane: &[T]) -> [f64; 3] {
+    let sum = block_sum(plane);
+    let m = T::from_f64(sum / plane.len().max(1) as f64);
+    [sum, centred_squares(plane, m), m.to_f64()]
+}
+
+/// Per channel the batch mean `μ` and biased variance of a `[B, C, sz]` tensor from its
+/// planes' [`plane_moments`] (`[B·C]`, image by image), added in image order. A plane
+/// centred on its own `m` contributes `Σ(x − μ)² = Σ(x − m)² + 2(m − μ)·Σ(x − m) +
+/// sz·(m − μ)²` exactly, each term small where the data are (the variance stays accurate
+/// when the mean is large).
+pub(super) fn statistics_from_moments(
+    moments: &[[f64; 3]],
+    (b, c, sz): (usize, usize, usize),
+) -> (Vec<f64>, Vec<f64>) {
+    assert_eq!(moments.len(), b * c, "one summary per plane");
+    let n = (b * sz).max(1) as f64;
+    let channel = |ci: usize| moments.iter().skip(ci).step_by(c.max(1));
+    (0..c)
+        .map(|ci| {
+            let mean = channel(ci).map(|p| p[0]).sum::<f64>() / n;
+            let squares = channel(ci).map(|&[sum, centred, m]| {
+                let (off, sz) = (m - mean, sz as f64);
+                centred + 2.0 * off * (sum - sz * m) + sz * off * off
+            });
+            (mean, squares.sum::<f64>() / n)
+        })
+        .unzip()
+}
+
+/// Per-channel batch mean and biased variance of `x: [B, C, …]` (from its planes'
+/// [`plane_moments`], summed in f64), read straight from its data: not recorded in any
+/// graph.
 ///
 /// # Errors
 /// Fails if `x` is not a floating-point CPU tensor of rank ≥ 2.
@@ -148,15 +183,8 @@ pub fn batch_statistics(x: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
 fn statistics_cpu<T: WithDType>(s: &CpuStorage, l: &Layout) -> Result<(Vec<f64>, Vec<f64>)> {
     let (b, c, sz) = bcs(l.dims())?;
     let x = contiguous::<T>(s, l)?;
-    let n = (b * sz).max(1) as f64;
-    let planes = |ci: usize| channel_planes(&x, (b, c, sz), ci);
-    let stats = per_channel(c, |ci| {
-        let mean = channel_mean(&x, (b, c, sz), ci);
-        let m = T::from_f64(mean);
-        let var = planes(ci).map(|p| centred_dot(p, p, m)).sum::<f64>() / n;
-        (mean, var)
-    });
-    Ok(stats.into_iter().unzip())
+    let moments = map_indices(b * c, |i| plane_moments(plane(&x, sz, i)));
+    Ok(statistics_from_moments(&moments, (b, c, sz)))
 }
 
 /// `y = (x − μ)·σ⁻¹·γ + β` for `x: [B, C, …]`, `weight` (γ) and `bias` (β) of `[C]`, with
@@ -263,7 +291,7 @@ impl BatchNormTrain {
         };
         let (x, g) = (contiguous::<T>(xs, xl)?, contiguous::<T>(gs, gl)?);
         // Σ dy and Σ dy·(x − μ), per channel, in one pass over each plane.
-        let sums = per_channel(c, |ci| {
+        let sums = map_indices(c, |ci| {
             let form = form(affine[ci], self.relu);
             let planes = (0..b).map(|bi| bi * c + ci);
             let sums = planes.map(|i| {
@@ -437,7 +465,7 @@ impl<T: WithDType> InputGradientPlanes<'_, T> {
     /// `[Σdy, Σdy·xc, Σxc², Σxc]` per channel, and with `gr` (the gradient reaching the
     /// op's output) also `[Σḡ, Σḡ·dy, Σḡ·xc]`, in f64.
     fn channel_sums(&self, gr: Option<&[T]>) -> Vec<[f64; 7]> {
-        per_channel(self.c, |ci| {
+        map_indices(self.c, |ci| {
             let form = self.form(ci);
             let mut total = [0.0; 7];
             for i in (0..self.b).map(|bi| bi * self.c + ci) {

@@ -10,6 +10,9 @@ use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
 };
 
+use std::sync::{Arc, Mutex};
+
+use super::batch_norm::{plane_moments, statistics_from_moments};
 use super::direct_conv::{self, Isa};
 use super::{
     channel_affine_add_relu, contiguous, float_dispatch, parameter_gradients_wanted, relu_mask,
@@ -228,6 +231,95 @@ pub fn conv2d_s1(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
     )
 }
 
+/// Per-channel batch mean and biased variance of an output, as batch norm's
+/// [`batch_statistics`](super::batch_statistics) computes them.
+pub type ChannelStatistics = (Vec<f64>, Vec<f64>);
+
+/// [`conv2d_s1`] (CPU only) and its output's [`ChannelStatistics`], taken plane by plane
+/// as the convolution writes them: training-mode batch norm, which follows most
+/// convolutions, then need not read the output twice more for them (5% of a training
+/// step).
+///
+/// # Errors
+/// Fails on a shape mismatch, or off the CPU.
+pub fn conv2d_s1_statistics(
+    x: &Tensor,
+    w: &Tensor,
+    padding: usize,
+) -> Result<(Tensor, ChannelStatistics)> {
+    if !x.device().is_cpu() {
+        bail!("conv2d_s1_statistics: CPU tensors only");
+    }
+    // A custom op returns one tensor: the statistics come back through a slot the op
+    // shares with this function.
+    let slot = Arc::new(Mutex::new(None));
+    let op = ConvStatistics {
+        padding,
+        statistics: slot.clone(),
+    };
+    let y = x.apply_op2(w, op)?;
+    let statistics = slot
+        .lock()
+        .expect("statistics lock")
+        .take()
+        .expect("the forward pass ran");
+    Ok((y, statistics))
+}
+
+/// [`ConvS1`]'s forward pass that also leaves its output's statistics in `statistics`.
+struct ConvStatistics {
+    padding: usize,
+    statistics: Arc<Mutex<Option<ChannelStatistics>>>,
+}
+
+impl ConvStatistics {
+    fn cpu<T: WithDType + direct_conv::Lane>(
+        &self,
+        (xs, xl): (&CpuStorage, &Layout),
+        (ws, wl): (&CpuStorage, &Layout),
+    ) -> Result<(CpuStorage, Shape)> {
+        let what = "conv2d_s1_statistics";
+        let (g, o) = ConvGeom::of_forward(xl.dims(), wl.dims(), self.padding, what)?;
+        let (x, w) = (contiguous::<T>(xs, xl)?, contiguous::<T>(ws, wl)?);
+        let summary: direct_conv::PlaneSummary<T> = plane_moments::<T>;
+        let (y, moments) = direct_conv::conv_then(Isa::Best, &x, &g, &w, o, None, Some(summary));
+        let (ho, wo) = (g.ho(), g.wo());
+        *self.statistics.lock().expect("statistics lock") =
+            Some(statistics_from_moments(&moments, (g.b, o, ho * wo)));
+        Ok((T::to_cpu_storage_owned(y), Shape::from((g.b, o, ho, wo))))
+    }
+}
+
+impl CustomOp2 for ConvStatistics {
+    fn name(&self) -> &'static str {
+        "tulip-conv2d-s1-statistics"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        float_dispatch!(s1, Self::cpu(self, (s1, l1), (s2, l2)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let forward = ConvS1 {
+            kind: ConvKind::Forward,
+            padding: self.padding,
+        };
+        forward.bwd(x, w, y, grad)
+    }
+}
+
 /// The input gradient of [`conv2d_s1`]: `g: [B, O, H', W']`, `w: [O, C, kh, kw]` →
 /// `[B, C, H, W]`.
 fn conv2d_grad_input(g: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
@@ -295,7 +387,7 @@ impl ConvAffineRelu {
             shift: &shift,
             skip: skip.as_deref(),
         };
-        let y = direct_conv::conv_then(Isa::Best, &x, &g, &w, o, Some(epilogue));
+        let (y, _) = direct_conv::conv_then(Isa::Best, &x, &g, &w, o, Some(epilogue), None);
         Ok((T::to_cpu_storage_owned(y), Shape::from(&out_dims[..])))
     }
 
@@ -454,6 +546,43 @@ mod tests {
                 let (a, bb) = (g1.get(v).unwrap(), g2.get(v).unwrap());
                 assert_eq!(a.dims(), bb.dims());
                 assert!(max_diff(a, bb) < 1e-12, "gradient k={k} p={p}");
+            }
+        }
+    }
+
+    /// The statistics the convolution takes as it writes its output against that output's
+    /// per-channel mean and biased variance computed directly (in f64, two passes): 3×3
+    /// and 1×1 kernels (the second over whole tiles, its own path), f64 and f32, and
+    /// outputs whose means are far from their spread. The output itself is Candle's
+    /// convolution's.
+    #[test]
+    fn conv_statistics_are_the_outputs_mean_and_variance() {
+        for &(b, c, o, h, w, k, p, offset) in &[
+            (3, 2, 5, 7, 6, 3, 1, 0.0),
+            (2, 3, 9, 8, 4, 1, 0, 0.0),
+            (4, 3, 9, 5, 5, 3, 1, 50.0),
+            (2, 3, 4, 8, 8, 1, 0, -20.0),
+        ] {
+            let x = randn(&[b, c, h, w], 8).affine(1.0, offset).unwrap();
+            let wt = randn(&[o, c, k, k], 9);
+            for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+                let cast = |t: &Tensor| t.to_dtype(dtype).unwrap();
+                let (y, (mean, var)) = conv2d_s1_statistics(&cast(&x), &cast(&wt), p).unwrap();
+                let theirs = cast(&x).conv2d(&cast(&wt), p, 1, 1, 1).unwrap();
+                assert!(max_diff(&y, &theirs) < tol * (1.0 + offset.abs()), "output");
+                let (ho, wo) = (y.dim(2).unwrap(), y.dim(3).unwrap());
+                let y = y.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+                let values = y.to_vec1::<f64>().unwrap();
+                for oo in 0..o {
+                    let planes = values.chunks_exact(ho * wo).skip(oo).step_by(o);
+                    let v: Vec<f64> = planes.flatten().copied().collect();
+                    let n = v.len() as f64;
+                    let m = v.iter().sum::<f64>() / n;
+                    let s2 = v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / n;
+                    let case = format!("{dtype:?} k={k} offset {offset}, channel {oo}");
+                    assert!((mean[oo] - m).abs() < tol * (1.0 + m.abs()), "{case}: mean");
+                    assert!((var[oo] - s2).abs() < tol * s2, "{case}: variance");
+                }
             }
         }
     }

@@ -234,8 +234,13 @@ fn images_per_thread(b: usize) -> usize {
 /// `y[b, o] = Σ_c w[o, c] ⋆ x[b, c]` for `x: [B, C, H, W]`, `w: [O, C, kh, kw]`,
 /// zero padding `(ph, pw)`: `[B, O, Ho, Wo]`.
 pub(super) fn conv<T: Lane>(isa: Isa, x: &[T], g: &ConvGeom, w: &[T], o: usize) -> Vec<T> {
-    conv_then(isa, x, g, w, o, None)
+    conv_then(isa, x, g, w, o, None, None).0
 }
+
+/// A summary of one output plane (its share of batch norm's statistics), taken by
+/// [`conv_then`] as it writes the plane, while the plane is in cache: one pass over the
+/// output fewer per summary than reading it back afterwards.
+pub(super) type PlaneSummary<T> = fn(&[T]) -> [f64; 3];
 
 /// What [`conv_then`] applies to each output channel as it writes it:
 /// `y = relu(v·scale[o] + shift[o] + skip)`, an evaluation-mode batch norm, the residual
@@ -270,7 +275,8 @@ impl<T: Lane> AffineRelu<'_, T> {
     }
 }
 
-/// [`conv`], each output then mapped through `epilogue` in the same pass.
+/// [`conv`], each output then mapped through `epilogue` in the same pass, and with the
+/// `summary` of each output plane (`[B·O]`, image by image; empty without a `summary`).
 pub(super) fn conv_then<T: Lane>(
     isa: Isa,
     x: &[T],
@@ -278,11 +284,12 @@ pub(super) fn conv_then<T: Lane>(
     w: &[T],
     o: usize,
     epilogue: Option<AffineRelu<'_, T>>,
-) -> Vec<T> {
+    summary: Option<PlaneSummary<T>>,
+) -> (Vec<T>, Vec<[f64; 3]>) {
     let per_image = o * g.ho() * g.wo();
     let mut out = vec![T::ZERO; g.b * per_image];
     let per_thread = images_per_thread(g.b);
-    on_threads(
+    let summaries = on_threads(
         per_thread,
         out.chunks_mut(per_thread * per_image.max(1)),
         |b0, part| {
@@ -297,11 +304,12 @@ pub(super) fn conv_then<T: Lane>(
                 w,
                 o,
                 epilogue,
+                summary,
                 out: part,
-            });
+            })
         },
     );
-    out
+    (out, summaries.into_iter().flatten().collect())
 }
 
 struct ConvImages<'a, T> {
@@ -312,36 +320,41 @@ struct ConvImages<'a, T> {
     o: usize,
     /// Its `skip` starting at this job's first image.
     epilogue: Option<AffineRelu<'a, T>>,
+    summary: Option<PlaneSummary<T>>,
     /// `[n, O, Ho, Wo]` for this job's `n` images.
     out: &'a mut [T],
 }
 
 impl<T: Lane> WithSimd for ConvImages<'_, T> {
-    type Output = ();
+    /// The summaries of the job's output planes, image by image.
+    type Output = Vec<[f64; 3]>;
 
     #[inline(always)]
-    fn with_simd<S: Simd>(self, simd: S) {
+    fn with_simd<S: Simd>(self, simd: S) -> Vec<[f64; 3]> {
         // 8 × 2 accumulators fill AVX-512's 32 registers well; with 16 registers (AVX2),
         // or few output channels, 4 × 2.
         if self.o > 4 && std::mem::size_of::<T::V<S>>() >= 64 {
-            self.run::<S, 8, 2>(simd);
+            self.run::<S, 8, 2>(simd)
         } else {
-            self.run::<S, 4, 2>(simd);
+            self.run::<S, 4, 2>(simd)
         }
     }
 }
 
 impl<T: Lane> ConvImages<'_, T> {
     #[inline(always)]
-    fn run<S: Simd, const OB: usize, const NV: usize>(self, simd: S) {
+    fn run<S: Simd, const OB: usize, const NV: usize>(self, simd: S) -> Vec<[f64; 3]> {
         let Self {
             x,
             g,
             w,
             o,
             epilogue,
+            summary,
             out,
         } = self;
+        let planes = out.len() / (g.ho() * g.wo()).max(1);
+        let mut summaries = Vec::with_capacity(if summary.is_some() { planes } else { 0 });
         let tile = NV * lanes::<S, T>();
         let flat = Flat::new(g, tile);
         let taps = flat.taps(g);
@@ -382,9 +395,14 @@ impl<T: Lane> ConvImages<'_, T> {
                             }
                         }
                     }
+                    if let Some(summary) = summary {
+                        for oo in block * OB..o.min(block * OB + OB) {
+                            summaries.push(summary(&y[oo * hw..][..hw]));
+                        }
+                    }
                 }
             }
-            return;
+            return summaries;
         }
         let stride = flat.stride(tile);
         let (ho, wo) = (g.ho(), g.wo());
@@ -423,9 +441,13 @@ impl<T: Lane> ConvImages<'_, T> {
                             Some(e) => e.write(oo, ((image * o + oo) * ho + r) * wo, line, src),
                         }
                     }
+                    if let Some(summary) = summary {
+                        summaries.push(summary(channel));
+                    }
                 }
             }
         }
+        summaries
     }
 }
 
