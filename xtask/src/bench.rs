@@ -5,7 +5,10 @@
 //! `bench-case` command), so the peak RSS it reports (`VmHWM`) belongs to that case alone.
 //! With `--torch PYTHON`, the PyTorch script runs the same case right after ours, with the
 //! same threads and malloc settings, so that the ratio compares like with like on a shared,
-//! noisy machine: only the ratio is meaningful, absolute times drift between hosts.
+//! noisy machine: only the ratio is meaningful, absolute times drift between hosts. With
+//! `--rounds N` each case is measured N times, the two sides taking turns to go first, and
+//! the table gives the median of the rounds' ratios and their range: the host's slow spells
+//! (which moved one run's ratios by 10%) then weigh on both sides alike.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -53,6 +56,11 @@ pub struct BenchArgs {
     /// reported.
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
+    /// Times each case is measured, back to back (with `--torch`: the two sides taking
+    /// turns to go first); the table gives the medians, and with `--torch` the median and
+    /// range of the rounds' ratios.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
     /// Images of the max-gradient-norm pass (the reference figure is for 10,000; fewer
     /// are extrapolated linearly and marked).
     #[arg(long, default_value_t = GRADPASS_IMAGES)]
@@ -112,39 +120,98 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
     for case in &cases {
-        eprintln!("bench: {case} (tulip)…");
-        let ours = run_child(
-            Command::new(&exe)
-                .args(["bench-case", case, "--steps", &args.steps.to_string()])
-                .args(["--gradpass-images", &args.gradpass_images.to_string()])
-                .args(
-                    args.data
-                        .iter()
-                        .flat_map(|d| ["--data".as_ref(), d.as_os_str()]),
-                ),
-            &args.malloc,
-        )
-        .with_context(|| format!("tulip side of {case}"))?;
-        let torch = match (&args.torch, torch_case(case)) {
-            (Some(py), Some(single)) => {
-                eprintln!("bench: {case} (pytorch)…");
-                let mut cmd = Command::new(py);
-                cmd.arg(&args.torch_script)
-                    .args(["--single", &single, "--threads", "2", "--warmup", "1"])
-                    .args(["--min-steps", &args.steps.to_string()])
-                    .args(["--max-steps", &args.steps.to_string()])
-                    .args(["--test-images", &args.gradpass_images.to_string()]);
-                Some(
-                    run_child(&mut cmd, &args.malloc)
-                        .with_context(|| format!("PyTorch side of {case}"))?,
-                )
-            }
-            _ => None,
+        let mut row = Row {
+            case: case.to_string(),
+            ours: Vec::new(),
+            torch: Vec::new(),
         };
-        print_row(case, &ours, torch.as_ref());
-        rows.push((case.to_string(), ours, torch));
+        for round in 0..args.rounds {
+            // ABBA…: each side goes first in every other round.
+            let torch_first = round % 2 == 1;
+            if torch_first {
+                row.torch.extend(run_torch(args, case)?);
+            }
+            eprintln!("bench: {case} (tulip, round {})…", round + 1);
+            let ours = run_child(
+                Command::new(&exe)
+                    .args(["bench-case", case, "--steps", &args.steps.to_string()])
+                    .args(["--gradpass-images", &args.gradpass_images.to_string()])
+                    .args(
+                        args.data
+                            .iter()
+                            .flat_map(|d| ["--data".as_ref(), d.as_os_str()]),
+                    ),
+                &args.malloc,
+            )
+            .with_context(|| format!("tulip side of {case}"))?;
+            row.ours.push(ours);
+            if !torch_first {
+                row.torch.extend(run_torch(args, case)?);
+            }
+        }
+        print_row(&row);
+        rows.push(row);
     }
     write_results(args, &rows)
+}
+
+/// One case's rounds: ours, and PyTorch's (none without `--torch`, or for a case it does
+/// not have).
+struct Row {
+    case: String,
+    ours: Vec<Measured>,
+    torch: Vec<Measured>,
+}
+
+impl Row {
+    /// Our median seconds.
+    fn ours(&self) -> f64 {
+        median(self.ours.iter().map(|m| m.seconds))
+    }
+
+    /// PyTorch's median seconds, if it ran.
+    fn torch(&self) -> Option<f64> {
+        (!self.torch.is_empty()).then(|| median(self.torch.iter().map(|m| m.seconds)))
+    }
+
+    /// Each round's ratio, ours over PyTorch's (measured back to back).
+    fn ratios(&self) -> Vec<f64> {
+        let pairs = self.ours.iter().zip(&self.torch);
+        pairs.map(|(o, t)| o.seconds / t.seconds).collect()
+    }
+
+    /// The highest peak RSS of the rounds of a side.
+    fn peak_rss(side: &[Measured]) -> f64 {
+        side.iter().map(|m| m.peak_rss_mib).fold(f64::NAN, f64::max)
+    }
+}
+
+/// The median of some values (the mean of the middle two for an even count).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The PyTorch side of `case` once, if `--torch` is given and the script has the case.
+fn run_torch(args: &BenchArgs, case: &str) -> Result<Option<Measured>> {
+    let (Some(py), Some(single)) = (&args.torch, torch_case(case)) else {
+        return Ok(None);
+    };
+    eprintln!("bench: {case} (pytorch)…");
+    let mut cmd = Command::new(py);
+    cmd.arg(&args.torch_script)
+        .args(["--single", &single, "--threads", "2", "--warmup", "1"])
+        .args(["--min-steps", &args.steps.to_string()])
+        .args(["--max-steps", &args.steps.to_string()])
+        .args(["--test-images", &args.gradpass_images.to_string()]);
+    let measured =
+        run_child(&mut cmd, &args.malloc).with_context(|| format!("PyTorch side of {case}"))?;
+    Ok(Some(measured))
 }
 
 /// The PyTorch script's name for a case, if it has one.
@@ -197,30 +264,40 @@ fn unit(case: &str) -> &'static str {
     }
 }
 
-fn print_row(case: &str, ours: &Measured, torch: Option<&Measured>) {
-    match torch {
+fn print_row(row: &Row) {
+    let (case, u) = (&row.case, unit(&row.case));
+    match row.torch() {
         Some(t) => eprintln!(
-            "bench: {case}: tulip {:.3} {u}, pytorch {:.3} {u}, ratio {:.2}",
-            ours.seconds,
-            t.seconds,
-            ours.seconds / t.seconds,
-            u = unit(case)
+            "bench: {case}: tulip {:.3} {u}, pytorch {t:.3} {u}, ratio {:.2} (rounds: {})",
+            row.ours(),
+            median(row.ratios().into_iter()),
+            row.ratios()
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
-        None => eprintln!("bench: {case}: tulip {:.3} {}", ours.seconds, unit(case)),
+        None => eprintln!("bench: {case}: tulip {:.3} {u}", row.ours()),
     }
 }
 
-fn write_results(args: &BenchArgs, rows: &[(String, Measured, Option<Measured>)]) -> Result<()> {
+fn write_results(args: &BenchArgs, rows: &[Row]) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("could not create {}", args.out.display()))?;
-    let with_torch = rows.iter().any(|(_, _, t)| t.is_some());
+    let with_torch = rows.iter().any(|r| !r.torch.is_empty());
+    let rounds = args.rounds > 1;
     let mut md = String::from("# Tulip-rs performance figures\n\n");
     md += &format!(
-        "    cargo xtask bench --steps {}{}{}\n\n",
+        "    cargo xtask bench --steps {}{}{}{}\n\n",
         args.steps,
         match args.gradpass_images {
             GRADPASS_IMAGES => String::new(),
             n => format!(" --gradpass-images {n}"),
+        },
+        if rounds {
+            format!(" --rounds {}", args.rounds)
+        } else {
+            String::new()
         },
         if with_torch {
             " --torch ../torch-venv/bin/python"
@@ -230,75 +307,112 @@ fn write_results(args: &BenchArgs, rows: &[(String, Measured, Option<Measured>)]
     );
     md += &format!(
         "{}, {} CPUs, tulip allocator {ALLOCATOR}, glibc malloc settings `{}`, {}. Training steps: batch 128, median of {} timed steps \
-         after one warm-up; synthetic data. Peak RSS is each case's own process.\n\n",
+         after one warm-up; synthetic data. Peak RSS is each case's own process.",
         cpu_model(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         args.malloc,
         chrono_like_date(),
         args.steps
     );
+    if rounds {
+        md += &format!(
+            " Each case was measured {} times, back to back{}; the table gives the medians{}, \
+             and the highest peak RSS.",
+            args.rounds,
+            if with_torch {
+                ", the two sides taking turns to go first"
+            } else {
+                ""
+            },
+            if with_torch {
+                " (the ratio is the median of the rounds' ratios, each of two runs back to \
+                 back; their range beside it)"
+            } else {
+                ""
+            }
+        );
+    }
+    md += "\n\n";
     if with_torch {
-        md += "| case | unit | tulip | pytorch | tulip / pytorch | goal ≤ 0.8 | tulip RSS MiB | pytorch RSS MiB |\n";
-        md += "|---|---|---|---|---|---|---|---|\n";
+        md += "| case | unit | tulip | pytorch | tulip / pytorch |";
+        md += if rounds { " rounds' range |" } else { "" };
+        md += " goal ≤ 0.8 | tulip RSS MiB | pytorch RSS MiB |\n";
+        md += if rounds {
+            "|---|---|---|---|---|---|---|---|---|\n"
+        } else {
+            "|---|---|---|---|---|---|---|---|\n"
+        };
     } else {
         md += "| case | unit | tulip | images/s | peak RSS MiB |\n|---|---|---|---|---|\n";
     }
     let mut json_rows = Vec::new();
-    for (case, ours, torch) in rows {
-        let u = unit(case);
-        match torch {
+    for row in rows {
+        let (case, u) = (&row.case, unit(&row.case));
+        let ratios = row.ratios();
+        let ratio = median(ratios.iter().copied());
+        let ours_rss = Row::peak_rss(&row.ours);
+        match row.torch() {
             Some(t) if with_torch => {
-                let ratio = ours.seconds / t.seconds;
+                let (lo, hi) = ratios
+                    .iter()
+                    .fold((f64::INFINITY, 0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
                 md += &format!(
-                    "| {case} | {u} | {:.3} | {:.3} | {:.2} | {} | {:.0} | {:.0} |\n",
-                    ours.seconds,
-                    t.seconds,
-                    ratio,
+                    "| {case} | {u} | {:.3} | {t:.3} | {ratio:.2} |{} {} | {ours_rss:.0} | {:.0} |\n",
+                    row.ours(),
+                    if rounds {
+                        format!(" {lo:.2}–{hi:.2} |")
+                    } else {
+                        String::new()
+                    },
                     if ratio <= 0.8 { "met" } else { "not met" },
-                    ours.peak_rss_mib,
-                    t.peak_rss_mib
+                    Row::peak_rss(&row.torch)
                 );
             }
             _ if with_torch => {
                 md += &format!(
-                    "| {case} | {u} | {:.3} | — | — | — | {:.0} | — |\n",
-                    ours.seconds, ours.peak_rss_mib
+                    "| {case} | {u} | {:.3} | — | — |{} — | {ours_rss:.0} | — |\n",
+                    row.ours(),
+                    if rounds { " — |" } else { "" }
                 );
             }
             _ => {
+                let images_per_s = median(row.ours.iter().map(|m| m.images_per_s));
                 md += &format!(
-                    "| {case} | {u} | {:.3} | {:.1} | {:.0} |\n",
-                    ours.seconds, ours.images_per_s, ours.peak_rss_mib
+                    "| {case} | {u} | {:.3} | {images_per_s:.1} | {ours_rss:.0} |\n",
+                    row.ours()
                 );
             }
         }
         json_rows.push(json!({
             "case": case,
             "unit": u,
-            "tulip": ours.raw,
-            "tulip_seconds": ours.seconds,
-            "pytorch": torch.as_ref().map(|t| t.raw.clone()),
-            "pytorch_seconds": torch.as_ref().map(|t| t.seconds),
+            "tulip_seconds": row.ours(),
+            "pytorch_seconds": row.torch(),
+            "ratio": (!ratios.is_empty()).then_some(ratio),
+            "ratios": ratios,
+            "tulip": row.ours.iter().map(|m| m.raw.clone()).collect::<Vec<_>>(),
+            "pytorch": row.torch.iter().map(|m| m.raw.clone()).collect::<Vec<_>>(),
         }));
     }
-    for (case, ours, _) in rows {
-        if let (Some(gemm), Some(ratio)) = (
-            ours.raw.get("gemm_s").and_then(Value::as_f64),
-            ours.raw.get("nn_over_gemm").and_then(Value::as_f64),
-        ) {
+    for row in rows {
+        let field = |k: &str| median(row.ours.iter().filter_map(|m| m.raw.get(k)?.as_f64()));
+        let (gemm, ratio) = (field("gemm_s"), field("nn_over_gemm"));
+        if gemm.is_finite() && ratio.is_finite() {
             md += &format!(
-                "\n{case}: {:.2} s against {gemm:.2} s for one f32 GEMM of the same size \
+                "\n{}: {:.2} s against {gemm:.2} s for one f32 GEMM of the same size \
                  ([10000×784]·[784×60000]) on the same machine: {ratio:.2}× (goal ≤ 1.5×).\n",
-                ours.seconds
+                row.case,
+                row.ours()
             );
         }
     }
     if with_torch {
         // The canary's level depends on the CPU (AVX2 or AVX-512), so only its spread
         // within one run says something: a case whose canary sags was disturbed.
-        let canaries: Vec<f64> = json_rows
+        let canaries: Vec<f64> = rows
             .iter()
-            .filter_map(|r| r["pytorch"]["canary_gflops"].as_array())
+            .flat_map(|r| &r.torch)
+            .filter_map(|m| m.raw["canary_gflops"].as_array())
             .flatten()
             .filter_map(Value::as_f64)
             .collect();
@@ -634,4 +748,74 @@ fn nn_attack_case(data: Option<&Path>, result: &mut Value) -> Result<()> {
     result["median_distance"] = json!(stats.median);
     result["stats"] = json!(BTreeMap::from([("m", m), ("k", k), ("n", n)]));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_no_values() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.5);
+        assert!(median(std::iter::empty()).is_nan());
+    }
+
+    fn measured(seconds: f64, rss: f64) -> Measured {
+        Measured {
+            seconds,
+            images_per_s: 128.0 / seconds,
+            peak_rss_mib: rss,
+            raw: json!({ "median_s": seconds }),
+        }
+    }
+
+    /// Three rounds: the table gives the median seconds of each side, the median of the
+    /// rounds' ratios (not the ratio of the medians), their range and the highest RSS.
+    #[test]
+    fn rounds_give_the_median_ratio_its_range_and_the_highest_rss() {
+        let out = std::env::temp_dir().join(format!("tulip-bench-test-{}", std::process::id()));
+        let args = BenchArgs {
+            cases: "resnet22:plain".into(),
+            steps: 5,
+            rounds: 3,
+            gradpass_images: GRADPASS_IMAGES,
+            torch: Some("python".into()),
+            torch_script: "script.py".into(),
+            malloc: "retain".into(),
+            out: out.clone(),
+            data: None,
+        };
+        // Ratios 0.5, 0.9, 0.8: median 0.8 (the medians' ratio would be 0.7 / 1.0 = 0.7).
+        let row = Row {
+            case: "resnet22:plain".into(),
+            ours: vec![
+                measured(0.5, 600.0),
+                measured(0.9, 620.0),
+                measured(0.7, 610.0),
+            ],
+            torch: vec![
+                measured(1.0, 1200.0),
+                measured(1.0, 1250.0),
+                measured(0.875, 1190.0),
+            ],
+        };
+        write_results(&args, &[row]).unwrap();
+        let md = std::fs::read_to_string(out.join("RESULTS.md")).unwrap();
+        let line = md
+            .lines()
+            .find(|l| l.starts_with("| resnet22:plain"))
+            .unwrap();
+        assert_eq!(
+            line,
+            "| resnet22:plain | s/step | 0.700 | 1.000 | 0.80 | 0.50–0.90 | met | 620 | 1250 |"
+        );
+        assert!(md.contains("--rounds 3"), "{md}");
+        let json: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
+                .unwrap();
+        assert_eq!(json[0]["ratios"].as_array().unwrap().len(), 3);
+        assert!((json[0]["ratio"].as_f64().unwrap() - 0.8).abs() < 1e-12);
+        std::fs::remove_dir_all(&out).unwrap();
+    }
 }
