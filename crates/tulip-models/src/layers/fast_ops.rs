@@ -176,19 +176,22 @@ fn on_threads<P: Send, R: Send>(
         .collect()
 }
 
-/// The `b` planes of channel `ci` of `t: [B, C, S]`.
-fn channel_planes<T>(
-    t: &[T],
-    (b, c, sz): (usize, usize, usize),
-    ci: usize,
-) -> impl Iterator<Item = &[T]> {
-    (0..b).map(move |bi| &t[(bi * c + ci) * sz..][..sz])
-}
-
-/// The mean of channel `ci` of `t: [B, C, S]` over the batch and positions, summed in f64.
-fn channel_mean<T: WithDType>(t: &[T], (b, c, sz): (usize, usize, usize), ci: usize) -> f64 {
-    let sum: f64 = channel_planes(t, (b, c, sz), ci).map(block_sum).sum();
-    sum / (b * sz).max(1) as f64
+/// Per channel of a `[B, C, …]` tensor, the sum over its planes of `per_plane(i)` (`i` a
+/// plane, `i mod C` its channel), added in image order. The planes are visited in memory
+/// order, shared among the threads: channel by channel, each thread's reads jumped from
+/// image to image (batch norm's backward sums done that way took 4% more of a plain training step, 13% of one with the exact penalty).
+fn channel_totals<const N: usize>(
+    (b, c): (usize, usize),
+    per_plane: impl Fn(usize) -> [f64; N] + Sync,
+) -> Vec<[f64; N]> {
+    let planes = map_indices(b * c, per_plane);
+    let mut totals = vec![[0.0; N]; c];
+    for (i, p) in planes.iter().enumerate() {
+        for (t, v) in totals[i % c.max(1)].iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    totals
 }
 
 /// `[f(i) for i in 0..n]` (`i` a channel, a plane), the indices shared among the threads
@@ -438,10 +441,8 @@ fn block_dot<T: WithDType>(u: &[T], v: &[T]) -> f64 {
 fn channel_sum_cpu<T: WithDType>(s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
     let (b, c, sz) = bcs(l.dims())?;
     let x = contiguous::<T>(s, l)?;
-    let out = map_indices(c, |ci| {
-        let sum: f64 = channel_planes(&x, (b, c, sz), ci).map(block_sum).sum();
-        T::from_f64(sum)
-    });
+    let sums = channel_totals((b, c), |i| [block_sum(&x[i * sz..][..sz])]);
+    let out: Vec<T> = sums.iter().map(|[s]| T::from_f64(*s)).collect();
     Ok((T::to_cpu_storage_owned(out), Shape::from(c)))
 }
 
@@ -465,7 +466,9 @@ struct Centre;
 fn centre_cpu<T: WithDType>(s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
     let (b, c, sz) = bcs(l.dims())?;
     let x = contiguous::<T>(s, l)?;
-    let means = map_indices(c, |ci| T::from_f64(channel_mean(&x, (b, c, sz), ci)));
+    let n = (b * sz).max(1) as f64;
+    let sums = channel_totals((b, c), |i| [block_sum(&x[i * sz..][..sz])]);
+    let means: Vec<T> = sums.iter().map(|[s]| T::from_f64(s / n)).collect();
     let mut out = Vec::with_capacity(x.len());
     for (i, plane) in x.chunks_exact(sz.max(1)).enumerate() {
         let m = means[i % c];
@@ -499,13 +502,10 @@ fn channel_dot_cpu<T: WithDType>(
     let (b, c, sz) = bcs(l1.dims())?;
     let x = contiguous::<T>(s1, l1)?;
     let y = contiguous::<T>(s2, l2)?;
-    let out = map_indices(c, |ci| {
-        let dot: f64 = channel_planes(&x, (b, c, sz), ci)
-            .zip(channel_planes(&y, (b, c, sz), ci))
-            .map(|(xp, yp)| block_dot(xp, yp))
-            .sum();
-        T::from_f64(dot)
+    let dots = channel_totals((b, c), |i| {
+        [block_dot(&x[i * sz..][..sz], &y[i * sz..][..sz])]
     });
+    let out: Vec<T> = dots.iter().map(|[d]| T::from_f64(*d)).collect();
     Ok((T::to_cpu_storage_owned(out), Shape::from(c)))
 }
 

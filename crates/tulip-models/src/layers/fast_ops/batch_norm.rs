@@ -23,9 +23,9 @@ use candle_core::{
 };
 
 use super::{
-    bcs, block_sum, centre, channel_dot, channel_sum, contiguous, first_order_only, float_dispatch,
-    map_indices, map_planes, parameter_gradients_wanted, planes_on_threads, relu_value,
-    through_relu, zip_planes,
+    bcs, block_sum, centre, channel_dot, channel_sum, channel_totals, contiguous, first_order_only,
+    float_dispatch, map_indices, map_planes, parameter_gradients_wanted, planes_on_threads,
+    relu_value, through_relu, zip_planes,
 };
 
 /// `Σ (v − m)²` with eight independent accumulators (so it vectorises), returned in f64.
@@ -291,16 +291,12 @@ impl BatchNormTrain {
         };
         let (x, g) = (contiguous::<T>(xs, xl)?, contiguous::<T>(gs, gl)?);
         // Σ dy and Σ dy·(x − μ), per channel, in one pass over each plane.
-        let sums = map_indices(c, |ci| {
-            let form = form(affine[ci], self.relu);
-            let planes = (0..b).map(|bi| bi * c + ci);
-            let sums = planes.map(|i| {
-                let (g, x) = (plane(&g, sz, i), plane(&x, sz, i));
-                plane_sums::<T, false>(g, x, x, form)
-            });
-            sums.fold((0.0, 0.0), |(sum, dot), p| (sum + p[0], dot + p[1]))
+        let sums = channel_totals((b, c), |i| {
+            let (g, x) = (plane(&g, sz, i), plane(&x, sz, i));
+            let p = plane_sums::<T, false>(g, x, x, form(affine[i % c], self.relu));
+            [p[0], p[1]]
         });
-        let (dbeta, dot): (Vec<f64>, Vec<f64>) = sums.into_iter().unzip();
+        let (dbeta, dot): (Vec<f64>, Vec<f64>) = sums.into_iter().map(|[s, d]| (s, d)).unzip();
         let dgamma: Vec<f64> = dot.iter().zip(&self.inv_std).map(|(d, s)| d * s).collect();
         // dx = a·dy + k·(x − μ) + z, a = γσ⁻¹, k = −a·dγ·σ⁻¹/N, z = −a·dβ/N.
         let coef = |ci: usize| {
@@ -465,20 +461,13 @@ impl<T: WithDType> InputGradientPlanes<'_, T> {
     /// `[Σdy, Σdy·xc, Σxc², Σxc]` per channel, and with `gr` (the gradient reaching the
     /// op's output) also `[Σḡ, Σḡ·dy, Σḡ·xc]`, in f64.
     fn channel_sums(&self, gr: Option<&[T]>) -> Vec<[f64; 7]> {
-        map_indices(self.c, |ci| {
-            let form = self.form(ci);
-            let mut total = [0.0; 7];
-            for i in (0..self.b).map(|bi| bi * self.c + ci) {
-                let (g, x) = (plane(self.g, self.sz, i), plane(self.x, self.sz, i));
-                let part = match gr {
-                    Some(gr) => plane_sums::<T, true>(g, x, plane(gr, self.sz, i), form),
-                    None => plane_sums::<T, false>(g, x, x, form),
-                };
-                for (t, p) in total.iter_mut().zip(part) {
-                    *t += p;
-                }
+        channel_totals((self.b, self.c), |i| {
+            let form = self.form(i % self.c);
+            let (g, x) = (plane(self.g, self.sz, i), plane(self.x, self.sz, i));
+            match gr {
+                Some(gr) => plane_sums::<T, true>(g, x, plane(gr, self.sz, i), form),
+                None => plane_sums::<T, false>(g, x, x, form),
             }
-            total
         })
     }
 }
