@@ -12,7 +12,7 @@ use candle_core::{
 
 use std::sync::{Arc, Mutex};
 
-use super::batch_norm::{plane_moments, statistics_from_moments};
+use super::batch_norm::statistics_from_moments;
 use super::direct_conv::{self, Isa};
 use super::{
     channel_affine_add_relu, contiguous, float_dispatch, parameter_gradients_wanted, relu_mask,
@@ -281,8 +281,7 @@ impl ConvStatistics {
         let what = "conv2d_s1_statistics";
         let (g, o) = ConvGeom::of_forward(xl.dims(), wl.dims(), self.padding, what)?;
         let (x, w) = (contiguous::<T>(xs, xl)?, contiguous::<T>(ws, wl)?);
-        let summary: direct_conv::PlaneSummary<T> = plane_moments::<T>;
-        let (y, moments) = direct_conv::conv_then(Isa::Best, &x, &g, &w, o, None, Some(summary));
+        let (y, moments) = direct_conv::conv_then(Isa::Best, &x, &g, &w, o, None, true);
         let (ho, wo) = (g.ho(), g.wo());
         *self.statistics.lock().expect("statistics lock") =
             Some(statistics_from_moments(&moments, (g.b, o, ho * wo)));
@@ -387,7 +386,7 @@ impl ConvAffineRelu {
             shift: &shift,
             skip: skip.as_deref(),
         };
-        let (y, _) = direct_conv::conv_then(Isa::Best, &x, &g, &w, o, Some(epilogue), None);
+        let (y, _) = direct_conv::conv_then(Isa::Best, &x, &g, &w, o, Some(epilogue), false);
         Ok((T::to_cpu_storage_owned(y), Shape::from(&out_dims[..])))
     }
 

@@ -36,11 +36,17 @@ pub(super) trait Lane:
     + std::ops::AddAssign
     + std::ops::Add<Output = Self>
     + std::ops::Mul<Output = Self>
+    + std::ops::Neg<Output = Self>
     + 'static
 {
     /// The SIMD vector of this type for instruction set `S`.
     type V<S: Simd>: Pod + Copy;
     const ZERO: Self;
+    const ONE: Self;
+    /// The value in f64 (exact).
+    fn widen(self) -> f64;
+    /// The value of this type nearest `v`.
+    fn rounded(v: f64) -> Self;
     fn splat<S: Simd>(simd: S, v: Self) -> Self::V<S>;
     /// `a·b + c`, fused where the hardware has it.
     fn mul_add<S: Simd>(simd: S, a: Self::V<S>, b: Self::V<S>, c: Self::V<S>) -> Self::V<S>;
@@ -49,6 +55,15 @@ pub(super) trait Lane:
 impl Lane for f32 {
     type V<S: Simd> = S::f32s;
     const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    #[inline(always)]
+    fn widen(self) -> f64 {
+        f64::from(self)
+    }
+    #[inline(always)]
+    fn rounded(v: f64) -> Self {
+        v as f32
+    }
     #[inline(always)]
     fn splat<S: Simd>(simd: S, v: Self) -> Self::V<S> {
         simd.splat_f32s(v)
@@ -62,6 +77,15 @@ impl Lane for f32 {
 impl Lane for f64 {
     type V<S: Simd> = S::f64s;
     const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    #[inline(always)]
+    fn widen(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn rounded(v: f64) -> Self {
+        v
+    }
     #[inline(always)]
     fn splat<S: Simd>(simd: S, v: Self) -> Self::V<S> {
         simd.splat_f64s(v)
@@ -234,13 +258,59 @@ fn images_per_thread(b: usize) -> usize {
 /// `y[b, o] = Σ_c w[o, c] ⋆ x[b, c]` for `x: [B, C, H, W]`, `w: [O, C, kh, kw]`,
 /// zero padding `(ph, pw)`: `[B, O, Ho, Wo]`.
 pub(super) fn conv<T: Lane>(isa: Isa, x: &[T], g: &ConvGeom, w: &[T], o: usize) -> Vec<T> {
-    conv_then(isa, x, g, w, o, None, None).0
+    conv_then(isa, x, g, w, o, None, false).0
 }
 
-/// A summary of one output plane (its share of batch norm's statistics), taken by
-/// [`conv_then`] as it writes the plane, while the plane is in cache: one pass over the
-/// output fewer per summary than reading it back afterwards.
-pub(super) type PlaneSummary<T> = fn(&[T]) -> [f64; 3];
+/// One plane's share of its channel's batch statistics, `[Σx, Σ(x − m)², m]` with `m` the
+/// plane's own mean rounded to `T` (what `batch_norm::plane_moments` computes, here with
+/// vectors, four accumulators each), summed in f64. [`conv_then`] takes them of each
+/// output plane as it writes it, while the plane is in cache.
+#[inline(always)]
+fn plane_moments<S: Simd, T: Lane>(simd: S, plane: &[T]) -> [f64; 3] {
+    let n = lanes::<S, T>();
+    let one = T::splat(simd, T::ONE);
+    let blocks = plane.chunks_exact(4 * n);
+    let rest = blocks.remainder();
+    // Sums: 1·x + acc, an exact add.
+    let mut acc = [T::splat(simd, T::ZERO); 4];
+    for block in blocks.clone() {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a = T::mul_add(simd, one, load::<S, T>(&block[k * n..]), *a);
+        }
+    }
+    let sum = lane_total::<S, T>(simd, acc) + rest.iter().map(|v| v.widen()).sum::<f64>();
+    let m = T::rounded(sum / plane.len().max(1) as f64);
+    // Centred squares: d = 1·x − m, then d·d + acc.
+    let minus_m = T::splat(simd, -m);
+    let mut acc = [T::splat(simd, T::ZERO); 4];
+    for block in blocks {
+        for (k, a) in acc.iter_mut().enumerate() {
+            let d = T::mul_add(simd, one, load::<S, T>(&block[k * n..]), minus_m);
+            *a = T::mul_add(simd, d, d, *a);
+        }
+    }
+    let rest_squares: f64 = rest
+        .iter()
+        .map(|&v| {
+            let d = v + -m;
+            (d * d).widen()
+        })
+        .sum();
+    [sum, lane_total::<S, T>(simd, acc) + rest_squares, m.widen()]
+}
+
+/// The sum of four vectors' lanes: the vectors added first, then the lanes in f64. (A
+/// function, not a closure, so that it is compiled for the caller's instruction set: as a
+/// closure summing all 64 lanes it was not, and took 1.5% of a plain training step.)
+#[inline(always)]
+fn lane_total<S: Simd, T: Lane>(simd: S, acc: [T::V<S>; 4]) -> f64 {
+    let one = T::splat(simd, T::ONE);
+    let low = T::mul_add(simd, one, acc[0], acc[1]);
+    let high = T::mul_add(simd, one, acc[2], acc[3]);
+    let v = T::mul_add(simd, one, low, high);
+    let lanes: &[T] = bytemuck::cast_slice(std::slice::from_ref(&v));
+    lanes.iter().map(|l| l.widen()).sum()
+}
 
 /// What [`conv_then`] applies to each output channel as it writes it:
 /// `y = relu(v·scale[o] + shift[o] + skip)`, an evaluation-mode batch norm, the residual
@@ -276,7 +346,8 @@ impl<T: Lane> AffineRelu<'_, T> {
 }
 
 /// [`conv`], each output then mapped through `epilogue` in the same pass, and with the
-/// `summary` of each output plane (`[B·O]`, image by image; empty without a `summary`).
+/// [`plane_moments`] of each output plane if `moments` (`[B·O]`, image by image; empty
+/// otherwise).
 pub(super) fn conv_then<T: Lane>(
     isa: Isa,
     x: &[T],
@@ -284,7 +355,7 @@ pub(super) fn conv_then<T: Lane>(
     w: &[T],
     o: usize,
     epilogue: Option<AffineRelu<'_, T>>,
-    summary: Option<PlaneSummary<T>>,
+    moments: bool,
 ) -> (Vec<T>, Vec<[f64; 3]>) {
     let per_image = o * g.ho() * g.wo();
     let mut out = vec![T::ZERO; g.b * per_image];
@@ -304,7 +375,7 @@ pub(super) fn conv_then<T: Lane>(
                 w,
                 o,
                 epilogue,
-                summary,
+                moments,
                 out: part,
             })
         },
@@ -320,7 +391,8 @@ struct ConvImages<'a, T> {
     o: usize,
     /// Its `skip` starting at this job's first image.
     epilogue: Option<AffineRelu<'a, T>>,
-    summary: Option<PlaneSummary<T>>,
+    /// Whether to take each output plane's [`plane_moments`].
+    moments: bool,
     /// `[n, O, Ho, Wo]` for this job's `n` images.
     out: &'a mut [T],
 }
@@ -350,11 +422,11 @@ impl<T: Lane> ConvImages<'_, T> {
             w,
             o,
             epilogue,
-            summary,
+            moments,
             out,
         } = self;
         let planes = out.len() / (g.ho() * g.wo()).max(1);
-        let mut summaries = Vec::with_capacity(if summary.is_some() { planes } else { 0 });
+        let mut summaries = Vec::with_capacity(if moments { planes } else { 0 });
         let tile = NV * lanes::<S, T>();
         let flat = Flat::new(g, tile);
         let taps = flat.taps(g);
@@ -395,9 +467,9 @@ impl<T: Lane> ConvImages<'_, T> {
                             }
                         }
                     }
-                    if let Some(summary) = summary {
+                    if moments {
                         for oo in block * OB..o.min(block * OB + OB) {
-                            summaries.push(summary(&y[oo * hw..][..hw]));
+                            summaries.push(plane_moments::<S, T>(simd, &y[oo * hw..][..hw]));
                         }
                     }
                 }
@@ -441,8 +513,8 @@ impl<T: Lane> ConvImages<'_, T> {
                             Some(e) => e.write(oo, ((image * o + oo) * ho + r) * wo, line, src),
                         }
                     }
-                    if let Some(summary) = summary {
-                        summaries.push(summary(channel));
+                    if moments {
+                        summaries.push(plane_moments::<S, T>(simd, channel));
                     }
                 }
             }
@@ -925,6 +997,70 @@ mod tests {
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{threads} threads"
             );
+        }
+    }
+
+    /// The moments [`conv_then`] takes of each output plane as it writes it, on every
+    /// instruction set (a 3×3 kernel, and a 1×1 over whole tiles, its own path), against
+    /// the returned planes summed in f64: the sum, the squares about the plane's own mean
+    /// (rounded to f32), and that mean.
+    #[test]
+    fn plane_moments_of_the_output_on_every_instruction_set() {
+        let geometries = [
+            (
+                ConvGeom {
+                    b: 3,
+                    c: 5,
+                    h: 7,
+                    w: 6,
+                    kh: 3,
+                    kw: 3,
+                    ph: 1,
+                    pw: 1,
+                },
+                9,
+            ),
+            (
+                ConvGeom {
+                    b: 2,
+                    c: 3,
+                    h: 8,
+                    w: 8,
+                    kh: 1,
+                    kw: 1,
+                    ph: 0,
+                    pw: 0,
+                },
+                4,
+            ),
+        ];
+        for isa in isas() {
+            for (i, &(g, o)) in geometries.iter().enumerate() {
+                let to_f32 = |v: Vec<f64>| v.into_iter().map(|a| a as f32 + 3.0).collect();
+                let x: Vec<f32> = to_f32(values(g.b * g.c * g.h * g.w, 71 + i as u64));
+                let w: Vec<f32> = to_f32(values(o * g.k(), 81 + i as u64));
+                let (y, moments) = conv_then(isa, &x, &g, &w, o, None, true);
+                let sz = g.ho() * g.wo();
+                assert_eq!(moments.len(), g.b * o, "{isa:?} {g:?}");
+                for (plane, &[sum, squares, mean]) in y.chunks_exact(sz).zip(&moments) {
+                    let want_sum: f64 = plane.iter().map(|&v| f64::from(v)).sum();
+                    let m = (want_sum / sz as f64) as f32;
+                    let want_squares: f64 = plane.iter().map(|&v| f64::from(v - m).powi(2)).sum();
+                    let case = format!("{isa:?} {g:?}");
+                    assert!(
+                        (sum - want_sum).abs() < 1e-5 * want_sum.abs(),
+                        "{case}: sum"
+                    );
+                    assert!(
+                        (mean - f64::from(m)).abs() < 1e-6 * f64::from(m).abs(),
+                        "{case}"
+                    );
+                    assert!(
+                        (squares - want_squares).abs() < 1e-4 * want_squares,
+                        "{case}"
+                    );
+                }
+            }
         }
     }
 
