@@ -5,7 +5,8 @@
 //! Candle's backward pass then made some twenty passes over the activations (each node's
 //! gradient materialised, zero-filled and added). As one op the forward pass reads `x`
 //! once and writes `y` once (the statistics, two more passes, are taken by the convolution
-//! that writes `x`, as it writes it: [`plane_moments`]), and a first-order backward pass
+//! that writes `x`, plane by plane as it writes it; [`batch_statistics`] computes them for
+//! other inputs), and a first-order backward pass
 //! reads `dy` and `x` twice and writes `dx` once, with the closed form
 //!
 //! ```text
@@ -132,9 +133,9 @@ fn plane<T>(t: &[T], sz: usize, i: usize) -> &[T] {
 }
 
 /// One plane's share of its channel's batch statistics, `[Σx, Σ(x − m)², m]` with `m` the
-/// plane's own mean rounded to the data's type: two passes over a plane, which a
-/// convolution makes while the plane it has just written is in cache
-/// ([`super::conv::conv2d_s1_statistics`]). Summed in f64 from eight accumulators.
+/// plane's own mean rounded to the data's type, summed in f64 from eight accumulators. (A
+/// convolution takes the same of each plane it writes, with vectors, while the plane is in
+/// cache: `direct_conv`'s `plane_moments`.)
 pub(super) fn plane_moments<T: WithDType>(plane: &[T]) -> [f64; 3] {
     let sum = block_sum(plane);
     let m = T::from_f64(sum / plane.len().max(1) as f64);
