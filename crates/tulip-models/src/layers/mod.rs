@@ -53,7 +53,8 @@ pub fn relu(x: &Tensor, mode: Mode) -> Result<Tensor> {
 
 /// `relu(bn(conv(x)) [+ skip])` (without batch norm `relu(conv(x) [+ skip])`; `skip` a
 /// residual connection), fused as far as `mode` allows: a ReLU without `skip` into the
-/// batch norm, and in evaluation mode everything into the convolution.
+/// batch norm, in training the batch norm's statistics into the convolution, and in
+/// evaluation mode everything into the convolution.
 pub fn conv_bn_relu(
     conv: &Conv2d,
     bn: Option<&BatchNorm>,
