@@ -5,7 +5,7 @@
 //! Candle's backward pass then made some twenty passes over the activations (each node's
 //! gradient materialised, zero-filled and added). As one op the forward pass reads `x`
 //! once and writes `y` once (the statistics, two more passes, are taken by the convolution
-//! that writes `x`, plane by plane as it writes it; [`batch_statistics`] computes them for
+//! that writes `x`, plane by plane as it writes it; [`batch_statistics`] takes the same of
 //! other inputs), and a first-order backward pass
 //! reads `dy` and `x` twice and writes `dx` once, with the closed form
 //!
@@ -23,28 +23,12 @@ use candle_core::{
     bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor, WithDType,
 };
 
+use super::direct_conv::{moments_of, Lane};
 use super::{
-    bcs, block_sum, centre, channel_dot, channel_sum, channel_totals, contiguous, first_order_only,
+    bcs, centre, channel_dot, channel_sum, channel_totals, contiguous, first_order_only,
     float_dispatch, map_indices, map_planes, parameter_gradients_wanted, planes_on_threads,
     relu_value, through_relu, zip_planes,
 };
-
-/// `Σ (v − m)²` with eight independent accumulators (so it vectorises), returned in f64.
-fn centred_squares<T: WithDType>(v: &[T], m: T) -> f64 {
-    let mut acc = [T::zero(); 8];
-    let chunks = v.chunks_exact(8);
-    let rest: f64 = chunks
-        .remainder()
-        .iter()
-        .map(|&x| ((x - m) * (x - m)).to_f64())
-        .sum();
-    for chunk in chunks {
-        for (a, &x) in acc.iter_mut().zip(eight(chunk)) {
-            *a += (x - m) * (x - m);
-        }
-    }
-    acc.iter().map(|a| a.to_f64()).sum::<f64>() + rest
-}
 
 /// Per channel `(μ, a, β)` rounded to the data's type, as the forward pass uses them.
 fn in_type<T: WithDType>(affine: &[[f64; 3]]) -> Vec<(T, T, T)> {
@@ -132,18 +116,9 @@ fn plane<T>(t: &[T], sz: usize, i: usize) -> &[T] {
     &t[i * sz..][..sz]
 }
 
-/// One plane's share of its channel's batch statistics, `[Σx, Σ(x − m)², m]` with `m` the
-/// plane's own mean rounded to the data's type, summed in f64 from eight accumulators. (A
-/// convolution takes the same of each plane it writes, with vectors, while the plane is in
-/// cache: `direct_conv`'s `plane_moments`.)
-pub(super) fn plane_moments<T: WithDType>(plane: &[T]) -> [f64; 3] {
-    let sum = block_sum(plane);
-    let m = T::from_f64(sum / plane.len().max(1) as f64);
-    [sum, centred_squares(plane, m), m.to_f64()]
-}
-
 /// Per channel the batch mean `μ` and biased variance of a `[B, C, sz]` tensor from its
-/// planes' [`plane_moments`] (`[B·C]`, image by image), added in image order. A plane
+/// planes' moments `[Σx, Σ(x − m)², m]` (`[B·C]`, image by image; `m` the plane's own mean,
+/// see `direct_conv::plane_moments`), added in image order. A plane
 /// centred on its own `m` contributes `Σ(x − μ)² = Σ(x − m)² + 2(m − μ)·Σ(x − m) +
 /// sz·(m − μ)²` exactly, each term small where the data are (the variance stays accurate
 /// when the mean is large).
@@ -167,8 +142,8 @@ pub(super) fn statistics_from_moments(
 }
 
 /// Per-channel batch mean and biased variance of `x: [B, C, …]` (from its planes'
-/// [`plane_moments`], summed in f64), read straight from its data: not recorded in any
-/// graph.
+/// moments, as a convolution takes them of its output, summed in f64), read straight from
+/// its data: not recorded in any graph.
 ///
 /// # Errors
 /// Fails if `x` is not a floating-point CPU tensor of rank ≥ 2.
@@ -181,10 +156,10 @@ pub fn batch_statistics(x: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
     }
 }
 
-fn statistics_cpu<T: WithDType>(s: &CpuStorage, l: &Layout) -> Result<(Vec<f64>, Vec<f64>)> {
+fn statistics_cpu<T: WithDType + Lane>(s: &CpuStorage, l: &Layout) -> Result<(Vec<f64>, Vec<f64>)> {
     let (b, c, sz) = bcs(l.dims())?;
     let x = contiguous::<T>(s, l)?;
-    let moments = map_indices(b * c, |i| plane_moments(plane(&x, sz, i)));
+    let moments = map_indices(b * c, |i| moments_of(plane(&x, sz, i)));
     Ok(statistics_from_moments(&moments, (b, c, sz)))
 }
 

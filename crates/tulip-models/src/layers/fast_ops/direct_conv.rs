@@ -262,9 +262,9 @@ pub(super) fn conv<T: Lane>(isa: Isa, x: &[T], g: &ConvGeom, w: &[T], o: usize) 
 }
 
 /// One plane's share of its channel's batch statistics, `[Σx, Σ(x − m)², m]` with `m` the
-/// plane's own mean rounded to `T` (what `batch_norm::plane_moments` computes, here with
-/// vectors, four accumulators each), summed in f64. [`conv_then`] takes them of each
-/// output plane as it writes it, while the plane is in cache.
+/// plane's own mean rounded to `T`, with vectors (four accumulators each), summed in f64.
+/// [`conv_then`] takes them of each output plane as it writes it, while the plane is in
+/// cache; [`moments_of`] of a plane no convolution wrote.
 #[inline(always)]
 fn plane_moments<S: Simd, T: Lane>(simd: S, plane: &[T]) -> [f64; 3] {
     let n = lanes::<S, T>();
@@ -297,6 +297,19 @@ fn plane_moments<S: Simd, T: Lane>(simd: S, plane: &[T]) -> [f64; 3] {
         })
         .sum();
     [sum, lane_total::<S, T>(simd, acc) + rest_squares, m.widen()]
+}
+
+/// [`plane_moments`] of `plane`, on the best instruction set.
+pub(super) fn moments_of<T: Lane>(plane: &[T]) -> [f64; 3] {
+    struct Moments<'a, T>(&'a [T]);
+    impl<T: Lane> WithSimd for Moments<'_, T> {
+        type Output = [f64; 3];
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, simd: S) -> [f64; 3] {
+            plane_moments::<S, T>(simd, self.0)
+        }
+    }
+    Isa::Best.dispatch(Moments(plane))
 }
 
 /// The sum of four vectors' lanes: the vectors added first, then the lanes in f64. (A
