@@ -285,11 +285,7 @@ impl ResNet {
     /// # Errors
     /// Fails on a shape mismatch.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> CResult<Tensor> {
-        let stem = self.stem.forward(x)?;
-        let mut y = match &self.stem_bn {
-            Some(bn) => bn.forward_relu(&stem, mode)?,
-            None => layers::relu(&stem, mode)?,
-        };
+        let mut y = layers::conv_bn_relu(&self.stem, self.stem_bn.as_ref(), x, None, mode)?;
         for block in &self.blocks {
             y = block.forward(&y, mode)?;
         }
