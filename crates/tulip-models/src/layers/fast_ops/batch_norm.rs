@@ -26,7 +26,7 @@ use candle_core::{
 use super::direct_conv::{moments_of, Lane};
 use super::{
     bcs, centre, channel_dot, channel_sum, channel_totals, contiguous, first_order_only,
-    float_dispatch, map_indices, map_planes, parameter_gradients_wanted, planes_on_threads,
+    float_dispatch, map_indices, map_planes, parameter_gradients_wanted, plane, planes_on_threads,
     relu_value, through_relu, zip_planes,
 };
 
@@ -55,6 +55,22 @@ fn form<T: WithDType>(affine: (T, T, T), relu: bool) -> impl Fn(T, T) -> (T, T) 
     move |g, x| {
         let xc = x - m;
         (if open(xc) { g } else { T::zero() }, xc)
+    }
+}
+
+/// `dx = a·dy + k·xc + z` element by element, `(dy, xc) = form(g, x)`: batch norm's input
+/// gradient (a piece of a plane of it) once its channel's coefficients `(a, k, z)` are
+/// known, in the first-order backward pass and in the input-gradient op alike.
+#[inline(always)]
+fn input_gradient_plane<T: WithDType>(
+    dx: &mut [T],
+    (g, x): (&[T], &[T]),
+    (a, k, z): (T, T, T),
+    form: impl Fn(T, T) -> (T, T),
+) {
+    for (dx, (&g, &x)) in dx.iter_mut().zip(g.iter().zip(x)) {
+        let (dy, xc) = form(g, x);
+        *dx = dy * a + xc * k + z;
     }
 }
 
@@ -109,11 +125,6 @@ fn plane_sums<T: WithDType, const WEIGHTED: bool>(
 /// A chunk of `chunks_exact(8)` as an array, so that its loop needs no bounds checks.
 fn eight<T>(chunk: &[T]) -> &[T; 8] {
     chunk.try_into().expect("a chunk of 8")
-}
-
-/// Plane `i` (of `sz` elements) of a `[B, C, S]` tensor's data.
-fn plane<T>(t: &[T], sz: usize, i: usize) -> &[T] {
-    &t[i * sz..][..sz]
 }
 
 /// Per channel the batch mean `μ` and biased variance of a `[B, C, sz]` tensor from its
@@ -282,12 +293,8 @@ impl BatchNormTrain {
             (T::from_f64(a), T::from_f64(k), T::from_f64(z))
         };
         let coefs: Vec<_> = (0..c).map(coef).collect();
-        let dx = zip_planes(&x, &g, sz, |i, x, g, dx| {
-            let ((a, k, z), form) = (coefs[i % c], form(affine[i % c], self.relu));
-            for (dx, (&x, &g)) in dx.iter_mut().zip(x.iter().zip(g)) {
-                let (dy, xc) = form(g, x);
-                *dx = dy * a + xc * k + z;
-            }
+        let dx = zip_planes(&g, &x, sz, |i, g, x, dx| {
+            input_gradient_plane(dx, (g, x), coefs[i % c], form(affine[i % c], self.relu));
         });
         let cpu = Device::Cpu;
         Ok((
@@ -513,11 +520,7 @@ impl BatchNormInputGradient {
             })
             .collect();
         let dx = zip_planes(&g[..b * c * sz], &x[..b * c * sz], sz, |i, g, x, dx| {
-            let ((a, k, z), form) = (coefs[i % c], planes.form(i % c));
-            for (dx, (&g, &x)) in dx.iter_mut().zip(g.iter().zip(x)) {
-                let (dy, xc) = form(g, x);
-                *dx = dy * a + xc * k + z;
-            }
+            input_gradient_plane(dx, (g, x), coefs[i % c], planes.form(i % c));
         });
         Ok((T::to_cpu_storage_owned(dx), gl.shape().clone()))
     }
