@@ -186,6 +186,14 @@ impl Row {
     }
 }
 
+/// The smallest and the largest of some positive values (`(∞, 0)` for none).
+fn range(values: &[f64]) -> (f64, f64) {
+    let bounds = (f64::INFINITY, 0f64);
+    values
+        .iter()
+        .fold(bounds, |(lo, hi), &v| (lo.min(v), hi.max(v)))
+}
+
 /// The median of some values (the mean of the middle two for an even count).
 fn median(values: impl Iterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = values.collect();
@@ -266,12 +274,13 @@ fn unit(case: &str) -> &'static str {
 
 fn print_row(row: &Row) {
     let (case, u) = (&row.case, unit(&row.case));
+    let ratios = row.ratios();
     match row.torch() {
         Some(t) => eprintln!(
             "bench: {case}: tulip {:.3} {u}, pytorch {t:.3} {u}, ratio {:.2} (rounds: {})",
             row.ours(),
-            median(row.ratios().into_iter()),
-            row.ratios()
+            median(ratios.iter().copied()),
+            ratios
                 .iter()
                 .map(|r| format!("{r:.2}"))
                 .collect::<Vec<_>>()
@@ -350,12 +359,10 @@ fn write_results(args: &BenchArgs, rows: &[Row]) -> Result<()> {
         let (case, u) = (&row.case, unit(&row.case));
         let ratios = row.ratios();
         let ratio = median(ratios.iter().copied());
+        let (lo, hi) = range(&ratios);
         let ours_rss = Row::peak_rss(&row.ours);
         match row.torch() {
             Some(t) if with_torch => {
-                let (lo, hi) = ratios
-                    .iter()
-                    .fold((f64::INFINITY, 0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
                 md += &format!(
                     "| {case} | {u} | {:.3} | {t:.3} | {ratio:.2} |{} {} | {ours_rss:.0} | {:.0} |\n",
                     row.ours(),
@@ -416,9 +423,7 @@ fn write_results(args: &BenchArgs, rows: &[Row]) -> Result<()> {
             .flatten()
             .filter_map(Value::as_f64)
             .collect();
-        let (lo, hi) = canaries
-            .iter()
-            .fold((f64::INFINITY, 0f64), |(lo, hi), &c| (lo.min(c), hi.max(c)));
+        let (lo, hi) = range(&canaries);
         md += &format!(
             "\nThe PyTorch side times a 1024×1024 sgemm \"canary\" (GFLOPS) before and after \
              each case (results.json); in this run it ranged {lo:.0}–{hi:.0}. Its level depends on \
