@@ -46,16 +46,22 @@ fn serve(routes: HashMap<String, Vec<u8>>) -> (String, Arc<Mutex<Vec<String>>>) 
     (base, hits)
 }
 
-/// A small MNIST-format dataset as raw IDX files (the loader reads raw or gzip):
-/// `(file name, bytes)`.
+/// An MNIST-format dataset as raw IDX files (the loader reads raw or gzip):
+/// `(file name, bytes)`. The loader accepts it only in the true sizes, 60,000 training
+/// and 10,000 test images.
 fn mnist_files(n_train: usize, n_test: usize) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for (prefix, n) in [("train", n_train), ("t10k", n_test)] {
-        let mut images = Vec::new();
+        let mut images = Vec::with_capacity(16 + n * 784);
         for v in [0x0803u32, n as u32, 28, 28] {
             images.extend_from_slice(&v.to_be_bytes());
         }
-        images.extend((0..n * 784).map(|k| (k * 7 % 256) as u8));
+        // Byte k is k * 7 % 256, which repeats every 256 bytes: copy one period.
+        let period: Vec<u8> = (0..256).map(|k| (k * 7 % 256) as u8).collect();
+        for _ in 0..n * 784 / 256 {
+            images.extend_from_slice(&period);
+        }
+        images.extend_from_slice(&period[..n * 784 % 256]);
         let mut labels = Vec::new();
         for v in [0x0801u32, n as u32] {
             labels.extend_from_slice(&v.to_be_bytes());
@@ -179,7 +185,7 @@ fn without_a_network_the_error_says_why_and_where_else_to_get_the_data() {
 
 #[test]
 fn train_downloads_a_missing_dataset_from_the_mirror_and_trains() {
-    let files = mnist_files(16, 8);
+    let files = mnist_files(60_000, 10_000);
     let routes = files
         .iter()
         .map(|(name, bytes)| (format!("/mnist/{name}"), bytes.clone()))
@@ -222,6 +228,46 @@ fn train_downloads_a_missing_dataset_from_the_mirror_and_trains() {
     // Found locally now: no second download.
     train("run2");
     assert_eq!(hits.lock().unwrap().len(), 4);
+}
+
+#[test]
+fn a_downloaded_dataset_of_the_wrong_size_is_refused_when_loaded() {
+    // Verified against its (test) manifest, so the download succeeds; but 16 training
+    // images are not MNIST, and training on them must not start.
+    let files = mnist_files(16, 8);
+    let routes = files
+        .iter()
+        .map(|(name, bytes)| (format!("/mnist/{name}"), bytes.clone()))
+        .collect();
+    let (base, _hits) = serve(routes);
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = write_manifest(tmp.path(), &files);
+    let data = tmp.path().join("data");
+    let run_dir = tmp.path().join("run");
+    let mut args = TINY.to_vec();
+    args.extend([
+        "--data",
+        data.to_str().unwrap(),
+        "--log-dir",
+        run_dir.to_str().unwrap(),
+    ]);
+    let out = run(tulip(&args)
+        .env(MIRROR_ENV, &base)
+        .env(MANIFEST_ENV, &manifest));
+    assert!(!out.status.success(), "trained on a 16-image MNIST");
+    let err = stderr(&out);
+    for w in [
+        "train-images-idx3-ubyte",
+        "mnist",
+        "expected 60000",
+        "found 16",
+    ] {
+        assert!(err.contains(w), "stderr lacks {w:?}:\n{err}");
+    }
+    assert!(
+        !run_dir.join(tulip_train::run_dir::files::TEST_CSV).exists(),
+        "no epoch was trained"
+    );
 }
 
 #[test]

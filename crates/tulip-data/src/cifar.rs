@@ -6,12 +6,13 @@
 //! 100 fine labels of CIFAR-100.
 //!
 //! Files: CIFAR-10 trains on `data_batch_1.bin` .. `data_batch_5.bin` and tests on
-//! `test_batch.bin` (in `cifar-10-batches-bin/` as unpacked from the archive); CIFAR-100
-//! trains on `train.bin` and tests on `test.bin` (in `cifar-100-binary/`).
+//! `test_batch.bin` (in `cifar-10-batches-bin/` as unpacked from the archive), 10,000
+//! records each; CIFAR-100 trains on `train.bin` (50,000 records) and tests on `test.bin`
+//! (10,000) (in `cifar-100-binary/`).
 
 use std::path::{Path, PathBuf};
 
-use crate::dataset::check_labels;
+use crate::dataset::{check_count, check_labels};
 use crate::{DataError, DatasetKind, Result};
 
 /// Bytes of pixel data in one record (3×32×32).
@@ -26,7 +27,9 @@ pub fn record_size(kind: DatasetKind) -> Option<usize> {
     }
 }
 
-/// Read every record of a CIFAR binary file: `(pixels, labels)`, pixels NCHW.
+/// Read every record of a CIFAR binary file, however many it holds: `(pixels, labels)`,
+/// pixels NCHW. [`load`](crate::load) reads the dataset's files with their record counts
+/// checked as well.
 ///
 /// For CIFAR-100 the labels returned are the fine labels (`0..100`).
 ///
@@ -35,6 +38,20 @@ pub fn record_size(kind: DatasetKind) -> Option<usize> {
 /// file cannot be read; [`DataError::RecordSize`] if its size is not a multiple of the
 /// record size; [`DataError::LabelOutOfRange`] for a label `>= kind.classes()`.
 pub fn read_records(path: &Path, kind: DatasetKind) -> Result<(Vec<u8>, Vec<u8>)> {
+    read(path, kind, None)
+}
+
+/// [`read_records`] of a file that must hold exactly `expected` records, else
+/// [`DataError::RecordCount`].
+pub(crate) fn read_counted(
+    path: &Path,
+    kind: DatasetKind,
+    expected: usize,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    read(path, kind, Some(expected))
+}
+
+fn read(path: &Path, kind: DatasetKind, expected: Option<usize>) -> Result<(Vec<u8>, Vec<u8>)> {
     let record = record_size(kind).ok_or(DataError::NotCifar(kind))?;
     let data = std::fs::read(path).map_err(|error| DataError::Io {
         path: path.to_path_buf(),
@@ -49,6 +66,9 @@ pub fn read_records(path: &Path, kind: DatasetKind) -> Result<(Vec<u8>, Vec<u8>)
         });
     }
     let n = data.len() / record;
+    if let Some(expected) = expected {
+        check_count(path, kind, "records", expected, n)?;
+    }
     let label_at = record - PIXELS - 1; // 0 for CIFAR-10, 1 (the fine label) for CIFAR-100
     let mut images = Vec::with_capacity(n * PIXELS);
     let mut labels = Vec::with_capacity(n);

@@ -61,6 +61,16 @@ impl DatasetKind {
         }
     }
 
+    /// Number of (training, test) examples: 60,000 and 10,000 for Fashion-MNIST and
+    /// MNIST, 50,000 and 10,000 for CIFAR-10 and CIFAR-100. [`load`] refuses files that
+    /// hold any other number.
+    pub fn split_sizes(self) -> (usize, usize) {
+        match self {
+            DatasetKind::FashionMnist | DatasetKind::Mnist => (60_000, 10_000),
+            DatasetKind::Cifar10 | DatasetKind::Cifar100 => (50_000, 10_000),
+        }
+    }
+
     /// Whether the dataset is stored as IDX files (the MNIST family).
     pub(crate) fn is_idx(self) -> bool {
         matches!(self, DatasetKind::FashionMnist | DatasetKind::Mnist)
@@ -181,26 +191,39 @@ pub struct Dataset {
 /// `data_batch_5.bin` and `test_batch.bin`, directly or in `cifar-10-batches-bin/`; for
 /// CIFAR-100 `train.bin` and `test.bin`, directly or in `cifar-100-binary/`.
 ///
+/// Every file must hold the number of examples the real one has (see
+/// [`DatasetKind::split_sizes`]): 60,000 training and 10,000 test images and labels for
+/// the IDX datasets, 10,000 records in each CIFAR-10 batch file, 50,000 in CIFAR-100's
+/// `train.bin` and 10,000 in its `test.bin`. A shorter or longer file (an empty one, a
+/// partial copy) is an error, never a smaller dataset used silently.
+///
 /// # Errors
 /// A missing or unreadable file, a corrupt gzip stream, a wrong IDX magic number or image
-/// size, a truncated file, an image/label count mismatch, a CIFAR file that is not a whole
-/// number of records, or a label outside `0..kind.classes()`; each error names the file.
+/// size, a truncated file, a CIFAR file that is not a whole number of records, a file
+/// with the wrong number of examples ([`DataError::RecordCount`]), or a label outside
+/// `0..kind.classes()`; each error names the file.
 pub fn load(kind: DatasetKind, dir: &Path) -> Result<Dataset> {
+    let (train_len, test_len) = kind.split_sizes();
     let (train, test) = if kind.is_idx() {
         (
-            load_idx_split(kind, dir, "train")?,
-            load_idx_split(kind, dir, "t10k")?,
+            load_idx_split(kind, dir, "train", train_len)?,
+            load_idx_split(kind, dir, "t10k", test_len)?,
         )
     } else {
         let dir = cifar::resolve_dir(kind, dir);
         let (train_files, test_file) = cifar::split_files(kind);
-        let mut train = Split::new(Vec::new(), Vec::new(), kind.image_shape())?;
+        let per_train_file = train_len / train_files.len();
+        let mut train = Split::new(
+            Vec::with_capacity(train_len * cifar::PIXELS),
+            Vec::with_capacity(train_len),
+            kind.image_shape(),
+        )?;
         for f in train_files {
-            let (images, labels) = cifar::read_records(&dir.join(f), kind)?;
+            let (images, labels) = cifar::read_counted(&dir.join(f), kind, per_train_file)?;
             train.images.extend_from_slice(&images);
             train.labels.extend_from_slice(&labels);
         }
-        let (images, labels) = cifar::read_records(&dir.join(test_file), kind)?;
+        let (images, labels) = cifar::read_counted(&dir.join(test_file), kind, test_len)?;
         (train, Split::new(images, labels, kind.image_shape())?)
     };
     tracing::info!(
@@ -228,7 +251,10 @@ pub(crate) fn idx_file(dir: &Path, stem: &str) -> std::path::PathBuf {
     }
 }
 
-fn load_idx_split(kind: DatasetKind, dir: &Path, prefix: &str) -> Result<Split> {
+/// One split of an IDX dataset: `<prefix>-images-idx3-ubyte` and
+/// `<prefix>-labels-idx1-ubyte`, each of which must hold exactly `expected` examples (so
+/// the two also agree).
+fn load_idx_split(kind: DatasetKind, dir: &Path, prefix: &str, expected: usize) -> Result<Split> {
     let images_path = idx_file(dir, &format!("{prefix}-images-idx3-ubyte"));
     let labels_path = idx_file(dir, &format!("{prefix}-labels-idx1-ubyte"));
     let (images, n, rows, cols) = idx::read_images(&images_path)?;
@@ -241,17 +267,31 @@ fn load_idx_split(kind: DatasetKind, dir: &Path, prefix: &str) -> Result<Split> 
             found: (rows, cols),
         });
     }
+    check_count(&images_path, kind, "images", expected, n)?;
     let labels = idx::read_labels(&labels_path)?;
-    if labels.len() != n {
-        return Err(DataError::CountMismatch {
-            images_path,
-            images: n,
-            labels_path,
-            labels: labels.len(),
-        });
-    }
+    check_count(&labels_path, kind, "labels", expected, labels.len())?;
     check_labels(&labels_path, &labels, kind.classes())?;
     Split::new(images, labels, (c, h, w))
+}
+
+/// [`DataError::RecordCount`] unless `found == expected`.
+pub(crate) fn check_count(
+    path: &Path,
+    dataset: DatasetKind,
+    what: &'static str,
+    expected: usize,
+    found: usize,
+) -> Result<()> {
+    if found == expected {
+        return Ok(());
+    }
+    Err(DataError::RecordCount {
+        path: path.to_path_buf(),
+        dataset,
+        what,
+        expected,
+        found,
+    })
 }
 
 /// Check every label is below `classes`.

@@ -75,21 +75,25 @@ pub enum DataError {
         found: u64,
     },
 
-    /// The image and label files of one split disagree on the number of examples.
+    /// A file holds another number of examples than the real file of that name: an empty
+    /// or partial copy, or a different file under the expected name. (The image and label
+    /// files of an IDX split are each checked against the same count, so they also agree.)
     #[error(
-        "image/label count mismatch: {} holds {images} images but {} holds {labels} labels",
-        images_path.display(),
-        labels_path.display()
+        "{}: wrong number of {what} for {dataset}: expected {expected}, found {found} \
+         (the file is incomplete, or is not the {dataset} file of that name)",
+        path.display()
     )]
-    CountMismatch {
-        /// The image file.
-        images_path: PathBuf,
-        /// Number of images in it.
-        images: usize,
-        /// The label file.
-        labels_path: PathBuf,
-        /// Number of labels in it.
-        labels: usize,
+    RecordCount {
+        /// The file.
+        path: PathBuf,
+        /// The dataset being loaded.
+        dataset: DatasetKind,
+        /// What is counted: "records" (CIFAR), "images" or "labels" (IDX).
+        what: &'static str,
+        /// Number the real file holds.
+        expected: usize,
+        /// Number this file holds (for IDX, as its header declares).
+        found: usize,
     },
 
     /// An IDX image file holds images of the wrong size for the dataset.

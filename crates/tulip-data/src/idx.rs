@@ -17,6 +17,9 @@ pub const LABELS_MAGIC: u32 = 0x0000_0801;
 
 /// Read an IDX image file: `(pixels, n, rows, cols)`, pixels in row-major order.
 ///
+/// Any count and image size are accepted here; [`load`](crate::load) checks both against
+/// the dataset's.
+///
 /// # Errors
 /// [`DataError::Io`] if the file cannot be read, [`DataError::Gzip`] if it is corrupt
 /// gzip, [`DataError::BadMagic`] if it is not an IDX image file,
@@ -37,8 +40,8 @@ pub fn read_images(path: &Path) -> Result<(Vec<u8>, usize, usize, usize)> {
 /// Read an IDX label file.
 ///
 /// # Errors
-/// As [`read_images`], for label files. Label values are not checked here (the reader
-/// does not know the class count); [`load`](crate::load) checks them.
+/// As [`read_images`], for label files. Neither the count nor the label values are
+/// checked here (the reader does not know the dataset); [`load`](crate::load) checks them.
 pub fn read_labels(path: &Path) -> Result<Vec<u8>> {
     let data = read_maybe_gz(path)?;
     let dims = header(path, &data, LABELS_MAGIC, "IDX labels", 1)?;

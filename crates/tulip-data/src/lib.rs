@@ -28,7 +28,9 @@
 //! committed `data/manifest.toml` (`cargo xtask download`, and `tulip train` unless
 //! `--no-download`); [`locate`] and [`load`] themselves never touch the network. Splits stay in memory as bytes and are converted to
 //! `f32` in `[0, 1]` per batch, with no mean/std normalisation (SPEC: the bounds matter
-//! to attacks). A bad file gives a [`DataError`] naming the file and the problem.
+//! to attacks). A bad file gives a [`DataError`] naming the file and the problem; a file
+//! with another number of examples than the real one (an empty or partial copy) is such
+//! an error, never a smaller dataset used silently.
 //!
 //! # Augmentation (SPEC §6)
 //!

@@ -14,7 +14,7 @@ use tulip_data::download::{
 };
 use tulip_data::{load, locate, DataError, DatasetKind, SearchPaths};
 
-use crate::{assert_msg, gz, idx_images, idx_labels, pixel};
+use crate::{assert_msg, gz, idx_images, idx_labels, pixel, pixels};
 
 /// What the server answers for a path.
 #[derive(Clone)]
@@ -111,17 +111,15 @@ fn entry(kind: DatasetKind, name: &str, bytes: &[u8], archive_members: &[&str]) 
     s
 }
 
-/// The four gzipped IDX files of a small MNIST-format dataset (`n_train`, `n_test`).
+/// The four gzipped IDX files of an MNIST-format dataset (`n_train`, `n_test`; `load`
+/// accepts them only with the true sizes, 60,000 and 10,000).
 fn idx_files(n_train: usize, n_test: usize) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for (prefix, n) in [("train", n_train), ("t10k", n_test)] {
-        let pixels: Vec<u8> = (0..n)
-            .flat_map(|i| (0..784).map(move |k| pixel(i, k)))
-            .collect();
         let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
         out.push((
             format!("{prefix}-images-idx3-ubyte.gz"),
-            gz(&idx_images(n as u32, 28, 28, &pixels)),
+            gz(&idx_images(n as u32, 28, 28, &pixels(0, n, 784))),
         ));
         out.push((
             format!("{prefix}-labels-idx1-ubyte.gz"),
@@ -134,8 +132,10 @@ fn idx_files(n_train: usize, n_test: usize) -> Vec<(String, Vec<u8>)> {
 /// A served file: name, bytes and, for an archive, its members.
 type Served = (String, Vec<u8>, Vec<String>);
 
-/// A CIFAR binary-version archive with `n` records per file.
-fn cifar_archive(kind: DatasetKind, n: usize) -> Served {
+/// A CIFAR binary-version archive whose files hold as many records as the real ones
+/// (10,000 per file; CIFAR-100's `train.bin` 50,000): record `i` of each file has label
+/// `i % 10` (the fine label for CIFAR-100) and pixels `pixel(i, k)`.
+fn cifar_archive(kind: DatasetKind) -> Served {
     let (name, top, files, record): (_, _, &[&str], _) = match kind {
         DatasetKind::Cifar100 => (
             "cifar-100-binary.tar.gz",
@@ -170,16 +170,15 @@ fn cifar_archive(kind: DatasetKind, n: usize) -> Served {
     };
     let mut members = Vec::new();
     for f in files {
-        let data: Vec<u8> = (0..n)
-            .flat_map(|i| {
-                let mut rec = vec![0u8; record];
-                rec[record - 3073] = (i % 10) as u8; // the (fine) label
-                for (k, p) in rec[record - 3072..].iter_mut().enumerate() {
-                    *p = pixel(i, k);
-                }
-                rec
-            })
-            .collect();
+        let n = if *f == "train.bin" { 50_000 } else { 10_000 };
+        let mut data = Vec::with_capacity(n * record);
+        for (i, image) in pixels(0, n, 3072).chunks_exact(3072).enumerate() {
+            if record == 3074 {
+                data.push(0); // CIFAR-100's coarse label, not read
+            }
+            data.push((i % 10) as u8); // the (fine) label
+            data.extend_from_slice(image);
+        }
         let path = format!("{top}/{f}");
         add(&path, &data);
         members.push(path);
@@ -235,7 +234,8 @@ fn tree(dir: &Path) -> Vec<String> {
 
 #[test]
 fn idx_dataset_downloads_verifies_and_loads_then_is_not_fetched_again() {
-    let (files, server, dl) = idx_setup(12, 5);
+    // The true sizes: `load` accepts nothing else.
+    let (files, server, dl) = idx_setup(60_000, 10_000);
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("data");
 
@@ -263,9 +263,11 @@ fn idx_dataset_downloads_verifies_and_loads_then_is_not_fetched_again() {
         &locate(DatasetKind::Mnist, Some(&root)).unwrap(),
     )
     .unwrap();
-    assert_eq!((data.train.len(), data.test.len()), (12, 5));
+    assert_eq!((data.train.len(), data.test.len()), (60_000, 10_000));
     assert_eq!(data.train.image(3)[100], pixel(3, 100));
+    assert_eq!(data.train.image(59_999)[783], pixel(59_999, 783));
     assert_eq!(data.test.labels[4], 4);
+    assert_eq!(data.test.labels[9_999], 9);
 
     let again = dl
         .fetch(DatasetKind::Mnist, &root, &mut NoProgress)
@@ -295,7 +297,7 @@ fn a_present_file_with_the_wrong_digest_is_fetched_again_alone() {
 #[test]
 fn cifar_archives_are_verified_unpacked_and_load() {
     for kind in [DatasetKind::Cifar10, DatasetKind::Cifar100] {
-        let archive = cifar_archive(kind, 4);
+        let archive = cifar_archive(kind);
         let (server, dl) = setup(kind, std::slice::from_ref(&archive));
         let tmp = tempfile::tempdir().unwrap();
 
@@ -318,10 +320,14 @@ fn cifar_archives_are_verified_unpacked_and_load() {
 
         let dir = locate(kind, Some(tmp.path())).unwrap();
         let data = load(kind, &dir).unwrap();
-        let train_files = if kind == DatasetKind::Cifar10 { 5 } else { 1 };
-        assert_eq!((data.train.len(), data.test.len()), (4 * train_files, 4));
-        assert_eq!(data.test.labels, vec![0, 1, 2, 3]);
+        assert_eq!((data.train.len(), data.test.len()), (50_000, 10_000));
+        assert_eq!(data.test.labels[..4], [0, 1, 2, 3]);
         assert_eq!(data.train.image(2)[5], pixel(2, 5));
+        // CIFAR-10's second batch starts again at record 0 of its file.
+        let i = 10_001;
+        let first = if kind == DatasetKind::Cifar10 { 1 } else { i };
+        assert_eq!(data.train.image(i)[9], pixel(first, 9));
+        assert_eq!(usize::from(data.train.labels[i]), first % 10);
 
         let again = dl.fetch(kind, tmp.path(), &mut NoProgress).unwrap();
         assert!(again.fetched.is_empty());

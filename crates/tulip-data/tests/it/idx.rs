@@ -3,7 +3,10 @@
 use tulip_data::idx::{read_images, read_labels};
 use tulip_data::{load, DataError, DatasetKind};
 
-use crate::{assert_msg, gz, idx_images, idx_labels, pixel, write, write_idx_dataset};
+use crate::{
+    assert_msg, gz, idx_images, idx_labels, pixel, pixels, write, write_idx_dataset, IDX_TEST,
+    IDX_TRAIN,
+};
 
 /// Two 2×3 images with hand-picked values, including 0 and 255.
 const PIXELS: [u8; 12] = [0, 1, 2, 253, 254, 255, 10, 20, 30, 40, 50, 60];
@@ -147,47 +150,60 @@ fn corrupt_and_truncated_gzip() {
 fn load_reads_raw_and_gz_datasets() {
     for compress in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        write_idx_dataset(dir.path(), 12, 5, compress);
+        write_idx_dataset(dir.path(), IDX_TRAIN, IDX_TEST, compress);
         let data = load(DatasetKind::Mnist, dir.path()).unwrap();
         assert_eq!(data.kind, DatasetKind::Mnist);
-        assert_eq!((data.train.len(), data.test.len()), (12, 5));
+        assert_eq!((data.train.len(), data.test.len()), (60_000, 10_000));
         assert_eq!(data.train.shape, (1, 28, 28));
-        assert_eq!(data.train.images.len(), 12 * 784);
-        assert_eq!(data.test.image(4)[100], pixel(4, 100));
-        assert_eq!(data.train.image(11)[783], pixel(11, 783));
+        assert_eq!(data.train.images.len(), 60_000 * 784);
+        for (i, k) in [(4, 100), (255, 0), (256, 1), (9_999, 783)] {
+            assert_eq!(data.test.image(i)[k], pixel(i, k), "test image {i}");
+        }
+        for (i, k) in [(11, 783), (59_999, 5)] {
+            assert_eq!(data.train.image(i)[k], pixel(i, k), "train image {i}");
+        }
         assert_eq!(data.train.labels[..3], [0, 1, 2]);
-        assert_eq!(
-            data.test.label_histogram(10),
-            [1, 1, 1, 1, 1, 0, 0, 0, 0, 0]
-        );
+        assert_eq!(data.train.labels[59_999], 9);
+        assert_eq!(data.test.label_histogram(10), [1000; 10]);
     }
 }
 
 #[test]
 fn load_prefers_the_raw_file_when_both_exist() {
     let dir = tempfile::tempdir().unwrap();
-    write_idx_dataset(dir.path(), 3, 2, true);
-    write(dir.path(), "t10k-labels-idx1-ubyte", &idx_labels(&[9, 9]));
+    write_idx_dataset(dir.path(), IDX_TRAIN, IDX_TEST, true);
+    write(
+        dir.path(),
+        "t10k-labels-idx1-ubyte",
+        &idx_labels(&[9; IDX_TEST]),
+    );
     let data = load(DatasetKind::FashionMnist, dir.path()).unwrap();
-    assert_eq!(data.test.labels, [9, 9]);
+    assert_eq!(data.test.label_histogram(10)[9], IDX_TEST);
 }
 
+/// An IDX file whose header declares another count than the real dataset's: fewer
+/// images (with as many labels, so the two agree), or one label short.
 #[test]
-fn load_reports_count_mismatch() {
+fn load_rejects_idx_files_with_the_wrong_count() {
     let dir = tempfile::tempdir().unwrap();
-    write_idx_dataset(dir.path(), 4, 2, false);
+    write_idx_dataset(dir.path(), IDX_TRAIN, IDX_TEST, false);
+    write(
+        dir.path(),
+        "train-images-idx3-ubyte",
+        &idx_images(100, 28, 28, &pixels(0, 100, 784)),
+    );
     write(
         dir.path(),
         "train-labels-idx1-ubyte",
-        &idx_labels(&[0, 1, 2]),
+        &idx_labels(&[3; 100]),
     );
     let err = load(DatasetKind::Mnist, dir.path()).unwrap_err();
     assert!(
         matches!(
             err,
-            DataError::CountMismatch {
-                images: 4,
-                labels: 3,
+            DataError::RecordCount {
+                expected: 60_000,
+                found: 100,
                 ..
             }
         ),
@@ -197,10 +213,42 @@ fn load_reports_count_mismatch() {
         &err,
         &[
             "train-images-idx3-ubyte",
-            "train-labels-idx1-ubyte",
-            "mismatch",
-            "4",
-            "3",
+            "mnist",
+            "expected 60000",
+            "found 100",
+        ],
+    );
+
+    // Images right, labels one short (and compressed): the label file is named.
+    let dir = tempfile::tempdir().unwrap();
+    write_idx_dataset(dir.path(), IDX_TRAIN, IDX_TEST, true);
+    let labels: Vec<u8> = (0..IDX_TEST - 1).map(|i| (i % 10) as u8).collect();
+    write(
+        dir.path(),
+        "t10k-labels-idx1-ubyte.gz",
+        &gz(&idx_labels(&labels)),
+    );
+    let err = load(DatasetKind::FashionMnist, dir.path()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DataError::RecordCount {
+                what: "labels",
+                expected: 10_000,
+                found: 9_999,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_msg(
+        &err,
+        &[
+            "t10k-labels-idx1-ubyte.gz",
+            "fashion-mnist",
+            "labels",
+            "expected 10000",
+            "found 9999",
         ],
     );
 }
@@ -208,11 +256,13 @@ fn load_reports_count_mismatch() {
 #[test]
 fn load_reports_label_out_of_range() {
     let dir = tempfile::tempdir().unwrap();
-    write_idx_dataset(dir.path(), 4, 3, true);
+    write_idx_dataset(dir.path(), IDX_TRAIN, IDX_TEST, true);
+    let mut labels = vec![0; IDX_TEST];
+    (labels[1], labels[2]) = (9, 10);
     write(
         dir.path(),
         "t10k-labels-idx1-ubyte.gz",
-        &gz(&idx_labels(&[0, 9, 10])),
+        &gz(&idx_labels(&labels)),
     );
     let err = load(DatasetKind::FashionMnist, dir.path()).unwrap_err();
     assert!(
@@ -242,7 +292,7 @@ fn load_reports_label_out_of_range() {
 #[test]
 fn load_reports_wrong_image_size() {
     let dir = tempfile::tempdir().unwrap();
-    write_idx_dataset(dir.path(), 2, 2, false);
+    write_idx_dataset(dir.path(), IDX_TRAIN, IDX_TEST, false);
     write(
         dir.path(),
         "train-images-idx3-ubyte",
@@ -258,7 +308,7 @@ fn load_reports_wrong_image_size() {
 #[test]
 fn load_reports_missing_file() {
     let dir = tempfile::tempdir().unwrap();
-    write_idx_dataset(dir.path(), 2, 2, true);
+    write_idx_dataset(dir.path(), IDX_TRAIN, IDX_TEST, true);
     std::fs::remove_file(dir.path().join("t10k-images-idx3-ubyte.gz")).unwrap();
     let err = load(DatasetKind::Mnist, dir.path()).unwrap_err();
     assert!(matches!(err, DataError::Io { .. }), "{err:?}");

@@ -51,15 +51,35 @@ pub fn pixel(i: usize, k: usize) -> u8 {
     ((i * 31 + k * 7 + 3) % 256) as u8
 }
 
+/// The pixels of images `first..first + n`, `len` bytes each: byte `k` of image `i` is
+/// `pixel(i, k)`. Built by copying from a table of 256 images, as `pixel` repeats with
+/// period 256 in `i` (31 · 256 is a multiple of 256), so full-size datasets cost a few
+/// memory copies rather than a call per byte.
+pub fn pixels(first: usize, n: usize, len: usize) -> Vec<u8> {
+    let table: Vec<u8> = (0..256)
+        .flat_map(|i| (0..len).map(move |k| pixel(i, k)))
+        .collect();
+    let mut out = Vec::with_capacity(n * len);
+    for i in first..first + n {
+        let row = (i % 256) * len;
+        out.extend_from_slice(&table[row..row + len]);
+    }
+    out
+}
+
+/// Training and test examples of the real MNIST and Fashion-MNIST: the sizes `load`
+/// insists on.
+pub const IDX_TRAIN: usize = 60_000;
+/// See [`IDX_TRAIN`].
+pub const IDX_TEST: usize = 10_000;
+
 /// A complete 28×28 IDX dataset (train `n_train`, test `n_test` examples, label
-/// `i % 10`), compressed or not, in `dir`.
+/// `i % 10`), compressed or not, in `dir`. `load` accepts it only with
+/// [`IDX_TRAIN`] and [`IDX_TEST`]; smaller ones serve `locate`.
 pub fn write_idx_dataset(dir: &Path, n_train: usize, n_test: usize, compress: bool) {
     for (prefix, n) in [("train", n_train), ("t10k", n_test)] {
-        let pixels: Vec<u8> = (0..n)
-            .flat_map(|i| (0..784).map(move |k| pixel(i, k)))
-            .collect();
         let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
-        let images = idx_images(n as u32, 28, 28, &pixels);
+        let images = idx_images(n as u32, 28, 28, &pixels(0, n, 784));
         let labels = idx_labels(&labels);
         let ext = if compress { ".gz" } else { "" };
         let (images, labels) = if compress {
