@@ -169,3 +169,34 @@ fn attack_on_a_run_without_a_checkpoint_says_so() {
         "{err}"
     );
 }
+
+/// One infinite tensor among finite ones is enough for `tulip attack` to refuse the
+/// checkpoint, naming the file and that tensor (and writing no result).
+#[test]
+fn attack_refuses_a_checkpoint_with_an_infinite_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("diverged");
+    let checkpoint =
+        tulip_e2e::run_with_poisoned_checkpoint(&dir, |name| name == "fc.weight", f32::INFINITY);
+    let out = run(&mut tulip(&[
+        "attack",
+        dir.to_str().unwrap(),
+        "--attack",
+        "deepfool",
+        "--norm",
+        "l2",
+        "--images",
+        "4",
+    ]));
+    let err = stderr(&out);
+    assert!(!out.status.success(), "accepted:\n{err}");
+    // One message says it all (the progress line names the checkpoint too).
+    let message = err
+        .lines()
+        .find(|l| l.contains("NaN or infinite"))
+        .unwrap_or_else(|| panic!("no message about infinite weights:\n{err}"));
+    for needle in [checkpoint.to_str().unwrap(), "(fc.weight)"] {
+        assert!(message.contains(needle), "does not name {needle:?}:\n{err}");
+    }
+    assert!(!dir.join("attacks").exists());
+}

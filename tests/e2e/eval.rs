@@ -142,6 +142,10 @@ fn eval_errors_name_the_problem() {
         (vec!["eval", d, "--limit", "0"], "--limit"),
         (vec!["eval", d, "--limit", "-3"], "--limit"),
         (vec!["eval", d, "--device", "tpu"], "--device"),
+        (
+            vec!["eval", d, "--jacobian-limit", "0", "--limit", "2"],
+            "--jacobian-limit must be at least 1",
+        ),
     ];
     for (args, needle) in cases {
         let out = tulip(&args).output().unwrap();
@@ -220,4 +224,35 @@ fn nn_attack_saves_every_distance_and_matches_brute_force() {
         assert!(!out.status.success(), "{args:?} accepted");
         assert!(stderr(&out).contains(needle), "{args:?}:\n{}", stderr(&out));
     }
+}
+
+/// A checkpoint of a diverged run (NaN in every tensor) is refused with an error that names
+/// the file and its first tensors, and no eval.json is written; without the check
+/// `tulip eval` printed a Lipschitz estimate of 0 and exited 0.
+#[test]
+fn eval_refuses_a_checkpoint_with_nan_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("diverged");
+    let checkpoint = tulip_e2e::run_with_poisoned_checkpoint(&dir, |_| true, f32::NAN);
+    let out = tulip(&["eval", dir.to_str().unwrap(), "--limit", "8"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success(), "accepted:\n{err}");
+    // One message says it all (the progress lines name the checkpoint too).
+    let message = err
+        .lines()
+        .find(|l| l.contains("NaN or infinite"))
+        .unwrap_or_else(|| panic!("no message about NaN weights:\n{err}"));
+    for needle in [
+        checkpoint.to_str().unwrap(),
+        // The model's first tensor, then how many more there are.
+        "layer0.0.weight",
+        " more",
+    ] {
+        assert!(message.contains(needle), "does not name {needle:?}:\n{err}");
+    }
+    assert!(!err.contains("evaluating"), "evaluation started:\n{err}");
+    assert!(!dir.join("eval.json").exists());
+    assert!(!dir.join("certified.csv").exists());
 }

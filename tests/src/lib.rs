@@ -85,3 +85,34 @@ pub fn trained_run(args: &[&str]) -> (tempfile::TempDir, PathBuf) {
     assert!(out.status.success(), "training failed: {}", stderr(&out));
     (tmp, dir)
 }
+
+/// Creates a run directory at `dir` for an untrained ResNet8 on Fashion-MNIST (its
+/// `config.toml` written by [`tulip_train::RunDir::create`]) whose best checkpoint is a real
+/// initialisation of that model with every element of the tensors `poisoned` picks (by
+/// name) set to `value`. Returns the checkpoint's path. For the commands' handling of a
+/// diverged run without training one.
+///
+/// # Panics
+/// If the directory or the checkpoint cannot be written.
+pub fn run_with_poisoned_checkpoint(
+    dir: &Path,
+    poisoned: impl Fn(&str) -> bool,
+    value: f32,
+) -> PathBuf {
+    use tulip_models::{Architecture, Checkpoint, Classifier, Model, ModelConfig};
+    let model_config = ModelConfig::new(Architecture::ResNet8, 10, (1, 28, 28));
+    let config = tulip_train::TrainConfig::new(tulip_data::DatasetKind::FashionMnist, model_config);
+    let (run, lock) = tulip_train::RunDir::create(dir, &config).expect("run directory");
+    drop(lock);
+    let device = candle_core::Device::Cpu;
+    let model = Model::init(&config.model, 0, candle_core::DType::F32, &device).expect("model");
+    let mut checkpoint = Checkpoint::from_params(model.params());
+    for (name, t) in &mut checkpoint.tensors {
+        if poisoned(name.as_str()) {
+            *t = candle_core::Tensor::full(value, t.dims(), &device).expect("filled tensor");
+        }
+    }
+    let path = run.file(tulip_train::run_dir::files::BEST);
+    checkpoint.write(&path).expect("checkpoint written");
+    path
+}

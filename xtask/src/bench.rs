@@ -439,10 +439,14 @@ fn write_results(args: &BenchArgs, rows: &[Row]) -> Result<()> {
     }
     let md_path = args.out.join("RESULTS.md");
     let json_path = args.out.join("results.json");
-    std::fs::write(&md_path, &md)
+    let write = tulip_models::checkpoint::write_atomic;
+    write(&md_path, md.as_bytes())
         .with_context(|| format!("could not write {}", md_path.display()))?;
-    std::fs::write(&json_path, serde_json::to_string_pretty(&json_rows)? + "\n")
-        .with_context(|| format!("could not write {}", json_path.display()))?;
+    write(
+        &json_path,
+        (serde_json::to_string_pretty(&json_rows)? + "\n").as_bytes(),
+    )
+    .with_context(|| format!("could not write {}", json_path.display()))?;
     println!("{md}");
     eprintln!(
         "bench: wrote {} and {}",
@@ -736,7 +740,7 @@ fn nn_attack_case(data: Option<&Path>, result: &mut Value) -> Result<()> {
         &mut |_, _| {},
     )?;
     let nn_s = t.elapsed().as_secs_f64();
-    let stats = nn.stats();
+    let stats = nn.stats()?;
     let (m, k, n) = (ds.test.len(), 784, ds.train.len());
     let a = Tensor::rand(0f32, 1f32, (m, k), &Device::Cpu)?;
     let b = Tensor::rand(0f32, 1f32, (k, n), &Device::Cpu)?;

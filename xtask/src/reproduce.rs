@@ -3,9 +3,17 @@
 //!
 //! The grid is data, not code: `experiments/paper/<profile>/profile.toml` holds the flags
 //! shared by every run and the evaluation settings, and every other `*.toml` file there is
-//! one run (a description and its own `tulip train` flags). Each step is skipped when its
-//! output already exists, so the command is idempotent and picks up where a crash or a
-//! Ctrl-C left it: an unfinished training run is resumed with `tulip train --resume`.
+//! one run (a description and its own `tulip train` flags). Each step is skipped when it
+//! has finished before, so the command is idempotent and picks up where a crash, a full
+//! disk or a Ctrl-C left it: an unfinished training run is resumed with
+//! `tulip train --resume`.
+//!
+//! "Finished" is a marker, never the presence of a step's output (a crash can leave a
+//! partial file): an empty file `done/<step>` in the run directory (`train`, `eval`,
+//! `attack-<attack>-<norm>`), or in the profile's output directory for `nn-attack`,
+//! written atomically only after the step's command exited with status 0. A step without
+//! its marker runs again; training again removes the run's other markers, whose results
+//! came from an older checkpoint. Every file written here is written atomically.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +27,7 @@ use tulip_eval::{
     fraction_misclassified, misclassification_curve, read_attack_csv, AttackRecord, AttackStatus,
     DistanceNorm, DistanceStats,
 };
+use tulip_models::checkpoint::write_atomic;
 
 /// Options of `cargo xtask reproduce-paper`.
 #[derive(clap::Args, Debug)]
@@ -100,21 +109,26 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
         let run_dir = out.join(name);
         eprintln!("reproduce-paper: [{name}] {}", run.description);
         let flags_file = out.join(format!("{name}.flags"));
-        train(&tulip, &profile, run, &run_dir, &flags_file, &data_flags)?;
-        let eval_json = run_dir.join("eval.json");
-        if !eval_json.exists() {
+        check_flags(&profile, run, &run_dir, &flags_file)?;
+        if !is_done(&run_dir, &Step::Train) {
+            train(&tulip, &profile, run, &run_dir, &flags_file, &data_flags)?;
+            mark_done(&run_dir, &Step::Train)?;
+        }
+        if !is_done(&run_dir, &Step::Eval) {
             let mut cmd = Command::new(&tulip);
             cmd.arg("eval")
                 .arg(&run_dir)
                 .args(&profile.eval)
                 .args(&data_flags);
             status(&mut cmd, &format!("tulip eval {}", run_dir.display()))?;
+            mark_done(&run_dir, &Step::Eval)?;
         }
         for spec in &profile.attacks {
             let (attack, norm) = spec.split_once(':').with_context(|| {
                 format!("profile.toml: attack {spec:?} is not ATTACK:NORM (e.g. deepfool:l2)")
             })?;
-            if attack_summary_path(&run_dir, attack, norm).exists() {
+            let step = Step::Attack(attack, norm);
+            if is_done(&run_dir, &step) {
                 continue;
             }
             let mut cmd = Command::new(&tulip);
@@ -130,11 +144,12 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
                     run_dir.display()
                 ),
             )?;
+            mark_done(&run_dir, &step)?;
         }
     }
 
-    let nn_json = out.join("nn-attack.json");
-    if !nn_json.exists() {
+    if !is_done(&out, &Step::NnAttack) {
+        let nn_json = out.join("nn-attack.json");
         let mut cmd = Command::new(&tulip);
         cmd.arg("nn-attack")
             .args(&profile.nn_attack)
@@ -149,7 +164,9 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
         if !output.status.success() {
             bail!("tulip nn-attack failed ({})", output.status);
         }
-        std::fs::write(&nn_json, &output.stdout)?;
+        write_atomic(&nn_json, &output.stdout)
+            .with_context(|| format!("could not write {}", nn_json.display()))?;
+        mark_done(&out, &Step::NnAttack)?;
     }
 
     let table = results_table(&profile, &runs, &out)?;
@@ -235,9 +252,94 @@ fn status(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Trains (or resumes, or skips) one run. The flags a run was started with are kept beside
-/// its directory (`<name>.flags`); if the experiment file has changed since, the run is not
-/// silently mixed with the new settings.
+/// A step of a run (or, for `NnAttack`, of a profile), named by its marker file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step<'a> {
+    Train,
+    Eval,
+    /// `ATTACK`, `NORM`.
+    Attack(&'a str, &'a str),
+    NnAttack,
+}
+
+impl Step<'_> {
+    /// File name of the step's marker under `done/`.
+    fn marker(&self) -> String {
+        match self {
+            Step::Train => "train".into(),
+            Step::Eval => "eval".into(),
+            Step::Attack(attack, norm) => format!("attack-{attack}-{norm}"),
+            Step::NnAttack => "nn-attack".into(),
+        }
+    }
+}
+
+/// The folder of `dir` holding the markers of its finished steps.
+fn done_dir(dir: &Path) -> PathBuf {
+    dir.join("done")
+}
+
+/// Whether `step` of `dir` has finished: its marker exists. The step's outputs may exist
+/// without it (written by a command that then failed, or cut short), and do not count.
+fn is_done(dir: &Path, step: &Step<'_>) -> bool {
+    done_dir(dir).join(step.marker()).is_file()
+}
+
+/// Records that `step` of `dir` has finished (call only after its command exited 0).
+fn mark_done(dir: &Path, step: &Step<'_>) -> Result<()> {
+    let done = done_dir(dir);
+    std::fs::create_dir_all(&done)
+        .with_context(|| format!("could not create {}", done.display()))?;
+    let marker = done.join(step.marker());
+    write_atomic(&marker, b"").with_context(|| format!("could not write {}", marker.display()))
+}
+
+/// Forgets every finished step of `dir`.
+fn clear_done(dir: &Path) -> Result<()> {
+    let done = done_dir(dir);
+    match std::fs::remove_dir_all(&done) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("could not remove {}", done.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The `tulip train` flags of a run, as recorded in its flags file.
+fn wanted_flags(profile: &Profile, run: &RunFile) -> String {
+    let flags: Vec<&str> = profile
+        .train
+        .iter()
+        .chain(&run.train)
+        .map(String::as_str)
+        .collect();
+    flags.join(" ") + "\n"
+}
+
+/// The flags a run was started with are kept beside its directory (`<name>.flags`); if
+/// the experiment file has changed since, the run is not silently mixed with the new
+/// settings.
+fn check_flags(profile: &Profile, run: &RunFile, run_dir: &Path, flags_file: &Path) -> Result<()> {
+    if !run_dir.join("config.toml").exists() {
+        return Ok(());
+    }
+    let wanted = wanted_flags(profile, run);
+    let had = std::fs::read_to_string(flags_file).unwrap_or_default();
+    if had != wanted {
+        bail!(
+            "{} was trained with other flags ({}) than its experiment file now gives ({}); \
+             delete the directory to rerun it",
+            run_dir.display(),
+            had.trim(),
+            wanted.trim()
+        );
+    }
+    Ok(())
+}
+
+/// Trains one run, or resumes it if it has been started (its `config.toml` exists; its
+/// flags have been checked). The run's other markers are removed first: their results
+/// came from an older checkpoint.
 fn train(
     tulip: &Path,
     profile: &Profile,
@@ -246,22 +348,8 @@ fn train(
     flags_file: &Path,
     data: &[String],
 ) -> Result<()> {
-    let flags: Vec<String> = profile.train.iter().chain(&run.train).cloned().collect();
-    let wanted = flags.join(" ") + "\n";
+    clear_done(run_dir)?;
     if run_dir.join("config.toml").exists() {
-        let had = std::fs::read_to_string(flags_file).unwrap_or_default();
-        if had != wanted {
-            bail!(
-                "{} was trained with other flags ({}) than its experiment file now gives ({}); \
-                 delete the directory to rerun it",
-                run_dir.display(),
-                had.trim(),
-                wanted.trim()
-            );
-        }
-        if training_finished(run_dir)? {
-            return Ok(());
-        }
         let mut cmd = Command::new(tulip);
         cmd.arg("train").arg("--resume").arg(run_dir);
         return status(
@@ -271,33 +359,17 @@ fn train(
     }
     let mut cmd = Command::new(tulip);
     cmd.arg("train")
-        .args(&flags)
+        .args(profile.train.iter().chain(&run.train))
         .args(data)
         .arg("--log-dir")
         .arg(run_dir);
     // Record the flags before the run starts, so a crash mid-run resumes the same run.
-    std::fs::write(flags_file, &wanted)?;
+    write_atomic(flags_file, wanted_flags(profile, run).as_bytes())
+        .with_context(|| format!("could not write {}", flags_file.display()))?;
     status(
         &mut cmd,
         &format!("tulip train … --log-dir {}", run_dir.display()),
     )
-}
-
-/// Whether a run has logged every epoch of its configuration.
-fn training_finished(run_dir: &Path) -> Result<bool> {
-    let (_, config) = tulip_train::RunDir::open(run_dir)?;
-    let test_csv = run_dir.join("test.csv");
-    if !test_csv.exists() {
-        return Ok(false);
-    }
-    let (_, rows) = tulip_train::run_dir::read_csv(&test_csv)?;
-    Ok(rows.len() >= config.epochs)
-}
-
-fn attack_summary_path(run_dir: &Path, attack: &str, norm: &str) -> PathBuf {
-    run_dir
-        .join("attacks")
-        .join(format!("{attack}-{norm}.json"))
 }
 
 /// One row of the results table.
@@ -503,8 +575,11 @@ fn write_results(rows: &[Row], profile: &Profile, out: &Path) -> Result<()> {
             .collect();
         write_svg(&out.join(file), &robustness_curves(norm, &series))?;
     }
-    std::fs::write(out.join("results.md"), &md)?;
-    std::fs::write(out.join("results.csv"), &csv)?;
+    for (file, text) in [("results.md", &md), ("results.csv", &csv)] {
+        let path = out.join(file);
+        write_atomic(&path, text.as_bytes())
+            .with_context(|| format!("could not write {}", path.display()))?;
+    }
     println!("{md}");
     eprintln!(
         "reproduce-paper: wrote {}/results.md, results.csv and the robustness curves",
@@ -516,6 +591,86 @@ fn write_results(rows: &[Row], profile: &Profile, out: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A new empty directory, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("xtask-reproduce-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_step_is_done_by_its_marker_never_by_its_outputs() {
+        let out = Scratch::new("markers");
+        let run_dir = out.0.join("baseline");
+        // What a crash (or a full disk) leaves: every output present, some of them empty,
+        // and the training logs of a run that may not have finished.
+        std::fs::create_dir_all(run_dir.join("attacks")).unwrap();
+        for file in [
+            "config.toml",
+            "test.csv",
+            "eval.json",
+            "attacks/deepfool-l2.json",
+        ] {
+            std::fs::write(run_dir.join(file), "").unwrap();
+        }
+        std::fs::write(out.0.join("nn-attack.json"), "").unwrap();
+        let deepfool = Step::Attack("deepfool", "l2");
+        for step in [Step::Train, Step::Eval, deepfool] {
+            assert!(!is_done(&run_dir, &step), "{step:?}");
+        }
+        assert!(!is_done(&out.0, &Step::NnAttack));
+
+        mark_done(&run_dir, &Step::Eval).unwrap();
+        mark_done(&run_dir, &deepfool).unwrap();
+        mark_done(&out.0, &Step::NnAttack).unwrap();
+        assert!(is_done(&run_dir, &Step::Eval) && is_done(&run_dir, &deepfool));
+        assert!(is_done(&out.0, &Step::NnAttack));
+        // Each marker is its own empty file; no temporary file is left beside it.
+        assert!(!is_done(&run_dir, &Step::Train));
+        assert!(!is_done(&run_dir, &Step::Attack("deepfool", "linf")));
+        assert!(!is_done(&run_dir, &Step::NnAttack));
+        let mut markers: Vec<String> = std::fs::read_dir(run_dir.join("done"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        markers.sort();
+        assert_eq!(markers, ["attack-deepfool-l2", "eval"]);
+        assert_eq!(std::fs::read(run_dir.join("done/eval")).unwrap(), b"");
+        // Marking twice is harmless.
+        mark_done(&run_dir, &Step::Eval).unwrap();
+        assert!(is_done(&run_dir, &Step::Eval));
+    }
+
+    #[test]
+    fn training_again_forgets_every_finished_step_of_the_run() {
+        let out = Scratch::new("clear");
+        let run_dir = out.0.join("baseline");
+        clear_done(&run_dir).unwrap(); // nothing to forget yet
+        let steps = [Step::Train, Step::Eval, Step::Attack("fgsm", "linf")];
+        for step in &steps {
+            mark_done(&run_dir, step).unwrap();
+        }
+        mark_done(&out.0, &Step::NnAttack).unwrap();
+        clear_done(&run_dir).unwrap();
+        for step in &steps {
+            assert!(!is_done(&run_dir, step), "{step:?}");
+        }
+        // The profile's own step is not the run's.
+        assert!(is_done(&out.0, &Step::NnAttack));
+    }
 
     #[test]
     fn best_of_takes_each_images_smallest_distance_and_fails_only_when_all_failed() {

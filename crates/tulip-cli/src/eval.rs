@@ -46,7 +46,8 @@ pub struct EvalArgs {
     )]
     batch_size: usize,
     /// Compute the Jacobian norm over the first N evaluated images only [default: all].
-    /// It costs one backward pass per class, most of the time of an evaluation.
+    /// It costs one backward pass per class, most of the time of an evaluation. N must be
+    /// at least 1: a norm over no image would not be a norm of the model.
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     jacobian_limit: Option<usize>,
     /// Directory holding the dataset [default: the run's, then the usual places].
@@ -66,6 +67,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     }
     if args.limit == Some(0) {
         bail!("--limit must be at least 1 (leave it out to evaluate every test image)");
+    }
+    if args.jacobian_limit == Some(0) {
+        bail!(
+            "--jacobian-limit must be at least 1 (leave it out to compute the Jacobian norm \
+             over every evaluated image)"
+        );
     }
     let loaded = load_run(&RunSource {
         dir: &args.run_dir,

@@ -109,7 +109,12 @@ pub fn run(args: NnAttackArgs) -> anyhow::Result<ExitCode> {
     })?;
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    let stats = nn.stats();
+    let stats = nn.stats().with_context(|| {
+        format!(
+            "{which} images against the training images of {}",
+            dir.display()
+        )
+    })?;
     nn.write_csv(&out)
         .with_context(|| format!("cannot save the distances to {}", out.display()))?;
 

@@ -64,6 +64,30 @@ fn find_checkpoint(run: &Path, explicit: Option<&Path>) -> anyhow::Result<PathBu
         })
 }
 
+/// An error naming `checkpoint` and its first NaN or infinite tensors, if it has any:
+/// every statistic and attack of such weights is meaningless (NaN gradient norms read as
+/// 0, NaN logits as some class), so nothing is computed from them.
+fn refuse_non_finite(model: &Model, checkpoint: &Path) -> anyhow::Result<()> {
+    const SHOWN: usize = 5;
+    let params = model.params();
+    let bad = params.non_finite()?;
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let mut names = bad[..bad.len().min(SHOWN)].join(", ");
+    if bad.len() > SHOWN {
+        names += &format!(" and {} more", bad.len() - SHOWN);
+    }
+    bail!(
+        "{}: {} of the checkpoint's {} model tensors hold NaN or infinite values ({names}); \
+         nothing can be evaluated or attacked with these weights (a diverged training run? \
+         pass --checkpoint to choose another checkpoint)",
+        checkpoint.display(),
+        bad.len(),
+        params.all().len()
+    )
+}
+
 /// Opens the run, builds its model from the checkpoint and loads its test split. The
 /// test split is the dataset's whole one (not the run's `--limit-test`), cut to `limit`
 /// (the callers reject a limit of 0 with a message naming their own flag).
@@ -91,6 +115,7 @@ pub fn load_run(src: &RunSource<'_>) -> anyhow::Result<LoadedRun> {
                 run.file(files::CONFIG).display()
             )
         })?;
+    refuse_non_finite(&model, &checkpoint)?;
 
     config.limit_train = 0;
     config.limit_test = 0;

@@ -84,7 +84,7 @@ pub fn write_certified_csv(path: &Path, certified: &[CertifiedImage]) -> Result<
             c.index, c.label, c.margin, c.lower_bound
         );
     }
-    std::fs::write(path, text).map_err(EvalError::io(path))
+    crate::error::write_file(path, text.as_bytes())
 }
 
 /// Reads a file written by [`write_certified_csv`].

@@ -43,6 +43,11 @@ pub enum EvalError {
     /// Arguments no evaluation can be run with (empty split, zero block size, …).
     #[error("invalid evaluation input: {0}")]
     InvalidInput(String),
+
+    /// A model, or a result computed from it, holds NaN or infinite values, so no
+    /// statistic of it means anything (a diverged training run, an overflow).
+    #[error("not finite: {0}")]
+    NonFinite(String),
 }
 
 impl EvalError {
@@ -53,6 +58,13 @@ impl EvalError {
             source,
         }
     }
+}
+
+/// Writes `bytes` to `path` atomically (a temporary file beside it, synced, then renamed
+/// over it), so a failed write, a full disk included, leaves the old file or none, never
+/// a truncated one.
+pub(crate) fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    tulip_models::checkpoint::write_atomic(path, bytes).map_err(EvalError::io(path))
 }
 
 /// Result type of this crate.

@@ -31,6 +31,11 @@
 //! - Nearest-neighbour distances: `f32` GEMM to choose each neighbour, then the chosen
 //!   distance recomputed exactly from the bytes (see [`nn`]), so duplicates are exactly
 //!   0 and negative rounding cannot occur.
+//! - No statistic is computed from a model with a NaN or infinite tensor, and none is
+//!   returned non-finite ([`EvalError::NonFinite`]): a NaN gradient row reads as norm 0
+//!   and NaN logits as some class, so such a summary would look healthy.
+//! - Every file is written atomically (a temporary file renamed over the target), so a
+//!   failed write, a full disk included, never leaves a truncated report.
 #![warn(missing_docs)]
 
 mod certify;

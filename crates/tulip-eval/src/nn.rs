@@ -74,23 +74,34 @@ pub struct NnStats {
 
 impl NearestNeighbours {
     /// Summary statistics over the finite distances.
-    pub fn stats(&self) -> NnStats {
+    ///
+    /// # Errors
+    /// [`EvalError::InvalidInput`] when no query image has a neighbour (the reference
+    /// images all carry the queries' one label): the mean and median would be NaN.
+    pub fn stats(&self) -> Result<NnStats> {
         let mut d: Vec<f64> = self
             .distances
             .iter()
             .copied()
             .filter(|v| v.is_finite())
             .collect();
+        if d.is_empty() {
+            return Err(EvalError::InvalidInput(format!(
+                "none of the {} query images has a reference image with another label, so \
+                 there is no distance to summarise",
+                self.distances.len()
+            )));
+        }
         d.sort_by(f64::total_cmp);
         let n = d.len();
         let mean = d.iter().sum::<f64>() / n as f64;
-        let median = match n {
-            0 => f64::NAN,
-            _ if n % 2 == 1 => d[n / 2],
-            _ => 0.5 * (d[n / 2 - 1] + d[n / 2]),
+        let median = if n % 2 == 1 {
+            d[n / 2]
+        } else {
+            0.5 * (d[n / 2 - 1] + d[n / 2])
         };
         let min_positive = d.iter().copied().find(|&v| v > 0.0);
-        NnStats {
+        Ok(NnStats {
             images: n,
             without_neighbour: self.distances.len() - n,
             mean,
@@ -98,7 +109,7 @@ impl NearestNeighbours {
             zero_distance: d.iter().filter(|&&v| v == 0.0).count(),
             min_positive,
             data_lipschitz: min_positive.map(|m| 1.0 / m),
-        }
+        })
     }
 
     /// Writes `index,label,distance`, one query image per line, to `path`.
@@ -110,7 +121,7 @@ impl NearestNeighbours {
         for (i, (l, d)) in self.labels.iter().zip(&self.distances).enumerate() {
             text.push_str(&format!("{i},{l},{d}\n"));
         }
-        std::fs::write(path, text).map_err(EvalError::io(path))
+        crate::error::write_file(path, text.as_bytes())
     }
 }
 

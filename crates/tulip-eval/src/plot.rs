@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::report::DistanceNorm;
-use crate::{EvalError, Result};
+use crate::Result;
 
 /// One named curve (or point cloud).
 #[derive(Debug, Clone, PartialEq)]
@@ -132,12 +132,12 @@ pub fn certified_scatter(points: &[(f64, f64)]) -> String {
     svg
 }
 
-/// Writes an SVG document to `path`.
+/// Writes an SVG document to `path`, atomically.
 ///
 /// # Errors
 /// The file cannot be written.
 pub fn write_svg(path: &Path, svg: &str) -> Result<()> {
-    std::fs::write(path, svg).map_err(EvalError::io(path))
+    crate::error::write_file(path, svg.as_bytes())
 }
 
 fn finite(points: &[(f64, f64)]) -> impl Iterator<Item = (f64, f64)> + '_ {

@@ -129,7 +129,7 @@ pub fn write_attack_csv(path: &Path, records: &[AttackRecord]) -> Result<()> {
             r.index, r.label, r.predicted, r.l2, r.linf
         );
     }
-    std::fs::write(path, text).map_err(EvalError::io(path))
+    crate::error::write_file(path, text.as_bytes())
 }
 
 /// Reads a CSV written by [`write_attack_csv`]. A success at distance 0 in both norms
@@ -381,5 +381,5 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
         path: path.to_path_buf(),
         reason: format!("cannot serialise: {e}"),
     })?;
-    std::fs::write(path, text + "\n").map_err(EvalError::io(path))
+    crate::error::write_file(path, (text + "\n").as_bytes())
 }

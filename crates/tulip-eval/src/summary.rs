@@ -22,7 +22,8 @@ pub struct SummaryOptions {
     /// The tanh scale `t` to report (the [`Classifier`] trait does not expose it; pass
     /// [`tulip_models::Model::tanh_scale`]), or `None` for a model without the tanh layer.
     pub tanh_scale: Option<f64>,
-    /// Compute the Jacobian norm over the first this many images only (`None`: all).
+    /// Compute the Jacobian norm over the first this many images only (`None`: all); at
+    /// least 1, as a maximum over no image would read as a norm of 0.
     /// The Jacobian costs one backward pass per class, about 80 % of the whole summary
     /// for a 10-class ResNet on the CPU, so a subset makes a quick look affordable.
     pub jacobian_images: Option<usize>,
@@ -168,8 +169,12 @@ pub(crate) fn fmt_num(v: f64) -> String {
 /// each batch with the number of images done.
 ///
 /// # Errors
-/// An empty split, a zero batch size, a model without tensors, or a failed tensor
-/// operation (e.g. images of another shape than the model's input).
+/// An empty split, a zero batch size, a Jacobian image limit of 0, a model without
+/// tensors, or a failed tensor operation (e.g. images of another shape than the model's
+/// input).
+/// [`EvalError::NonFinite`] for a model with a NaN or infinite tensor, or whose outputs,
+/// gradients or statistics are not finite: such a summary would be meaningless (NaN
+/// gradient norms read as 0, NaN margins compare as nothing).
 pub fn summary(
     model: &dyn Classifier,
     split: &Split,
@@ -222,6 +227,13 @@ fn check(n: usize, options: &SummaryOptions) -> Result<()> {
             "the batch size must be at least 1".into(),
         ));
     }
+    if options.jacobian_images == Some(0) {
+        return Err(EvalError::InvalidInput(
+            "the Jacobian norm needs at least one image (a limit of 0 images was asked for; \
+             no limit takes every image)"
+                .into(),
+        ));
+    }
     Ok(())
 }
 
@@ -252,6 +264,13 @@ fn run(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<SummaryReport> {
     let (dtype, device) = model_dtype_device(model)?;
+    let bad = model.params().non_finite()?;
+    if !bad.is_empty() {
+        return Err(EvalError::NonFinite(format!(
+            "the model's tensors hold NaN or infinite values ({})",
+            name_list(&bad)
+        )));
+    }
     let mut t = Totals::default();
     for batch in batches {
         let (images, labels) = batch?;
@@ -295,7 +314,64 @@ fn run(
         weight_norm,
         tanh_scale: options.tanh_scale,
     };
+    check_finite(&summary)?;
     Ok(SummaryReport { summary, certified })
+}
+
+/// Up to five names, then how many more there are.
+fn name_list(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut list = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        let _ = write!(list, " and {} more", names.len() - SHOWN);
+    }
+    list
+}
+
+/// Every statistic of `s` is finite (the per-image bounds are the margins, finite, over
+/// the same weight-product norm as [`Summary::distance_lower_bound`]).
+fn check_finite(s: &Summary) -> Result<()> {
+    let values = [
+        ("mean loss", Some(s.mean_loss)),
+        ("Lipschitz estimate", Some(s.lipschitz_estimate)),
+        ("Jacobian norm", Some(s.jacobian_norm)),
+        ("weight-product norm", Some(s.weight_product_norm)),
+        ("min margin", s.min_margin),
+        ("distance lower bound", s.distance_lower_bound),
+        ("weight norm", Some(s.weight_norm)),
+        ("tanh scale", s.tanh_scale),
+    ];
+    let bad: Vec<String> = values
+        .iter()
+        .filter_map(|&(name, v)| v.filter(|v| !v.is_finite()).map(|v| format!("{name} {v}")))
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(EvalError::NonFinite(format!(
+            "statistics of the model: {}",
+            bad.join(", ")
+        )))
+    }
+}
+
+/// An error unless every element of `t` is finite (`sum(t − t)` is NaN otherwise).
+fn ensure_finite(t: &Tensor, what: impl FnOnce() -> String) -> Result<()> {
+    let s = t
+        .sub(t)?
+        .sum_all()?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()?;
+    if s.is_finite() {
+        Ok(())
+    } else {
+        Err(EvalError::NonFinite(what()))
+    }
 }
 
 /// Adds one batch to the totals. Loss, prediction and margin are computed on the host in
@@ -312,6 +388,16 @@ fn accumulate(
         .to_dtype(DType::F64)?
         .to_vec2()?;
     let ys: Vec<u32> = labels.to_vec1()?;
+    if let Some(i) = logits
+        .iter()
+        .position(|row| row.iter().any(|v| !v.is_finite()))
+    {
+        return Err(EvalError::NonFinite(format!(
+            "the model's output for image {} is {:?}",
+            t.images + i,
+            logits[i]
+        )));
+    }
     for (row, &y) in logits.iter().zip(&ys) {
         let s = softmax_stats(row, y as usize)?;
         t.loss_sum += s.loss;
@@ -322,6 +408,14 @@ fn accumulate(
         t.images += 1;
     }
     let (_, g) = input_gradient(model, x, labels, false)?;
+    // A NaN row would read as norm 0 below.
+    ensure_finite(&g, || {
+        format!(
+            "the loss gradient for images {}..{}",
+            t.images - ys.len(),
+            t.images
+        )
+    })?;
     let lip = row_norms(&g, Norm::L2)?
         .max(0)?
         .to_dtype(DType::F64)?

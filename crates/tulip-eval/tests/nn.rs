@@ -134,7 +134,7 @@ fn statistics_skip_zero_distances_for_the_lipschitz_constant() {
         &mut |_, _| {},
     )
     .unwrap();
-    let stats = got.stats();
+    let stats = got.stats().unwrap();
     let mut d = brute_force(&test, &train);
     d.sort_by(f64::total_cmp);
     let zeros = d.iter().filter(|&&v| v == 0.0).count();
@@ -165,8 +165,26 @@ fn a_query_whose_labels_are_all_its_own_has_no_neighbour_and_bad_input_is_an_err
         .unwrap();
     assert!(got.distances[0].is_infinite() && got.neighbours[0].is_none());
     assert!((got.distances[1] - 2f64.sqrt() / 255.0).abs() < 1e-12);
-    let stats = got.stats();
+    let stats = got.stats().unwrap();
     assert_eq!((stats.images, stats.without_neighbour), (1, 1));
+    assert!(stats.mean.is_finite() && stats.median.is_finite());
+
+    // No query with a neighbour: no statistics (their mean and median were NaN).
+    let same = Split::new(vec![5, 5, 1, 1], vec![1, 1], (1, 1, 2)).unwrap();
+    let none = nearest_different_label(
+        &same,
+        &r,
+        &NnOptions::default(),
+        &Device::Cpu,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert!(none.distances.iter().all(|d| d.is_infinite()));
+    let err = none.stats().unwrap_err();
+    assert!(
+        err.to_string().contains("none of the 2 query images"),
+        "{err}"
+    );
 
     let other = Split::new(vec![0; 3], vec![0], (1, 1, 3)).unwrap();
     let zero = NnOptions {

@@ -208,3 +208,55 @@ fn svg_plots_are_well_formed_with_one_polyline_per_series() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), svg);
     assert_eq!(AttackStatus::Found, recs[0].status);
 }
+
+/// Every report writer replaces its file through a new file and a rename: a second name
+/// (hard link) for the old file keeps the old contents, which an in-place rewrite
+/// (truncate, then write: a 0-byte or partial file if the disk fills up) would change.
+#[test]
+fn every_writer_replaces_its_file_atomically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certified = [CertifiedImage {
+        index: 0,
+        label: 1,
+        margin: 0.5,
+        lower_bound: 0.25,
+    }];
+    let nn = tulip_eval::NearestNeighbours {
+        labels: vec![1, 2],
+        distances: vec![0.5, 1.5],
+        neighbours: vec![Some(1), Some(0)],
+    };
+    let summary = AttackSummary::new("x", &records(), &[1.0], &[0.1]);
+    type Writer<'a> = Box<dyn Fn(&std::path::Path) -> tulip_eval::Result<()> + 'a>;
+    let writers: Vec<(&str, Writer<'_>)> = vec![
+        ("attack.csv", Box::new(|p| write_attack_csv(p, &records()))),
+        ("attack.json", Box::new(|p| summary.write_json(p))),
+        (
+            "value.json",
+            Box::new(|p| tulip_eval::write_json(p, &[1, 2])),
+        ),
+        (
+            "certified.csv",
+            Box::new(|p| write_certified_csv(p, &certified)),
+        ),
+        ("plot.svg", Box::new(|p| write_svg(p, "<svg/>\n"))),
+        ("nn.csv", Box::new(|p| nn.write_csv(p))),
+    ];
+    for (name, write) in writers {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, "old contents\n").unwrap();
+        let old = tmp.path().join(format!("{name}.old"));
+        std::fs::hard_link(&path, &old).unwrap();
+        write(&path).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&old).unwrap(),
+            "old contents\n",
+            "{name} was rewritten in place"
+        );
+        assert_ne!(std::fs::read_to_string(&path).unwrap(), "old contents\n");
+        assert!(
+            !tmp.path().join(format!("{name}.tmp")).exists(),
+            "{name}: temporary file left behind"
+        );
+    }
+}

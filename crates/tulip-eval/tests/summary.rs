@@ -231,3 +231,77 @@ fn bad_input_is_an_error() {
     let empty = Split::new(Vec::new(), Vec::new(), (1, 2, 2)).unwrap();
     assert!(summary(&model, &empty, &ok, &mut |_, _| {}).is_err());
 }
+
+/// A diverged model (one NaN weight) has no summary: the error names the tensor. Without
+/// the check the NaN gradient norms read as 0 and the summary looks healthy.
+#[test]
+fn a_model_with_a_nan_weight_is_refused_by_name() {
+    let model = TinyConv::new(7, true, true);
+    let w = &model.params().get("conv2.weight").unwrap().var;
+    let mut values: Vec<f64> = w.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+    values[3] = f64::NAN;
+    w.set(&Tensor::from_vec(values, w.dims(), &DEV).unwrap())
+        .unwrap();
+    let (c, h, wd) = TINY_SHAPE;
+    let split = Split::new(vec![100; 4 * c * h * wd], vec![0, 1, 2, 0], TINY_SHAPE).unwrap();
+    let err = summary(&model, &split, &SummaryOptions::default(), &mut |_, _| {}).unwrap_err();
+    assert!(
+        matches!(err, tulip_eval::EvalError::NonFinite(_)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("conv2.weight"), "{err}");
+}
+
+/// Finite weights whose outputs overflow: an infinite logit is an error, not a summary
+/// with a NaN loss (written as `null`).
+#[test]
+fn an_overflowing_output_is_an_error() {
+    let big = vec![vec![1e308; 4], vec![0.0; 4], vec![0.0; 4]];
+    let model = Affine::from_weights(&big, &[0.0, 0.0, 0.0], (1, 2, 2), DType::F64);
+    let x = Tensor::ones((2, 1, 2, 2), DType::F64, &DEV).unwrap();
+    let y = Tensor::new(&[1u32, 2], &DEV).unwrap();
+    let err =
+        summary_of_tensors(&model, &x, &y, &SummaryOptions::default(), &mut |_, _| {}).unwrap_err();
+    assert!(
+        matches!(err, tulip_eval::EvalError::NonFinite(_)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("output for image 0"), "{err}");
+}
+
+/// A Jacobian limit of 0 images is refused, for `summary` and `summary_of_tensors`
+/// alike: computed, it would report a Jacobian norm of 0 over no image.
+#[test]
+fn a_jacobian_limit_of_zero_images_is_an_error() {
+    let model = affine();
+    let none = SummaryOptions {
+        jacobian_images: Some(0),
+        ..SummaryOptions::default()
+    };
+    let x = Tensor::from_vec(
+        X.iter().flatten().copied().collect::<Vec<_>>(),
+        (5, 1, 2, 2),
+        &DEV,
+    )
+    .unwrap();
+    let y = Tensor::new(&Y, &DEV).unwrap();
+    let err = summary_of_tensors(&model, &x, &y, &none, &mut |_, _| {}).unwrap_err();
+    assert!(
+        matches!(err, tulip_eval::EvalError::InvalidInput(_)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("Jacobian"), "{err}");
+    let split = Split::new(vec![10; 3 * 4], vec![0, 1, 2], (1, 2, 2)).unwrap();
+    let err = summary(&model, &split, &none, &mut |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("Jacobian"), "{err}");
+    // One image is the smallest limit, and then the norm is that image's.
+    let one = SummaryOptions {
+        jacobian_images: Some(1),
+        ..SummaryOptions::default()
+    };
+    let s = summary(&model, &split, &one, &mut |_, _| {})
+        .unwrap()
+        .summary;
+    assert_eq!(s.jacobian_images, 1);
+    assert!((s.jacobian_norm - 9.25f64.sqrt()).abs() < 1e-12, "{s:?}");
+}

@@ -79,6 +79,49 @@ impl Params {
     pub fn names(&self) -> Vec<&str> {
         self.entries.iter().map(|p| p.name.as_str()).collect()
     }
+
+    /// The names, in construction order, of the tensors (parameters and buffers) that
+    /// hold a NaN or an infinity; empty when every value is finite.
+    ///
+    /// # Errors
+    /// Fails if Candle cannot evaluate the check ([`non_finite_tensors`]).
+    pub fn non_finite(&self) -> Result<Vec<String>> {
+        non_finite_tensors(
+            self.entries
+                .iter()
+                .map(|p| (p.name.as_str(), p.var.as_tensor())),
+        )
+    }
+}
+
+/// The names of the tensors that hold a NaN or an infinity, in the order given; empty
+/// when every value is finite.
+///
+/// Computed where the tensors live: per tensor, `sum(t − t)` is 0 when every element is
+/// finite and NaN otherwise (`∞ − ∞` and `NaN − NaN` are NaN), so the only data brought
+/// to the host is one number per tensor, read in a single transfer.
+///
+/// # Errors
+/// Fails if Candle cannot evaluate the sums.
+pub fn non_finite_tensors<'a>(
+    named: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
+) -> Result<Vec<String>> {
+    let (names, sums): (Vec<&str>, Vec<Tensor>) = named
+        .into_iter()
+        .map(|(name, t)| Ok((name, t.sub(t)?.sum_all()?.to_dtype(DType::F32)?)))
+        .collect::<candle_core::Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
+    if sums.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sums: Vec<f32> = Tensor::stack(&sums, 0)?.to_vec1()?;
+    Ok(names
+        .into_iter()
+        .zip(sums)
+        .filter(|(_, s)| !s.is_finite())
+        .map(|(name, _)| name.to_string())
+        .collect())
 }
 
 /// How a new parameter is filled.
@@ -302,5 +345,63 @@ impl ParamBuilder {
         Params {
             entries: self.lock().entries.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(device: &Device) -> (ParamBuilder, Params) {
+        let b = ParamBuilder::new(7, DType::F32, device);
+        b.pp("conv")
+            .param("weight", &[4, 3], Init::Uniform { bound: 0.5 })
+            .unwrap();
+        b.pp("conv").param("bias", &[4], Init::Const(0.1)).unwrap();
+        b.pp("bn").buffer("running_var", &[4], 1.0).unwrap();
+        b.pp("fc")
+            .param("weight", &[2, 4], Init::Uniform { bound: 0.5 })
+            .unwrap();
+        let params = b.params();
+        (b, params)
+    }
+
+    fn poison(params: &Params, name: &str, index: usize, value: f32) {
+        let var = &params.get(name).unwrap().var;
+        let mut values: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        values[index] = value;
+        let t = Tensor::from_vec(values, var.dims(), var.device()).unwrap();
+        var.set(&t).unwrap();
+    }
+
+    #[test]
+    fn non_finite_names_exactly_the_tensors_holding_nan_or_infinity() {
+        let (_b, params) = model(&Device::Cpu);
+        assert!(params.non_finite().unwrap().is_empty());
+
+        // One bad element among finite ones is enough, in a parameter or a buffer, and
+        // the names come in construction order whatever order they were spoiled in.
+        poison(&params, "fc.weight", 5, f32::NAN);
+        poison(&params, "bn.running_var", 0, f32::INFINITY);
+        poison(&params, "conv.weight", 11, f32::NEG_INFINITY);
+        assert_eq!(
+            params.non_finite().unwrap(),
+            ["conv.weight", "bn.running_var", "fc.weight"]
+        );
+    }
+
+    #[test]
+    fn non_finite_sees_large_finite_values_as_finite() {
+        // Sums of the values themselves would overflow here; the check must not.
+        let (_b, params) = model(&Device::Cpu);
+        let w = &params.get("conv.weight").unwrap().var;
+        w.set(&Tensor::full(f32::MAX, w.dims(), w.device()).unwrap())
+            .unwrap();
+        assert!(params.non_finite().unwrap().is_empty());
+    }
+
+    #[test]
+    fn non_finite_of_no_tensors_is_empty() {
+        assert!(Params::default().non_finite().unwrap().is_empty());
     }
 }
