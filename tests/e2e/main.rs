@@ -2,6 +2,9 @@
 //! `dataset-fashion-mnist`; `.ci/run` installs it).
 
 mod attack;
+mod divergence;
 mod download;
 mod eval;
+mod kill;
+mod resume;
 mod train;

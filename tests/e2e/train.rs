@@ -124,6 +124,21 @@ fn invalid_flags_are_rejected_before_any_work() {
         (&["--pgd-inf", "eps=oops"], "--pgd-inf"),
         (&["--device", "tpu"], "--device"),
         (&["--data", "/nonexistent/dir"], "/nonexistent/dir"),
+        (
+            &[
+                "--cutout",
+                "100",
+                "--epochs",
+                "1",
+                "--limit-train",
+                "8",
+                "--limit-test",
+                "8",
+                "--batch-size",
+                "8",
+            ],
+            "--cutout 100 is larger than the 28x28 images of fashion-mnist",
+        ),
     ];
     for (flags, needle) in cases {
         let mut args = vec!["train", "--log-dir", d, "--quiet"];

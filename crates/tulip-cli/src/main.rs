@@ -12,7 +12,7 @@ mod progress;
 mod run_loading;
 mod train;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Train image classifiers robust to adversarial examples (Lipschitz regularisation of
 /// the loss, adversarial training), and measure their robustness.
@@ -42,9 +42,17 @@ enum Command {
 fn main() -> std::process::ExitCode {
     // Before anything else: glibc reads its malloc settings at start-up only.
     tulip_train::malloc::reexec_retaining_freed_memory();
-    let cli = Cli::parse();
+    // The matches are kept: `train --resume` needs to know which flags were given.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
-        Command::Train(args) => train::run(*args),
+        Command::Train(args) => {
+            let given = matches
+                .subcommand_matches("train")
+                .map(train::given_flags)
+                .unwrap_or_default();
+            train::run(*args, &given)
+        }
         Command::Eval(args) => eval::run(*args),
         Command::Attack(args) => attack::run(*args),
         Command::NnAttack(args) => nn_attack::run(*args),

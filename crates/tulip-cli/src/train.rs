@@ -12,7 +12,10 @@ use tulip_data::{Augmentation, DatasetKind};
 use tulip_models::{Architecture, Classifier, ModelConfig};
 use tulip_penalties::{Norm, PenaltyMethod, Summary, TikhonovScope};
 use tulip_train::run_dir::files;
-use tulip_train::{DeviceChoice, LrSchedule, ObjectiveConfig, TrainConfig, TrainError, Trainer};
+use tulip_train::{
+    CheckpointEvery, DeviceChoice, Divergence, LrSchedule, ObjectiveConfig, ResumeOptions,
+    TrainConfig, TrainError, Trainer,
+};
 
 use crate::progress::{Output, ProgressObserver};
 
@@ -24,13 +27,24 @@ use crate::progress::{Output, ProgressObserver};
   tulip train                                   # ResNet22 on Fashion-MNIST, reference protocol
   tulip train --epochs 2 --limit-train 10000    # a quick look (minutes on a laptop CPU)
   tulip train --tanh --decay 5e-4 --lip 0.1 --j2 0.01   # the paper's best setting
-  tulip train --resume runs/fashion-mnist/resnet22/20261125-140000"
+  tulip train --resume runs/fashion-mnist/resnet22/20261125-140000
+
+A run stops with a checkpoint on Ctrl-C or SIGTERM, writes one every --checkpoint-every
+inside each epoch and at each epoch's end, and --resume continues it exactly: the same
+weights and logs as without the stop. A run killed before its first checkpoint resumes
+from its initialisation."
 )]
 pub struct TrainArgs {
-    /// Continue the run in this directory from its last checkpoint; its settings come
-    /// from the run's config.toml (other flags but --no-download are ignored).
+    /// Continue the run in this directory where it stopped, with the settings of its
+    /// config.toml. Only flags that change nothing in the run's numbers may be given with
+    /// it: --data, --no-download, --device, --checkpoint-every, --allow-config-change and
+    /// the output flags --quiet and --json.
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
+    /// With --resume: continue although the run's config.toml was edited since it
+    /// started (the change is recorded in its train.log).
+    #[arg(long, requires = "resume")]
+    allow_config_change: bool,
 
     // ---- data ----
     /// Dataset.
@@ -199,6 +213,15 @@ pub struct TrainArgs {
     /// Run directory (default runs/<dataset>/<model>/<timestamp>).
     #[arg(long, value_name = "DIR", help_heading = "Output")]
     log_dir: Option<PathBuf>,
+    /// Write a checkpoint inside each epoch every N steps (`500`) or every so much
+    /// training time (`30s`, `10m`, `1h`); one is written at each epoch's end regardless.
+    #[arg(
+        long,
+        value_name = "EVERY",
+        default_value = "10m",
+        help_heading = "Output"
+    )]
+    checkpoint_every: CheckpointEvery,
     /// Write a training.csv row every N steps.
     #[arg(long, default_value_t = 100, value_name = "N", help_heading = "Output")]
     log_interval: usize,
@@ -282,6 +305,7 @@ impl TrainArgs {
             log_interval: self.log_interval,
             eval_train: !self.no_eval_train,
             device: self.device,
+            checkpoint_every: self.checkpoint_every,
             objective: ObjectiveConfig {
                 lip: self.lip,
                 lip_norm: self.lip_norm,
@@ -309,12 +333,55 @@ impl TrainArgs {
     }
 }
 
-fn default_run_dir(config: &TrainConfig) -> PathBuf {
-    let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
-    Path::new("runs")
+/// Flags that may be given with `--resume`: they change nothing in the run's numbers.
+const RESUME_FLAGS: [&str; 8] = [
+    "resume",
+    "allow_config_change",
+    "data",
+    "no_download",
+    "device",
+    "checkpoint_every",
+    "quiet",
+    "json",
+];
+
+/// The flags given on the command line (not defaulted), as `--long-name`s by argument id.
+pub fn given_flags(matches: &clap::ArgMatches) -> Vec<(String, String)> {
+    let command = TrainArgs::augment_args(clap::Command::new("train"));
+    matches
+        .ids()
+        .filter(|id| {
+            matches.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine)
+        })
+        .filter_map(|id| {
+            let arg = command.get_arguments().find(|a| a.get_id() == id)?;
+            Some((id.to_string(), format!("--{}", arg.get_long()?)))
+        })
+        .collect()
+}
+
+/// A new directory `runs/<dataset>/<model>/<timestamp>`, created here so that two runs
+/// started in the same second get two directories (the second gets a `-2` suffix).
+fn new_default_run_dir(config: &TrainConfig) -> anyhow::Result<PathBuf> {
+    let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S").to_string();
+    let parent = Path::new("runs")
         .join(config.dataset.name())
-        .join(config.model.architecture.name())
-        .join(stamp.to_string())
+        .join(config.model.architecture.name());
+    std::fs::create_dir_all(&parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    for n in 1.. {
+        let dir = parent.join(if n == 1 {
+            stamp.clone()
+        } else {
+            format!("{stamp}-{n}")
+        });
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+        }
+    }
+    unreachable!("the suffixes are unbounded")
 }
 
 /// Sends library `tracing` events to stderr (warnings, or `RUST_LOG`) and to the run's log file.
@@ -372,32 +439,97 @@ fn enable_second_order_if_needed(config: &TrainConfig) {
     }
 }
 
-pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+/// Opens the run to resume: refuses flags that would change it and an edited config.
+fn resume(
+    args: &TrainArgs,
+    dir: &Path,
+    given: &[(String, String)],
+    output: Output,
+) -> anyhow::Result<Trainer> {
+    let refused: Vec<&str> = given
+        .iter()
+        .filter(|(id, _)| !RESUME_FLAGS.contains(&id.as_str()))
+        .map(|(_, flag)| flag.as_str())
+        .collect();
+    if !refused.is_empty() {
+        bail!(
+            "--resume continues {} with the settings in its {}; {} would change the run and cannot be given with it (allowed: --data, --no-download, --device, --checkpoint-every, --allow-config-change, --quiet, --json)",
+            dir.display(),
+            files::CONFIG,
+            refused.join(", ")
+        );
+    }
+    let is_given = |id: &str| given.iter().any(|(g, _)| g == id);
+    let options = ResumeOptions {
+        data_dir: args.data.clone(),
+        download: args.no_download.then_some(false),
+        device: is_given("device").then_some(args.device),
+        checkpoint_every: is_given("checkpoint_every").then_some(args.checkpoint_every),
+        allow_config_change: args.allow_config_change,
+    };
+    let config = Trainer::resume_config(dir, &options).map_err(|e| match e {
+        e @ TrainError::ConfigEdited { .. } => anyhow::anyhow!(
+            "{e}; undo the edit, or pass --allow-config-change to continue with the edited settings (the change is recorded in the run's {})",
+            files::LOG
+        ),
+        e => anyhow::Error::new(e).context(format!("--resume {}: not a run directory", dir.display())),
+    })?;
+    enable_second_order_if_needed(&config);
+    fetch_if_missing(&config, output)?;
+    let data = tulip_train::load_dataset(&config)?;
+    // Before the trainer starts: what it logs on resuming (an allowed config change)
+    // belongs in the run's log.
+    install_logging(dir)?;
+    Ok(Trainer::resume(dir, data, &options)?)
+}
+
+/// Advice for a diverged run: the flags that most likely caused it, the term that
+/// went non-finite first.
+fn divergence_advice(cause: &Divergence, config: &TrainConfig) -> String {
+    let o = &config.objective;
+    let lr = format!("--lr (it was {})", config.lr);
+    let lip = (o.lip > 0.0).then(|| format!("--lip (it was {})", o.lip));
+    let decay = (o.decay > 0.0).then(|| format!("--decay (it was {})", o.decay));
+    let suspects: Vec<String> = match cause {
+        Divergence::Penalty {
+            name: "lipschitz", ..
+        } => lip.into_iter().chain([lr]).collect(),
+        Divergence::Penalty {
+            name: "tikhonov", ..
+        } => decay.into_iter().chain([lr]).collect(),
+        _ => [lr].into_iter().chain(lip).chain(decay).collect(),
+    };
+    format!(
+        "Start a new run with a smaller {}; resuming this one would diverge the same way",
+        suspects.join(" or ")
+    )
+}
+
+pub fn run(args: TrainArgs, given: &[(String, String)]) -> anyhow::Result<ExitCode> {
     let output = args.output();
     let mut trainer = match &args.resume {
-        Some(dir) => {
-            let (_, mut config) = tulip_train::RunDir::open(dir)
-                .with_context(|| format!("--resume {}: not a run directory", dir.display()))?;
-            // The one flag a resumed run honours: it changes nothing about the training.
-            config.download &= !args.no_download;
-            enable_second_order_if_needed(&config);
-            fetch_if_missing(&config, output)?;
-            let data = tulip_train::load_dataset(&config)?;
-            Trainer::resume(dir, data)?
-        }
+        Some(dir) => resume(&args, dir, given, output)?,
         None => {
             let config = args.to_config()?;
             enable_second_order_if_needed(&config);
             fetch_if_missing(&config, output)?;
             let data = tulip_train::load_dataset(&config)?;
-            let dir = args
-                .log_dir
-                .clone()
-                .unwrap_or_else(|| default_run_dir(&config));
-            Trainer::new(config, data, &dir)?
+            let dir = match &args.log_dir {
+                Some(dir) => dir.clone(),
+                None => new_default_run_dir(&config)?,
+            };
+            let trainer = Trainer::new(config, data, &dir).map_err(|e| match e {
+                TrainError::RunExists { path } => anyhow::anyhow!(
+                    "--log-dir {}: a run already exists there; continue it with `tulip train --resume {}` or choose another directory",
+                    path.display(),
+                    path.display()
+                ),
+                e => e.into(),
+            })?;
+            install_logging(trainer.run_dir().path())?;
+            trainer
         }
     };
-    install_logging(trainer.run_dir().path())?;
     // Step times depend on it (see tulip_train::malloc); the log says which applied.
     tracing::info!("malloc environment: {}", tulip_train::malloc::environment());
     if output == Output::Human {
@@ -412,6 +544,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
+    // Ctrl-C, SIGTERM (a scheduler's preemption) and SIGHUP all stop the run cleanly.
     let stop = trainer.stop_flag();
     ctrlc::set_handler(move || {
         if stop.swap(true, Ordering::SeqCst) {
@@ -420,7 +553,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         }
         eprintln!("\ninterrupt: stopping after this step and writing a checkpoint (Ctrl-C again to quit now)");
     })
-    .context("cannot install the Ctrl-C handler")?;
+    .context("cannot install the interrupt handler")?;
 
     let mut observer = ProgressObserver::new(output);
     match trainer.run(&mut observer) {
@@ -443,6 +576,21 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
                 trainer.run_dir().path().display()
             );
             Ok(ExitCode::from(130))
+        }
+        Err(TrainError::Diverged {
+            cause,
+            epoch,
+            step,
+            last_checkpoint,
+        }) => {
+            let advice = divergence_advice(&cause, trainer.config());
+            let e = TrainError::Diverged {
+                cause,
+                epoch,
+                step,
+                last_checkpoint,
+            };
+            Err(anyhow::anyhow!("{e}. {advice}"))
         }
         Err(e) => Err(e.into()),
     }

@@ -4,6 +4,10 @@
 //! layouts, so a file converts 1:1 to and from the reference. Other state that must
 //! survive a restart (the optimizer's momentum) may share the file under a reserved
 //! prefix, [`EXTRA_PREFIX`]; loading a model ignores those names.
+//!
+//! Every file written here carries a SHA-256 of its tensors and metadata in its metadata
+//! ([`CHECKSUM_KEY`]); reading verifies it, so a flipped byte is an error rather than a
+//! silently different model. Files without one (converted from PyTorch) are read as they are.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -13,6 +17,9 @@ use candle_core::{Device, Tensor};
 
 use crate::params::Params;
 use crate::{ModelError, Result};
+
+/// Metadata key of the checksum: SHA-256, in hex, of the other metadata and the tensors.
+pub const CHECKSUM_KEY: &str = "sha256";
 
 /// Names starting with this prefix are not model tensors (e.g. `optimizer.momentum.fc.weight`).
 pub const EXTRA_PREFIX: &str = "optimizer.";
@@ -40,10 +47,11 @@ impl Checkpoint {
         }
     }
 
-    /// Reads a checkpoint onto `device`.
+    /// Reads a checkpoint onto `device`, verifying its checksum if it has one.
     ///
     /// # Errors
-    /// The file is missing or not a valid safetensors file.
+    /// The file is missing, not a valid safetensors file, or does not match its checksum
+    /// ([`ModelError::CorruptCheckpoint`]).
     pub fn read(path: &Path, device: &Device) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
             path: path.into(),
@@ -55,12 +63,31 @@ impl Checkpoint {
         };
         let (_, header) =
             safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-        let metadata = header
+        let metadata: BTreeMap<String, String> = header
             .metadata()
             .clone()
             .unwrap_or_default()
             .into_iter()
             .collect();
+        if let Some(expected) = metadata.get(CHECKSUM_KEY) {
+            let file =
+                safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+            let mut views = file.tensors();
+            views.sort_by(|a, b| a.0.cmp(&b.0));
+            let found = checksum(
+                &metadata,
+                views
+                    .iter()
+                    .map(|(name, v)| (name.as_str(), v.dtype(), v.shape(), v.data())),
+            );
+            if *expected != found {
+                return Err(ModelError::CorruptCheckpoint {
+                    path: path.into(),
+                    expected: expected.clone(),
+                    found,
+                });
+            }
+        }
         let tensors = candle_core::safetensors::load_buffer(&bytes, device)
             .map_err(|e| bad(e.to_string()))?
             .into_iter()
@@ -69,16 +96,25 @@ impl Checkpoint {
     }
 
     /// Writes the checkpoint atomically: to a temporary file beside `path`, synced, then
-    /// renamed over `path`, so a crash leaves either the old file or the new one.
+    /// renamed over `path`, so a crash leaves either the old file or the new one. The
+    /// metadata gets the checksum of the content ([`CHECKSUM_KEY`]).
     ///
     /// # Errors
     /// The file cannot be written.
     pub fn write(&self, path: &Path) -> Result<()> {
+        use safetensors::View;
         let io = |source| ModelError::Io {
             path: path.into(),
             source,
         };
-        let metadata: HashMap<String, String> = self.metadata.clone().into_iter().collect();
+        let sum = checksum(
+            &self.metadata,
+            self.tensors
+                .iter()
+                .map(|(name, t)| (name.as_str(), View::dtype(t), View::shape(t), View::data(t))),
+        );
+        let mut metadata: HashMap<String, String> = self.metadata.clone().into_iter().collect();
+        metadata.insert(CHECKSUM_KEY.into(), sum);
         let bytes = safetensors::serialize(self.tensors.iter(), Some(metadata)).map_err(|e| {
             ModelError::BadCheckpoint {
                 path: path.into(),
@@ -134,6 +170,30 @@ impl Checkpoint {
     }
 }
 
+/// SHA-256, in hex, of the metadata (but its checksum) and of each tensor's name, dtype,
+/// shape and bytes, tensors in name order.
+fn checksum<'a, D: AsRef<[u8]>>(
+    metadata: &BTreeMap<String, String>,
+    tensors: impl Iterator<Item = (&'a str, safetensors::Dtype, &'a [usize], D)>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    for (k, v) in metadata.iter().filter(|(k, _)| *k != CHECKSUM_KEY) {
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
+    for (name, dtype, shape, data) in tensors {
+        field(name.as_bytes());
+        field(format!("{dtype:?}{shape:?}").as_bytes());
+        field(data.as_ref());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Writes `bytes` to `path` through a temporary file and a rename.
 ///
 /// # Errors
@@ -146,6 +206,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        if let Some(name) = path.file_name() {
+            crate::failpoint::hit(&format!("write:{}", name.to_string_lossy()));
+        }
         std::fs::rename(&tmp, path)
     })();
     if result.is_err() {

@@ -32,6 +32,17 @@ pub enum ModelError {
         reason: String,
     },
 
+    /// The checkpoint's content does not match the checksum it was written with.
+    #[error("{path}: the checkpoint is corrupt: its tensors and metadata do not match the SHA-256 it was written with (expected {expected}, found {found}); use another checkpoint of the run or retrain")]
+    CorruptCheckpoint {
+        /// The file involved.
+        path: PathBuf,
+        /// The checksum stored in the file.
+        expected: String,
+        /// The checksum of what the file holds now.
+        found: String,
+    },
+
     /// The checkpoint does not hold exactly the tensors of the model it is loaded into.
     #[error("{path}: checkpoint does not match the model ({})", describe_mismatch(.missing, .unexpected, .mis_shaped))]
     CheckpointMismatch {

@@ -33,6 +33,7 @@
 mod allcnn;
 pub mod checkpoint;
 mod error;
+pub mod failpoint;
 pub mod layers;
 pub mod loss;
 mod model;

@@ -486,6 +486,48 @@ fn unreadable_checkpoints_are_clear_errors() {
     );
 }
 
+/// A byte flipped anywhere in a checkpoint — a weight, the optimizer state, a metadata
+/// value — is an error that calls the file corrupt, never a silently different model.
+#[test]
+fn a_flipped_byte_anywhere_in_a_checkpoint_is_a_clear_error() {
+    let a = model(&ModelConfig::new(Architecture::ResNet8, 10, FASHION));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    let mut ck = Checkpoint::from_params(a.params());
+    ck.metadata.insert("epoch".into(), "3".into());
+    ck.write(&path).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    Checkpoint::read(&path, &Device::Cpu).expect("an untouched file reads");
+
+    // Where the metadata value "3" of "epoch" sits in the JSON header.
+    let header_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&good[8..8 + header_len]).unwrap();
+    let epoch_value = 8 + header.find("\"epoch\":\"3\"").unwrap() + "\"epoch\":\"".len();
+    // The first and last data bytes, and one in the middle.
+    for (at, flip) in [
+        (epoch_value, b'3' ^ b'7'),
+        (8 + header_len, 0x01),
+        (8 + header_len + (good.len() - 8 - header_len) / 2, 0x80),
+        (good.len() - 1, 0x10),
+    ] {
+        let mut bytes = good.clone();
+        bytes[at] ^= flip;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Checkpoint::read(&path, &Device::Cpu)
+            .err()
+            .unwrap_or_else(|| panic!("byte {at} flipped and the file still reads"));
+        assert!(
+            matches!(err, ModelError::CorruptCheckpoint { .. }),
+            "byte {at}: {err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("m.safetensors") && msg.contains("corrupt"),
+            "{msg}"
+        );
+    }
+}
+
 #[test]
 fn invalid_configurations_are_rejected() {
     let base = ModelConfig::new(Architecture::ResNet22, 10, FASHION);

@@ -75,6 +75,72 @@ fn download_default() -> bool {
     true
 }
 
+/// How often a run writes a checkpoint inside an epoch (one is written at every epoch's
+/// end regardless): every `N` steps, or every so many seconds of training. Written
+/// `500` (steps) or `30s`, `10m`, `1h`.
+///
+/// Not a training setting: where the checkpoints fall changes nothing in the numbers of a
+/// run, only how much a kill can cost, so it may differ when a run is resumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum CheckpointEvery {
+    /// Every this many optimisation steps.
+    Steps(usize),
+    /// Every this many seconds of training.
+    Seconds(u64),
+}
+
+impl Default for CheckpointEvery {
+    fn default() -> Self {
+        Self::Seconds(600)
+    }
+}
+
+impl std::str::FromStr for CheckpointEvery {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let s = s.trim();
+        let bad = || format!("{s:?} is neither a number of steps (500) nor a time (30s, 10m, 1h)");
+        let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        if n == 0 {
+            return Err(format!("{s:?}: the interval must be at least 1"));
+        }
+        match unit {
+            "" => usize::try_from(n).map(Self::Steps).map_err(|_| bad()),
+            "s" => Ok(Self::Seconds(n)),
+            "m" | "min" => Ok(Self::Seconds(n * 60)),
+            "h" => Ok(Self::Seconds(n * 3600)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for CheckpointEvery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Self::Steps(n) => write!(f, "{n}"),
+            Self::Seconds(s) if s % 3600 == 0 => write!(f, "{}h", s / 3600),
+            Self::Seconds(s) if s % 60 == 0 => write!(f, "{}m", s / 60),
+            Self::Seconds(s) => write!(f, "{s}s"),
+        }
+    }
+}
+
+impl TryFrom<String> for CheckpointEvery {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<CheckpointEvery> for String {
+    fn from(c: CheckpointEvery) -> Self {
+        c.to_string()
+    }
+}
+
 /// Everything that determines a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -118,6 +184,10 @@ pub struct TrainConfig {
     pub eval_train: bool,
     /// Device to train on.
     pub device: DeviceChoice,
+    /// How often a checkpoint is written inside an epoch. Run directories written before
+    /// this setting existed read as the default.
+    #[serde(default)]
+    pub checkpoint_every: CheckpointEvery,
     /// Loss terms and adversarial training.
     pub objective: ObjectiveConfig,
 }
@@ -144,6 +214,7 @@ impl TrainConfig {
             log_interval: 100,
             eval_train: true,
             device: DeviceChoice::Cpu,
+            checkpoint_every: CheckpointEvery::default(),
             objective: ObjectiveConfig::default(),
         }
     }
@@ -168,6 +239,15 @@ impl TrainConfig {
         }
         if self.log_interval == 0 {
             return bad("--log-interval must be at least 1".into());
+        }
+        let (_, h, w) = self.dataset.image_shape();
+        if let Some(side) = self.augmentation.cutout.filter(|&s| s > h.min(w)) {
+            return bad(format!(
+                "--cutout {side} is larger than the {h}x{w} images of {}: the Cutout square's \
+                 side must be at most {}",
+                self.dataset,
+                h.min(w)
+            ));
         }
         let o = &self.objective;
         for (flag, v) in [("--lip", o.lip), ("--decay", o.decay)] {
@@ -200,6 +280,20 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The settings that may differ when a run is resumed because they change nothing in
+    /// its numbers — where the data is read from, whether it may be downloaded, the device,
+    /// how often checkpoints are written — set to fixed values, so that two configurations
+    /// of the same run compare equal.
+    pub fn training_settings(&self) -> Self {
+        Self {
+            data_dir: None,
+            download: true,
+            device: DeviceChoice::Cpu,
+            checkpoint_every: CheckpointEvery::default(),
+            ..self.clone()
+        }
+    }
+
     /// The configuration as readable TOML.
     ///
     /// # Errors
@@ -222,6 +316,24 @@ impl TrainConfig {
 mod tests {
     use super::*;
     use tulip_models::Architecture;
+
+    #[test]
+    fn checkpoint_intervals_parse_and_print_back() {
+        for (text, want) in [
+            ("500", CheckpointEvery::Steps(500)),
+            ("30s", CheckpointEvery::Seconds(30)),
+            ("10m", CheckpointEvery::Seconds(600)),
+            ("10min", CheckpointEvery::Seconds(600)),
+            ("2h", CheckpointEvery::Seconds(7200)),
+        ] {
+            let parsed: CheckpointEvery = text.parse().unwrap();
+            assert_eq!(parsed, want, "{text}");
+            assert_eq!(parsed.to_string().parse::<CheckpointEvery>().unwrap(), want);
+        }
+        for bad in ["", "0", "0s", "10 days", "-5", "1.5h", "m"] {
+            assert!(bad.parse::<CheckpointEvery>().is_err(), "{bad:?} accepted");
+        }
+    }
 
     /// Run directories written before the `download` switch existed still resume, and
     /// read as downloading (the default).

@@ -50,6 +50,7 @@ pub fn evaluate(
             .to_scalar::<f64>()?;
         correct += count_correct(&logits, &batch.labels)?;
         n += batch.labels.dim(0)?;
+        tulip_models::failpoint::hit("evaluate");
     }
     let n = n.max(1) as f64;
     Ok(Evaluation {

@@ -18,9 +18,19 @@
 //!   batches an uninterrupted one would.
 //! - `training.csv` rows hold means over the log interval (not the last step's value).
 //! - The test error logged each epoch is the clean one (SPEC §1).
-//! - Divergence: a non-finite objective stops the run before the bad step is applied
-//!   (the last checkpoint stays the last good state); so do five consecutive epochs with
-//!   a test error within one point of chance level.
+//! - Divergence ([`TrainError::Diverged`]): a non-finite cross-entropy or penalty term
+//!   stops the run before the step is applied; the weights and batch-norm statistics are
+//!   checked after every update (a finite loss does not prove them finite: a ReLU maps
+//!   NaN to 0), and the test loss after every epoch. Nothing non-finite is ever saved, so
+//!   every checkpoint holds finite weights and a non-finite epoch is never the best. Five
+//!   consecutive epochs with a test error within one point of chance level stop it too.
+//! - Every state of a run directory resumes ([`Trainer::resume`]): a checkpoint holds the
+//!   position, the optimizer state and the open log interval, so the resumed run's
+//!   weights and logs equal the uninterrupted run's; a run killed before its first
+//!   checkpoint starts again from its seeded initialisation. Checkpoints fall at epoch
+//!   ends and every [`CheckpointEvery`] inside an epoch. One process trains a run at a
+//!   time ([`run_dir::RunLock`]); an edited `config.toml` is refused unless allowed
+//!   ([`ResumeOptions`]).
 #![warn(missing_docs)]
 
 pub mod config;
@@ -33,10 +43,12 @@ pub mod run_dir;
 pub mod schedule;
 mod trainer;
 
-pub use config::{ObjectiveConfig, TrainConfig};
+pub use config::{CheckpointEvery, ObjectiveConfig, TrainConfig};
 pub use device::DeviceChoice;
-pub use error::{Result, TrainError};
+pub use error::{Divergence, Result, SavedAt, TrainError};
 pub use optim::Sgd;
 pub use run_dir::RunDir;
 pub use schedule::LrSchedule;
-pub use trainer::{load_dataset, EpochReport, Observer, RunSummary, Silent, StepReport, Trainer};
+pub use trainer::{
+    load_dataset, EpochReport, Observer, ResumeOptions, RunSummary, Silent, StepReport, Trainer,
+};

@@ -1,7 +1,9 @@
 //! The files of a run directory (SPEC §7) and the CSV writer behind them.
 //!
 //! ```text
-//! config.toml              resolved configuration (read back by --resume, eval, attack)
+//! config.toml              resolved configuration (read back by --resume, eval, attack),
+//!                          its first line a SHA-256 of the rest
+//! lock                     held (flock) by the one process training the run; its pid
 //! training.csv             index, time, loss, lr, penalty values — every log interval
 //! test.csv                 epoch, time, test loss/error, train loss/error, tikhonov, lr
 //! checkpoint.safetensors   last state (model, optimizer momentum, position)
@@ -10,6 +12,10 @@
 //! ```
 //! Checkpoints are written atomically; CSV rows are flushed as they are written, so a
 //! crash loses at most the row being written.
+//!
+//! One process at a time trains a run: it holds an exclusive `flock` on `lock` for as
+//! long as it runs. The kernel drops the lock when the process ends however it ends, so a
+//! lock is never stale; the pid inside only names the holder in the error message.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -32,6 +38,45 @@ pub mod files {
     pub const BEST: &str = "best.safetensors";
     /// Log file.
     pub const LOG: &str = "train.log";
+    /// Lock held by the process that trains the run.
+    pub const LOCK: &str = "lock";
+}
+
+/// The first line of `config.toml`, before the SHA-256 of the lines after it.
+const CONFIG_HASH_LINE: &str = "# sha256 of the lines below: ";
+
+/// SHA-256, in hex, of a text.
+fn sha256_hex(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `config.toml`'s text: the hash line, then the configuration.
+fn config_file_text(config: &TrainConfig) -> Result<String> {
+    let body = config.to_toml()?;
+    Ok(format!("{CONFIG_HASH_LINE}{}\n{body}", sha256_hex(&body)))
+}
+
+/// Whether a `config.toml` text was changed since it was written: its first line's hash
+/// differs from the rest's. A file without the hash line (written by an older version)
+/// counts as unchanged.
+fn config_edited(text: &str) -> bool {
+    match text
+        .split_once('\n')
+        .and_then(|(first, body)| Some((first.strip_prefix(CONFIG_HASH_LINE)?, body)))
+    {
+        Some((hash, body)) => hash.trim() != sha256_hex(body),
+        None => false,
+    }
+}
+
+/// The exclusive right to train a run, held until dropped (or the process ends).
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
 }
 
 /// A run directory on disk.
@@ -41,30 +86,89 @@ pub struct RunDir {
 }
 
 impl RunDir {
-    /// Creates `path` (and its parents) and writes the configuration into it.
+    /// Creates `path` (and its parents), takes its lock and writes the configuration
+    /// into it.
     ///
     /// # Errors
-    /// The directory already holds a run, or cannot be written.
-    pub fn create(path: &Path, config: &TrainConfig) -> Result<Self> {
+    /// The directory already holds a run ([`TrainError::RunExists`]) or another process's
+    /// lock, or cannot be written.
+    pub fn create(path: &Path, config: &TrainConfig) -> Result<(Self, RunLock)> {
         let dir = Self {
             path: path.to_path_buf(),
         };
-        if dir.file(files::CONFIG).exists() {
-            return Err(TrainError::InvalidConfig(format!(
-                "--log-dir {}: a run already exists there; use --resume {} to continue it or choose another directory",
-                path.display(),
-                path.display()
-            )));
-        }
         std::fs::create_dir_all(path).map_err(|error| TrainError::Io {
             path: path.into(),
             error,
         })?;
-        let text = config.to_toml()?;
-        let file = dir.file(files::CONFIG);
+        let lock = dir.lock()?;
+        if dir.file(files::CONFIG).exists() {
+            return Err(TrainError::RunExists { path: path.into() });
+        }
+        dir.write_config(config)?;
+        Ok((dir, lock))
+    }
+
+    /// Writes `config.toml` (atomically, with its hash line).
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn write_config(&self, config: &TrainConfig) -> Result<()> {
+        let text = config_file_text(config)?;
+        let file = self.file(files::CONFIG);
         tulip_models::checkpoint::write_atomic(&file, text.as_bytes())
-            .map_err(|error| TrainError::Io { path: file, error })?;
-        Ok(dir)
+            .map_err(|error| TrainError::Io { path: file, error })
+    }
+
+    /// Whether `config.toml` was edited since the run wrote it (its hash line no longer
+    /// matches).
+    ///
+    /// # Errors
+    /// The file cannot be read.
+    pub fn config_edited(&self) -> Result<bool> {
+        let file = self.file(files::CONFIG);
+        let text = std::fs::read_to_string(&file).map_err(|error| TrainError::Io {
+            path: file.clone(),
+            error,
+        })?;
+        Ok(config_edited(&text))
+    }
+
+    /// Takes the run's lock: only one process may train a run at a time.
+    ///
+    /// # Errors
+    /// Another process holds it ([`TrainError::RunInUse`], naming its pid), or the lock
+    /// file cannot be written.
+    pub fn lock(&self) -> Result<RunLock> {
+        let path = self.file(files::LOCK);
+        let io = |error| TrainError::Io {
+            path: path.clone(),
+            error,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let pid = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok());
+                return Err(TrainError::RunInUse {
+                    path: self.path.clone(),
+                    pid,
+                });
+            }
+            Err(std::fs::TryLockError::Error(error)) => return Err(io(error)),
+        }
+        file.set_len(0).map_err(io)?;
+        writeln!(file, "{}", std::process::id())
+            .and_then(|()| file.flush())
+            .map_err(io)?;
+        Ok(RunLock { _file: file })
     }
 
     /// Opens an existing run directory (for resuming, evaluating or attacking).
@@ -203,4 +307,55 @@ pub fn read_csv(path: &Path) -> Result<(Vec<String>, Vec<Vec<f64>>)> {
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((header, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tulip_data::DatasetKind;
+    use tulip_models::{Architecture, ModelConfig};
+
+    fn config() -> TrainConfig {
+        let kind = DatasetKind::FashionMnist;
+        let model = ModelConfig::new(Architecture::ResNet8, kind.classes(), kind.image_shape());
+        TrainConfig::new(kind, model)
+    }
+
+    #[test]
+    fn an_edited_config_is_detected_and_an_untouched_one_is_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, _lock) = RunDir::create(&tmp.path().join("run"), &config()).unwrap();
+        assert!(!dir.config_edited().unwrap());
+        let path = dir.file(files::CONFIG);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("lr = 0.1"), "{text}");
+        std::fs::write(&path, text.replace("lr = 0.1", "lr = 0.2")).unwrap();
+        assert!(dir.config_edited().unwrap());
+        // Written again by the run (after an allowed change), it is clean again.
+        dir.write_config(&config()).unwrap();
+        assert!(!dir.config_edited().unwrap());
+        // A file of an older version, without the hash line, reads as unchanged.
+        assert!(!config_edited(&config().to_toml().unwrap()));
+    }
+
+    #[test]
+    fn one_lock_holder_at_a_time_and_the_lock_is_free_again_after_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, lock) = RunDir::create(&tmp.path().join("run"), &config()).unwrap();
+        match dir.lock() {
+            Err(TrainError::RunInUse { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("a second lock was granted: {other:?}"),
+        }
+        drop(lock);
+        let _again = dir.lock().expect("free after the holder let go");
+    }
+
+    #[test]
+    fn a_directory_with_a_run_is_not_created_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("run");
+        drop(RunDir::create(&path, &config()).unwrap());
+        let err = RunDir::create(&path, &config()).unwrap_err();
+        assert!(matches!(err, TrainError::RunExists { .. }), "{err}");
+    }
 }

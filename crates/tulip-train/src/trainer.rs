@@ -2,22 +2,24 @@
 //! applied to the batch before the loss and a list of weighted penalty terms added to it
 //! (SPEC §1); nothing else about the loop changes between methods.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use tulip_adversarial::Perturbation;
 use tulip_data::{Dataset, Loader};
 use tulip_models::{loss, Checkpoint, Classifier, Model};
 use tulip_penalties::{Penalty, PenaltyInputs, TikhonovPenalty};
 
-use crate::config::TrainConfig;
+use crate::config::{CheckpointEvery, TrainConfig};
+use crate::device::DeviceChoice;
 use crate::evaluate::{count_correct, evaluate, Evaluation};
 use crate::optim::Sgd;
-use crate::run_dir::{files, CsvWriter, RunDir};
-use crate::{Result, TrainError};
+use crate::run_dir::{files, CsvWriter, RunDir, RunLock};
+use crate::{Divergence, Result, SavedAt, TrainError};
 
 /// Consecutive chance-level epochs after which a run counts as diverged.
 const CHANCE_LEVEL_EPOCHS: usize = 5;
@@ -165,8 +167,49 @@ pub struct Trainer {
     penalties: Vec<WeightedPenalty>,
     tikhonov: TikhonovPenalty,
     run: RunDir,
+    // Held for the trainer's lifetime: no second process trains this run meanwhile.
+    _lock: RunLock,
     pos: Position,
+    /// Means of the current log interval so far; saved in every checkpoint, so that the
+    /// training.csv row that straddles a kill is the same as without the kill.
+    interval: IntervalMean,
+    last_checkpoint: Option<SavedAt>,
+    last_checkpoint_time: Instant,
     stop: Arc<AtomicBool>,
+}
+
+/// What `tulip train --resume` may change about a run: only settings that change nothing
+/// in its numbers. Anything else comes from the run's `config.toml`.
+#[derive(Debug, Clone, Default)]
+pub struct ResumeOptions {
+    /// Read the data from here (the data moved since the run started).
+    pub data_dir: Option<PathBuf>,
+    /// Refuse to download missing data (`Some(false)`).
+    pub download: Option<bool>,
+    /// Train on this device.
+    pub device: Option<DeviceChoice>,
+    /// Write checkpoints this often inside an epoch.
+    pub checkpoint_every: Option<CheckpointEvery>,
+    /// Continue even though `config.toml` was edited since the run wrote it; the change
+    /// is logged and the file's hash renewed.
+    pub allow_config_change: bool,
+}
+
+impl ResumeOptions {
+    fn apply(&self, config: &mut TrainConfig) {
+        if let Some(d) = &self.data_dir {
+            config.data_dir = Some(d.clone());
+        }
+        if let Some(d) = self.download {
+            config.download = d;
+        }
+        if let Some(d) = self.device {
+            config.device = d;
+        }
+        if let Some(c) = self.checkpoint_every {
+            config.checkpoint_every = c;
+        }
+    }
 }
 
 impl Trainer {
@@ -183,11 +226,7 @@ impl Trainer {
         // here (second-order gradients not live) must fail before anything is written.
         let (perturbation, penalties, tikhonov) = Self::objective(&config, 0)?;
         let optimizer = Sgd::new(model.params(), config.momentum, config.nesterov)?;
-        let run = RunDir::create(run_dir, &config)?;
-        let pos = Position {
-            best_error: f64::INFINITY,
-            ..Position::default()
-        };
+        let (run, lock) = RunDir::create(run_dir, &config)?;
         tracing::info!(run = %run.path().display(), params = model.params().trainable_count(), "new run");
         let parts = Parts {
             device,
@@ -197,33 +236,83 @@ impl Trainer {
             penalties,
             tikhonov,
         };
-        Ok(Self::assemble(config, data, run, pos, parts))
+        Ok(Self::assemble(
+            config,
+            data,
+            (run, lock),
+            Saved::initial(),
+            parts,
+        ))
     }
 
-    /// Continues the run in `run_dir` from its last checkpoint, optimizer state included.
-    /// With the same data, the result equals that of an uninterrupted run.
+    /// The configuration `run_dir` resumes with: its `config.toml` with `options`
+    /// applied. A caller loads the data with it before calling [`Trainer::resume`].
     ///
     /// # Errors
-    /// The directory holds no run or no checkpoint, or the checkpoint does not fit.
-    pub fn resume(run_dir: &Path, data: Dataset) -> Result<Self> {
-        let (run, config) = RunDir::open(run_dir)?;
+    /// The directory holds no run, or its `config.toml` was edited
+    /// ([`TrainError::ConfigEdited`]) and `options` do not allow that.
+    pub fn resume_config(run_dir: &Path, options: &ResumeOptions) -> Result<TrainConfig> {
+        let (run, mut config) = RunDir::open(run_dir)?;
+        if run.config_edited()? && !options.allow_config_change {
+            return Err(TrainError::ConfigEdited {
+                path: run.file(files::CONFIG),
+            });
+        }
+        options.apply(&mut config);
+        Ok(config)
+    }
+
+    /// Continues the run in `run_dir` from its last checkpoint, optimizer state and the
+    /// open log interval included; a run killed before its first checkpoint starts again
+    /// from its initialisation (which its seed determines). With the same data, the
+    /// result equals that of an uninterrupted run: weights, `test.csv` and `training.csv`.
+    ///
+    /// # Errors
+    /// Another process trains the run; its configuration was edited (unless allowed) or
+    /// does not fit its checkpoint; the checkpoint is corrupt.
+    pub fn resume(run_dir: &Path, data: Dataset, options: &ResumeOptions) -> Result<Self> {
+        let (run, on_disk) = RunDir::open(run_dir)?;
+        let lock = run.lock()?;
+        let config = Self::resume_config(run_dir, options)?;
         Self::check_against_data(&config, &data)?;
         let device = config.device.open()?;
         let model = Model::init(&config.model, config.seed, DType::F32, &device)?;
         let ck_path = run.file(files::CHECKPOINT);
-        if !ck_path.exists() {
-            return Err(TrainError::BadRunFile {
-                path: ck_path,
-                reason: "no checkpoint to resume from (the run stopped before its first checkpoint); start a new run".into(),
-            });
-        }
-        let ck = Checkpoint::read(&ck_path, &device)?;
-        ck.load_into(model.params(), &ck_path)?;
-        let pos = Position::from_metadata(&ck, &ck_path)?;
-        let (perturbation, penalties, tikhonov) = Self::objective(&config, pos.global_step as u64)?;
         let mut optimizer = Sgd::new(model.params(), config.momentum, config.nesterov)?;
-        optimizer.load_from(&ck)?;
-        tracing::info!(run = %run.path().display(), epoch = pos.epoch, step = pos.global_step, "resumed");
+        let mut saved = Saved::initial();
+        let mut trained_with = None;
+        if ck_path.exists() {
+            let ck = Checkpoint::read(&ck_path, &device)?;
+            ck.load_into(model.params(), &ck_path)?;
+            optimizer.load_from(&ck)?;
+            saved = Saved::from_metadata(&ck, &ck_path)?;
+            trained_with = ck
+                .metadata
+                .get("config")
+                .and_then(|json| serde_json::from_str::<TrainConfig>(json).ok());
+        }
+        // The hash line catches an edit before the first checkpoint; the checkpoint's own
+        // copy of the settings catches one whose hash line was rewritten too.
+        let edited = run.config_edited()?
+            || trained_with
+                .as_ref()
+                .is_some_and(|t| t.training_settings() != on_disk.training_settings());
+        if edited {
+            if !options.allow_config_change {
+                return Err(TrainError::ConfigEdited {
+                    path: run.file(files::CONFIG),
+                });
+            }
+            let change = trained_with.as_ref().map_or_else(
+                || "no checkpoint to compare with".to_string(),
+                |t| describe_change(t, &on_disk),
+            );
+            tracing::warn!(run = %run.path().display(), %change, "config.toml was edited; continuing with the edited settings as allowed");
+            run.write_config(&on_disk)?;
+        }
+        let (perturbation, penalties, tikhonov) =
+            Self::objective(&config, saved.pos.global_step as u64)?;
+        tracing::info!(run = %run.path().display(), epoch = saved.pos.epoch, step = saved.pos.global_step, "resumed");
         let parts = Parts {
             device,
             model,
@@ -232,14 +321,18 @@ impl Trainer {
             penalties,
             tikhonov,
         };
-        Ok(Self::assemble(config, data, run, pos, parts))
+        let mut trainer = Self::assemble(config, data, (run, lock), saved, parts);
+        if ck_path.exists() {
+            trainer.last_checkpoint = Some(trainer.saved_at());
+        }
+        Ok(trainer)
     }
 
     fn assemble(
         config: TrainConfig,
         data: Dataset,
-        run: RunDir,
-        pos: Position,
+        (run, lock): (RunDir, RunLock),
+        saved: Saved,
         parts: Parts,
     ) -> Self {
         let Parts {
@@ -260,7 +353,11 @@ impl Trainer {
             penalties,
             tikhonov,
             run,
-            pos,
+            _lock: lock,
+            pos: saved.pos,
+            interval: saved.interval,
+            last_checkpoint: None,
+            last_checkpoint_time: Instant::now(),
             stop: Arc::default(),
         }
     }
@@ -368,12 +465,18 @@ impl Trainer {
     pub fn run(&mut self, observer: &mut dyn Observer) -> Result<RunSummary> {
         let started = Instant::now() - std::time::Duration::from_secs_f64(self.pos.elapsed);
         let header = self.training_header();
-        let keep =
-            (self.pos.global_step > 0 || self.pos.epoch > 0).then_some(self.pos.training_rows);
-        let mut training_csv = CsvWriter::open(&self.run.file(files::TRAINING_CSV), &header, keep)?;
-        let keep = (self.pos.global_step > 0 || self.pos.epoch > 0).then_some(self.pos.test_rows);
-        let mut test_csv =
-            CsvWriter::open(&self.run.file(files::TEST_CSV), &Self::TEST_HEADER, keep)?;
+        // Rows written after the position being resumed from are dropped (a new run has
+        // no files yet).
+        let mut training_csv = CsvWriter::open(
+            &self.run.file(files::TRAINING_CSV),
+            &header,
+            Some(self.pos.training_rows),
+        )?;
+        let mut test_csv = CsvWriter::open(
+            &self.run.file(files::TEST_CSV),
+            &Self::TEST_HEADER,
+            Some(self.pos.test_rows),
+        )?;
 
         let data = Arc::clone(&self.data);
         let loader = Loader::train(
@@ -385,7 +488,6 @@ impl Trainer {
         )?;
         let steps = loader.batches_per_epoch();
         let mut last_error = f64::NAN;
-        let mut interval = IntervalMean::default();
 
         while self.pos.epoch < self.config.epochs {
             let epoch = self.pos.epoch;
@@ -394,9 +496,10 @@ impl Trainer {
             for batch in loader.epoch(epoch).skip(self.pos.step_in_epoch) {
                 let batch = batch?;
                 let report = self.step(&batch.images, &batch.labels, lr, steps)?;
-                interval.add(&report);
+                self.interval.add(&report);
                 self.pos.step_in_epoch += 1;
                 self.pos.global_step += 1;
+                tulip_models::failpoint::hit("step");
                 if self
                     .pos
                     .global_step
@@ -404,14 +507,17 @@ impl Trainer {
                 {
                     let mut row =
                         vec![self.pos.global_step as f64, started.elapsed().as_secs_f64()];
-                    row.extend(interval.take());
+                    row.extend(self.interval.take());
                     training_csv.row(&row)?;
                     self.pos.training_rows += 1;
                 }
                 observer.step(&report);
-                if self.stop.load(Ordering::SeqCst) {
+                let interrupted = self.stop.load(Ordering::SeqCst);
+                if interrupted || (self.pos.step_in_epoch < steps && self.checkpoint_due()) {
                     self.pos.elapsed = started.elapsed().as_secs_f64();
-                    self.save_checkpoint()?;
+                    self.save_checkpoint(f64::NAN)?;
+                }
+                if interrupted {
                     return Err(TrainError::Interrupted {
                         epoch,
                         step: self.pos.global_step,
@@ -437,6 +543,9 @@ impl Trainer {
             } else {
                 None
             };
+            if !test.loss.is_finite() {
+                return Err(self.diverged(Divergence::TestLoss(test.loss)));
+            }
             let tikhonov = scalar(&self.tikhonov.sum_of_squares(self.model.params())?)?;
             let elapsed = started.elapsed().as_secs_f64();
             let best = test.error < self.pos.best_error;
@@ -465,10 +574,10 @@ impl Trainer {
             if best {
                 self.pos.best_error = test.error;
                 let mut ck = Checkpoint::from_params(self.model.params());
-                self.pos.write_metadata(&mut ck, &self.config, test.error);
+                self.write_metadata(&mut ck, test.error);
                 ck.write(&self.run.file(files::BEST))?;
             }
-            self.save_checkpoint_with_error(test.error)?;
+            self.save_checkpoint(test.error)?;
             tracing::info!(
                 epoch,
                 test_error = test.error,
@@ -538,25 +647,57 @@ impl Trainer {
             logits: &logits,
             loss: &ce,
         };
+        let ce_value = scalar(&ce)?;
+        if !ce_value.is_finite() {
+            return Err(self.diverged(Divergence::CrossEntropy(ce_value)));
+        }
         let mut objective = ce.clone();
         let mut values = Vec::with_capacity(self.penalties.len());
         for wp in &self.penalties {
             let v = wp.penalty.value(&inputs)?;
             objective = (objective + (&v * wp.weight)?)?;
-            values.push((wp.penalty.name(), scalar(&v)?));
+            let value = scalar(&v)?;
+            if !(value * wp.weight).is_finite() {
+                return Err(self.diverged(Divergence::Penalty {
+                    name: wp.penalty.name(),
+                    weighted: value * wp.weight,
+                }));
+            }
+            values.push((wp.penalty.name(), value));
         }
         let objective_value = scalar(&objective)?;
         if !objective_value.is_finite() {
-            return Err(TrainError::NonFiniteLoss {
-                value: objective_value,
-                epoch: self.pos.epoch,
-                step: self.pos.global_step,
-            });
+            // Every term is finite but their f32 sum is not: name the largest.
+            let (name, weighted) = self
+                .penalties
+                .iter()
+                .zip(&values)
+                .map(|(wp, (name, v))| (*name, v * wp.weight))
+                .fold(("cross-entropy", ce_value), |a, b| {
+                    if b.1.abs() > a.1.abs() {
+                        b
+                    } else {
+                        a
+                    }
+                });
+            return Err(self.diverged(Divergence::Penalty { name, weighted }));
         }
         // Only the optimizer reads these gradients: computed detached even when the
         // exact penalty has switched second-order gradients on.
         let grads = tulip_penalties::backward_detached(&objective)?;
         self.optimizer.step(&grads, lr)?;
+        // A finite loss does not prove finite weights (a ReLU maps NaN to 0), so the
+        // weights and running statistics are checked after every update: no checkpoint
+        // is ever written from non-finite weights.
+        let bad = self.model.params().non_finite()?;
+        if !bad.is_empty() {
+            let bad_gradients = non_finite_gradients(self.model.params(), &grads)?;
+            return Err(self.diverged(if bad_gradients.is_empty() {
+                Divergence::Weights(bad)
+            } else {
+                Divergence::Gradient(bad_gradients)
+            }));
+        }
         let images = labels.dim(0)?;
         Ok(StepReport {
             epoch: self.pos.epoch,
@@ -572,16 +713,80 @@ impl Trainer {
         })
     }
 
-    fn save_checkpoint(&self) -> Result<()> {
-        self.save_checkpoint_with_error(f64::NAN)
-    }
-
-    fn save_checkpoint_with_error(&self, test_error: f64) -> Result<()> {
+    /// Writes `checkpoint.safetensors`: model, optimizer, position and open log interval.
+    fn save_checkpoint(&mut self, test_error: f64) -> Result<()> {
         let mut ck = Checkpoint::from_params(self.model.params());
         self.optimizer.save_into(&mut ck);
-        self.pos.write_metadata(&mut ck, &self.config, test_error);
+        self.write_metadata(&mut ck, test_error);
         ck.write(&self.run.file(files::CHECKPOINT))?;
+        self.last_checkpoint = Some(self.saved_at());
+        self.last_checkpoint_time = Instant::now();
         Ok(())
+    }
+
+    fn write_metadata(&self, ck: &mut Checkpoint, test_error: f64) {
+        self.pos.write_metadata(ck, &self.config, test_error);
+        self.interval.write_metadata(ck);
+    }
+
+    fn saved_at(&self) -> SavedAt {
+        SavedAt {
+            path: self.run.file(files::CHECKPOINT),
+            epoch: self.pos.epoch,
+            step: self.pos.global_step,
+        }
+    }
+
+    /// Whether a checkpoint is due inside the epoch (`--checkpoint-every`).
+    fn checkpoint_due(&self) -> bool {
+        match self.config.checkpoint_every {
+            CheckpointEvery::Steps(n) => self.pos.global_step.is_multiple_of(n),
+            CheckpointEvery::Seconds(s) => self.last_checkpoint_time.elapsed().as_secs() >= s,
+        }
+    }
+
+    fn diverged(&self, cause: Divergence) -> TrainError {
+        TrainError::Diverged {
+            cause,
+            epoch: self.pos.epoch,
+            step: self.pos.global_step,
+            last_checkpoint: self.last_checkpoint.clone(),
+        }
+    }
+}
+
+/// The names of the trainable tensors whose gradient holds a NaN or an infinity.
+fn non_finite_gradients(params: &tulip_models::Params, grads: &GradStore) -> Result<Vec<String>> {
+    let with_gradients = params
+        .trainable()
+        .filter_map(|p| Some((p.name.as_str(), grads.get(p.var.as_tensor())?)));
+    Ok(tulip_models::params::non_finite_tensors(with_gradients)?)
+}
+
+/// The training settings that differ between two configurations, as removed (`-`) and
+/// added (`+`) lines of their TOML.
+fn describe_change(before: &TrainConfig, after: &TrainConfig) -> String {
+    let (Ok(a), Ok(b)) = (
+        before.training_settings().to_toml(),
+        after.training_settings().to_toml(),
+    ) else {
+        return "cannot describe the change".into();
+    };
+    let old: Vec<&str> = a.lines().collect();
+    let new: Vec<&str> = b.lines().collect();
+    let removed = old
+        .iter()
+        .filter(|l| !new.contains(l))
+        .map(|l| format!("-{l}"));
+    let added = new
+        .iter()
+        .filter(|l| !old.contains(l))
+        .map(|l| format!("+{l}"));
+    let change: Vec<String> = removed.chain(added).collect();
+    if change.is_empty() {
+        "only the hash line differs".into()
+    } else {
+        change.join("; ")
     }
 }
 
@@ -590,7 +795,7 @@ fn scalar(t: &Tensor) -> Result<f64> {
 }
 
 /// Means of the step values over a logging interval.
-#[derive(Default)]
+#[derive(Debug, Default, Clone, PartialEq)]
 struct IntervalMean {
     sums: Vec<f64>,
     lr: f64,
@@ -621,6 +826,67 @@ impl IntervalMean {
         self.sums.iter_mut().for_each(|s| *s = 0.0);
         self.n = 0;
         means
+    }
+}
+
+impl IntervalMean {
+    fn write_metadata(&self, ck: &mut Checkpoint) {
+        let sums: Vec<String> = self.sums.iter().map(f64::to_string).collect();
+        let m = &mut ck.metadata;
+        m.insert("interval_sums".into(), sums.join(" "));
+        m.insert("interval_lr".into(), self.lr.to_string());
+        m.insert("interval_steps".into(), self.n.to_string());
+    }
+
+    /// The interval saved in a checkpoint; empty for checkpoints written without one.
+    fn from_metadata(ck: &Checkpoint, path: &Path) -> Result<Self> {
+        let bad = |key: &str| TrainError::BadRunFile {
+            path: path.into(),
+            reason: format!("checkpoint metadata has an invalid {key:?}"),
+        };
+        let m = &ck.metadata;
+        let Some(sums) = m.get("interval_sums") else {
+            return Ok(Self::default());
+        };
+        Ok(Self {
+            sums: sums
+                .split_whitespace()
+                .map(|v| v.parse().map_err(|_| bad("interval_sums")))
+                .collect::<Result<_>>()?,
+            lr: m
+                .get("interval_lr")
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| bad("interval_lr"))?,
+            n: m.get("interval_steps")
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| bad("interval_steps"))?,
+        })
+    }
+}
+
+/// What a checkpoint restores beside the tensors.
+struct Saved {
+    pos: Position,
+    interval: IntervalMean,
+}
+
+impl Saved {
+    /// A run before its first step.
+    fn initial() -> Self {
+        Self {
+            pos: Position {
+                best_error: f64::INFINITY,
+                ..Position::default()
+            },
+            interval: IntervalMean::default(),
+        }
+    }
+
+    fn from_metadata(ck: &Checkpoint, path: &Path) -> Result<Self> {
+        Ok(Self {
+            pos: Position::from_metadata(ck, path)?,
+            interval: IntervalMean::from_metadata(ck, path)?,
+        })
     }
 }
 

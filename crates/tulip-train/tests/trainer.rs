@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use tulip_data::{Augmentation, DatasetKind};
-use tulip_models::{Architecture, Checkpoint, Classifier, ModelConfig};
+use tulip_models::{Architecture, Checkpoint, Classifier, Model, ModelConfig};
 use tulip_train::run_dir::{files, read_csv};
 use tulip_train::{LrSchedule, Observer, StepReport, TrainConfig, TrainError, Trainer};
 
@@ -102,7 +102,9 @@ fn interrupted_and_resumed_run_equals_an_uninterrupted_one() {
     );
     assert!(split.join(files::CHECKPOINT).exists());
     assert!(!split.join(files::TEST_CSV).exists() || test_rows(&split).is_empty());
-    let mut t = Trainer::resume(&split, data.clone()).unwrap();
+    drop(t); // the process that stopped lets go of the run
+    let mut t =
+        Trainer::resume(&split, data.clone(), &tulip_train::ResumeOptions::default()).unwrap();
     t.run(&mut tulip_train::Silent).unwrap();
 
     // Same parameters, buffers and momentum, same logged numbers.
@@ -197,27 +199,55 @@ fn run_files_exist_and_read_back() {
 }
 
 #[test]
-fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+fn a_non_finite_loss_stops_the_run_and_every_checkpoint_left_is_finite() {
     // Without batch norm (which makes the loss scale-invariant in most weights), an absurd
     // learning rate blows the weights up within a few steps.
     let mut config = TrainConfig {
         lr: 1e8,
         epochs: 3,
         eval_train: false,
+        checkpoint_every: tulip_train::CheckpointEvery::Steps(1),
         ..small_config()
     };
     config.model.batch_norm = false;
     let data = data(&config);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
-    let mut t = Trainer::new(config, data, &dir).unwrap();
+    let mut t = Trainer::new(config.clone(), data, &dir).unwrap();
     let err = t.run(&mut tulip_train::Silent).unwrap_err();
-    assert!(matches!(err, TrainError::NonFiniteLoss { .. }), "{err}");
+    let TrainError::Diverged {
+        step,
+        last_checkpoint,
+        ..
+    } = &err
+    else {
+        panic!("not a divergence: {err}");
+    };
     assert!(err.to_string().contains("diverged"));
-    // Whatever was written stays readable.
+    // Whatever was written stays readable, and every checkpoint holds finite weights: the
+    // one the message names is the step before the divergence (one is written per step).
     assert!(read_csv(&dir.join(files::TRAINING_CSV)).is_ok());
-    if dir.join(files::CHECKPOINT).exists() {
-        Checkpoint::read(&dir.join(files::CHECKPOINT), &Device::Cpu).unwrap();
+    for name in [files::CHECKPOINT, files::BEST] {
+        let path = dir.join(name);
+        if path.exists() {
+            let model = Model::init(&config.model, 0, DType::F32, &Device::Cpu).unwrap();
+            Checkpoint::read(&path, &Device::Cpu)
+                .unwrap()
+                .load_into(model.params(), &path)
+                .unwrap();
+            assert_eq!(
+                model.params().non_finite().unwrap(),
+                Vec::<String>::new(),
+                "{name}"
+            );
+        }
+    }
+    match last_checkpoint {
+        Some(saved) => {
+            assert_eq!(saved.step, *step, "{err}");
+            assert!(err.to_string().contains(&saved.path.display().to_string()));
+        }
+        None => assert_eq!(*step, 0, "{err}"),
     }
 }
 
