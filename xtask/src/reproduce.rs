@@ -124,9 +124,11 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
             mark_done(&run_dir, &Step::Eval)?;
         }
         for spec in &profile.attacks {
-            let (attack, norm) = spec.split_once(':').with_context(|| {
-                format!("profile.toml: attack {spec:?} is not ATTACK:NORM (e.g. deepfool:l2)")
-            })?;
+            let AttackSpec {
+                attack,
+                norm,
+                epsilon,
+            } = AttackSpec::parse(spec)?;
             let step = Step::Attack(attack, norm);
             if is_done(&run_dir, &step) {
                 continue;
@@ -135,6 +137,7 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
             cmd.arg("attack")
                 .arg(&run_dir)
                 .args(["--attack", attack, "--norm", norm])
+                .args(epsilon.iter().flat_map(|e| ["--epsilon", e]))
                 .args(&profile.attack)
                 .args(&data_flags);
             status(
@@ -250,6 +253,30 @@ fn status(cmd: &mut Command, what: &str) -> Result<()> {
         bail!("{what} failed ({st}); fix the cause and rerun: finished steps are kept");
     }
     Ok(())
+}
+
+/// An entry of a profile's `attacks`: `ATTACK:NORM`, or `ATTACK:NORM:EPSILON` for an
+/// attack at a fixed radius (PGD: robust accuracy at ε).
+struct AttackSpec<'a> {
+    attack: &'a str,
+    norm: &'a str,
+    epsilon: Option<&'a str>,
+}
+
+impl<'a> AttackSpec<'a> {
+    fn parse(spec: &'a str) -> Result<Self> {
+        let mut parts = spec.split(':');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(attack), Some(norm), epsilon, None) => Ok(Self {
+                attack,
+                norm,
+                epsilon,
+            }),
+            _ => bail!(
+                "profile.toml: attack {spec:?} is not ATTACK:NORM or ATTACK:NORM:EPSILON (e.g. deepfool:l2, pgd:linf:0.1)"
+            ),
+        }
+    }
 }
 
 /// A step of a run (or, for `NnAttack`, of a profile), named by its marker file.
@@ -430,7 +457,7 @@ fn results_table(
         let num = |k: &str| eval.get(k).and_then(Value::as_f64);
         let mut by_norm: BTreeMap<&str, Vec<Vec<AttackRecord>>> = BTreeMap::new();
         for spec in &profile.attacks {
-            let Some((attack, norm)) = spec.split_once(':') else {
+            let Ok(AttackSpec { attack, norm, .. }) = AttackSpec::parse(spec) else {
                 continue;
             };
             let csv = run_dir.join("attacks").join(format!("{attack}-{norm}.csv"));
@@ -708,22 +735,36 @@ mod tests {
     #[test]
     fn the_committed_profiles_and_runs_parse() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/paper");
-        for profile in ["quick", "full"] {
+        for profile in ["quick", "standard", "full"] {
             let dir = root.join(profile);
             let p: Profile = read_toml(&dir.join("profile.toml")).unwrap();
             for spec in &p.attacks {
-                let (attack, norm) = spec.split_once(':').unwrap();
+                let AttackSpec {
+                    attack,
+                    norm,
+                    epsilon,
+                } = AttackSpec::parse(spec).unwrap();
                 let kind: tulip_adversarial::AttackKind = attack.parse().unwrap();
                 let norm: tulip_adversarial::AttackNorm = norm.parse().unwrap();
                 assert!(kind.valid_norms().contains(&norm), "{profile}: {spec}");
+                assert_eq!(
+                    epsilon.is_some(),
+                    kind == tulip_adversarial::AttackKind::Pgd,
+                    "{profile}: {spec}: PGD, and only PGD, attacks at a fixed ε"
+                );
             }
             let runs = read_runs(&dir, &[]).unwrap();
             let names: Vec<&str> = runs.keys().map(String::as_str).collect();
-            assert_eq!(
-                names,
-                ["baseline", "best", "decay", "j1", "j2", "jinf", "lip", "pgd"],
-                "{profile}"
-            );
+            let grid = ["baseline", "best", "decay", "j1", "j2", "jinf", "lip", "pgd"];
+            if profile == "standard" {
+                // A second seed of the baseline and of the best setting.
+                let mut want = grid.to_vec();
+                want.extend(["baseline-seed1", "best-seed1"]);
+                want.sort_unstable();
+                assert_eq!(names, want, "{profile}");
+            } else {
+                assert_eq!(names, grid, "{profile}");
+            }
         }
     }
 }
