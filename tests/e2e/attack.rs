@@ -200,3 +200,33 @@ fn attack_refuses_a_checkpoint_with_an_infinite_tensor() {
     }
     assert!(!dir.join("attacks").exists());
 }
+
+/// Finite weights whose logits overflow: the attack stops at the first image, naming it,
+/// rather than reporting distances measured from the arg-max of infinities.
+#[test]
+fn attack_refuses_a_model_whose_clean_logits_overflow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("overflowing");
+    let checkpoint =
+        tulip_e2e::run_with_poisoned_checkpoint(&dir, |name| name == "fc.weight", 1e38);
+    let out = run(&mut tulip(&[
+        "attack",
+        dir.to_str().unwrap(),
+        "--attack",
+        "deepfool",
+        "--norm",
+        "l2",
+        "--images",
+        "4",
+    ]));
+    let err = stderr(&out);
+    assert!(!out.status.success(), "accepted:\n{err}");
+    let message = err
+        .lines()
+        .find(|l| l.contains("not finite"))
+        .unwrap_or_else(|| panic!("no message about non-finite logits:\n{err}"));
+    for needle in ["test image 0", "clean logits", checkpoint.to_str().unwrap()] {
+        assert!(message.contains(needle), "does not name {needle:?}:\n{err}");
+    }
+    assert!(!dir.join("attacks").exists());
+}

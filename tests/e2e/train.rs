@@ -139,6 +139,24 @@ fn invalid_flags_are_rejected_before_any_work() {
             ],
             "--cutout 100 is larger than the 28x28 images of fashion-mnist",
         ),
+        (
+            // Were the limit accepted, the whole test split would be evaluated: a small
+            // model keeps that failure quick.
+            &[
+                "--limit-test",
+                "10001",
+                "--model",
+                "resnet8",
+                "--epochs",
+                "1",
+                "--limit-train",
+                "8",
+                "--batch-size",
+                "8",
+                "--no-eval-train",
+            ],
+            "--limit-test 10001 is larger than the test split of fashion-mnist, which has 10000 examples",
+        ),
     ];
     for (flags, needle) in cases {
         let mut args = vec!["train", "--log-dir", d, "--quiet"];
@@ -286,7 +304,7 @@ fn max_input_gradient_norm(dir: &Path) -> f64 {
     max
 }
 
-/// Issue 4's acceptance: same seed and budget, the `--lip` model has a clearly smaller
+/// Same seed and budget, the `--lip` model has a clearly smaller
 /// maximum input-gradient norm of the loss on test images. The paper's best setting
 /// (`--tanh --decay 5e-4 --lip 0.1 --j2 0.01`) runs end to end alongside.
 #[test]

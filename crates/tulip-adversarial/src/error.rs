@@ -20,6 +20,17 @@ pub enum AdversarialError {
     #[error("invalid perturbation configuration: {0}")]
     InvalidConfig(String),
 
+    /// The model's logits for a clean image hold an infinity or a NaN: its prediction (an
+    /// arg-max over them) and every distance measured from it would mean nothing.
+    #[error(
+        "the model's logits for image {image} of the batch are not finite (inf or NaN): the \
+         model overflows on this input, so no prediction or attack distance can be reported"
+    )]
+    NonFiniteCleanLogits {
+        /// Index of the image in the batch given to the attack.
+        image: usize,
+    },
+
     /// A textual PGD configuration could not be parsed.
     #[error("cannot parse PGD configuration {input:?}: {reason}")]
     Parse {

@@ -1,11 +1,11 @@
 //! # tulip-adversarial
 //!
-//! The adversarial-training perturbations of Tulip-rs (SPEC §3): J1 (FGSM scaled to an L2
+//! The adversarial-training perturbations of Tulip-rs (docs/method.md §3): J1 (FGSM scaled to an L2
 //! step), J2 (normalised gradient ascent), J∞ (max-entry) and PGD in the L∞ ball. Each
 //! implements [`Perturbation`]; [`PerturbationKind`] is the serialisable selection the
 //! trainer's configuration holds, and [`PerturbationKind::build`] turns it into one.
 //!
-//! The evaluation attacks of SPEC §5 (DeepFool, basic iterative method, FGSM, gradient,
+//! The evaluation attacks of docs/method.md §5 (DeepFool, basic iterative method, FGSM, gradient,
 //! Boundary, and PGD at a fixed ε) are in [`attacks`]; [`run_attack`] runs one on a batch.
 //!
 //! Sits above `tulip-models` (written against the [`Classifier`] trait only) and
@@ -23,7 +23,7 @@
 //!   (J1) or an image (J1, J2, J∞) with zero gradient is left unchanged; J1's
 //!   `‖δ‖₂ = ε` holds when no gradient entry is exactly 0. J∞ takes the first index at ties.
 //! - PGD clips its random start to `[0, 1]` as well as every step (as Madry et al.'s code
-//!   does; SPEC §3 writes the clip only in the step), so its output is in the ε-ball and in
+//!   does, and as docs/method.md §3 describes), so its output is in the ε-ball and in
 //!   `[0, 1]` for any number of steps. Its randomness is seeded and derived per call (see
 //!   [`PgdLinf`]).
 //! - [`PerturbationKind::build`] validates (ε finite and ≥ 0 for J1/J2/J∞, see

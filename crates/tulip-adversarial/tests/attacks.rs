@@ -581,6 +581,40 @@ fn invalid_combinations_are_clear_errors() {
 }
 
 #[test]
+fn clean_logits_that_overflow_are_an_error_naming_the_image() {
+    // Finite weights (f32's largest is about 3.4e38) whose logits overflow to ±∞ for any
+    // image with enough non-zero pixels, but not for the black image 0.
+    let shape = (1, 4, 4);
+    let n = 16;
+    let w = vec![vec![1e38; n], vec![-1e38; n], vec![0.0; n]];
+    let model = Affine::from_weights(&w, &[0.0, 0.0, 1.0], shape, DType::F32);
+    let mut pixels = vec![0f32; 3 * n];
+    pixels[n..].fill(0.5);
+    let x = Tensor::from_vec(pixels, (3, 1, 4, 4), &DEV).unwrap();
+    let y = Tensor::new(&[2u32, 2, 2], &DEV).unwrap();
+    for cfg in all_configs(1.0, 0.1) {
+        match run_attack(&model, &x, &y, &cfg) {
+            Err(AdversarialError::NonFiniteCleanLogits { image }) => {
+                assert_eq!(image, 1, "{} {}", cfg.kind, cfg.norm)
+            }
+            other => panic!("{} {}: {other:?}", cfg.kind, cfg.norm),
+        }
+    }
+    let err = run_attack(&model, &x, &y, &all_configs(1.0, 0.1)[0]).unwrap_err();
+    assert!(err.to_string().contains("image 1"), "{err}");
+    assert!(err.to_string().contains("not finite"), "{err}");
+    // The finite image alone is attacked as usual.
+    let outcomes = run_attack(
+        &model,
+        &x.narrow(0, 0, 1).unwrap(),
+        &y.narrow(0, 0, 1).unwrap(),
+        &AttackConfig::new(AttackKind::DeepFool, AttackNorm::L2),
+    )
+    .unwrap();
+    assert_eq!(outcomes.len(), 1);
+}
+
+#[test]
 fn names_parse_and_round_trip() {
     for kind in AttackKind::ALL {
         assert_eq!(kind.name().parse::<AttackKind>().unwrap(), kind);

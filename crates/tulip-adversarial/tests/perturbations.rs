@@ -128,7 +128,7 @@ proptest! {
 }
 
 /// To first order each single-step method raises every example's loss by ε times a norm of
-/// its input gradient (SPEC §3): J1 `ε/√N‖∇ℓ‖₁`, J2 `ε‖∇ℓ‖₂`, J∞ `ε‖∇ℓ‖_∞`.
+/// its input gradient (docs/method.md §3): J1 `ε/√N‖∇ℓ‖₁`, J2 `ε‖∇ℓ‖₂`, J∞ `ε‖∇ℓ‖_∞`.
 fn check_first_order(model: &dyn Classifier, x: &Tensor, y: &Tensor, n: usize) {
     let eps = 1e-5;
     let (_, g) = input_gradient(model, x, y, false).unwrap();

@@ -1,5 +1,5 @@
 //! `tulip attack`: minimum-distance adversarial attacks on a trained run's test images
-//! (SPEC §5), with a per-image CSV, a summary, and the robustness curve.
+//! (docs/method.md §5), with a per-image CSV, a summary, and the robustness curve.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +9,7 @@ use clap::Args;
 use tulip_adversarial::attacks::{
     run_attack, AttackConfig, AttackKind, AttackNorm, AttackOutcome, AttackStatus,
 };
+use tulip_adversarial::AdversarialError;
 use tulip_eval::plot::{certified_scatter, robustness_curves, write_svg, Series};
 use tulip_eval::{
     certificate_violations, certified_pairs, misclassification_curve, read_certified_csv,
@@ -188,8 +189,20 @@ pub fn run(args: AttackArgs) -> anyhow::Result<ExitCode> {
         // Each batch its own random streams (the attack seeds image i of a batch with
         // stream i), so results do not depend on where a batch starts.
         let batch_cfg = cfg.with_seed(args.seed.wrapping_add(b as u64 * 1_000_003));
-        let outcomes = run_attack(&loaded.model, &item.images, &item.labels, &batch_cfg)?;
         let start = records.len();
+        let outcomes = run_attack(&loaded.model, &item.images, &item.labels, &batch_cfg).map_err(
+            |e| match e {
+                // The library counts within the batch; the user knows the test set.
+                AdversarialError::NonFiniteCleanLogits { image } => anyhow::anyhow!(
+                    "test image {}: the model's clean logits are not finite (inf or NaN), so \
+                     its prediction and any attack distance would be meaningless; {} \
+                     overflows on this input (its weights are finite but too large)",
+                    start + image,
+                    loaded.checkpoint.display()
+                ),
+                e => e.into(),
+            },
+        )?;
         records.extend(
             outcomes
                 .iter()

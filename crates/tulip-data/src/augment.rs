@@ -1,4 +1,4 @@
-//! Training-time data augmentation (SPEC §6): random crop with zero padding, horizontal
+//! Training-time data augmentation (docs/method.md §6): random crop with zero padding, horizontal
 //! flip and Cutout, applied while converting bytes to `f32`.
 //!
 //! Augmentation is split in two: [`Augmentation::sample`] draws a [`Transform`] from a

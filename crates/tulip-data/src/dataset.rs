@@ -1,9 +1,9 @@
 //! Which datasets exist, and a dataset held in memory.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::{cifar, idx, DataError, Result};
+use crate::{cifar, idx, sums, DataError, Result};
 
 /// The datasets Tulip-rs can train and evaluate on.
 ///
@@ -197,12 +197,20 @@ pub struct Dataset {
 /// `train.bin` and 10,000 in its `test.bin`. A shorter or longer file (an empty one, a
 /// partial copy) is an error, never a smaller dataset used silently.
 ///
+/// If `dir` holds the `SHA256SUMS` record the downloader leaves (see
+/// [`download`](crate::download)), every file read that it lists must still have the
+/// recorded digest ([`DataError::ChangedSinceDownload`]); without the record (data put
+/// there by the user) the files are read as they are.
+///
 /// # Errors
-/// A missing or unreadable file, a corrupt gzip stream, a wrong IDX magic number or image
-/// size, a truncated file, a CIFAR file that is not a whole number of records, a file
-/// with the wrong number of examples ([`DataError::RecordCount`]), or a label outside
-/// `0..kind.classes()`; each error names the file.
+/// A file that changed since it was downloaded and verified, a damaged `SHA256SUMS`
+/// ([`DataError::SumsFile`]), a missing or unreadable file, a corrupt gzip stream, a wrong
+/// IDX magic number or image size, a truncated file, a CIFAR file that is not a whole
+/// number of records, a file with the wrong number of examples
+/// ([`DataError::RecordCount`]), or a label outside `0..kind.classes()`; each error names
+/// the file.
 pub fn load(kind: DatasetKind, dir: &Path) -> Result<Dataset> {
+    sums::verify(kind, dir, &files_read(kind, dir))?;
     let (train_len, test_len) = kind.split_sizes();
     let (train, test) = if kind.is_idx() {
         (
@@ -236,9 +244,32 @@ pub fn load(kind: DatasetKind, dir: &Path) -> Result<Dataset> {
     Ok(Dataset { kind, train, test })
 }
 
+/// The files [`load`] reads from `dir`, by the same rules.
+fn files_read(kind: DatasetKind, dir: &Path) -> Vec<PathBuf> {
+    if kind.is_idx() {
+        ["train", "t10k"]
+            .iter()
+            .flat_map(|prefix| {
+                [
+                    idx_file(dir, &format!("{prefix}-images-idx3-ubyte")),
+                    idx_file(dir, &format!("{prefix}-labels-idx1-ubyte")),
+                ]
+            })
+            .collect()
+    } else {
+        let files_dir = cifar::resolve_dir(kind, dir);
+        let (train_files, test_file) = cifar::split_files(kind);
+        train_files
+            .iter()
+            .chain([&test_file])
+            .map(|f| files_dir.join(f))
+            .collect()
+    }
+}
+
 /// The path of an IDX file in `dir`: the raw file if present, else the `.gz` one if
 /// present, else the raw name (so that the "cannot read" error names the expected file).
-pub(crate) fn idx_file(dir: &Path, stem: &str) -> std::path::PathBuf {
+pub(crate) fn idx_file(dir: &Path, stem: &str) -> PathBuf {
     let raw = dir.join(stem);
     if raw.is_file() {
         return raw;

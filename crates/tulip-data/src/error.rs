@@ -321,6 +321,43 @@ pub enum DataError {
         error: std::io::Error,
     },
 
+    /// A file the downloader verified and recorded in the dataset directory's
+    /// `SHA256SUMS` no longer has the digest recorded there.
+    #[error(
+        "{}: SHA-256 is {found}, but {} records {expected}: the file changed since it was \
+         downloaded and verified (delete it and download it again: `cargo xtask \
+         download {dataset}`)",
+        path.display(),
+        sums.display()
+    )]
+    ChangedSinceDownload {
+        /// The file.
+        path: PathBuf,
+        /// The record that lists it.
+        sums: PathBuf,
+        /// The dataset being loaded.
+        dataset: DatasetKind,
+        /// Digest recorded when it was downloaded.
+        expected: String,
+        /// Digest it has now.
+        found: String,
+    },
+
+    /// The `SHA256SUMS` record the downloader leaves in a dataset directory does not parse.
+    #[error(
+        "{} line {line}: {error} (the record of a verified download is damaged; delete \
+         the dataset directory and download it again)",
+        path.display()
+    )]
+    SumsFile {
+        /// The record.
+        path: PathBuf,
+        /// Line number, from 1.
+        line: usize,
+        /// What is wrong.
+        error: String,
+    },
+
     /// A dataset was not found, and fetching it failed as well.
     #[error(
         "{dataset} data not found, and downloading it into {} failed: {download}\n{not_found}",

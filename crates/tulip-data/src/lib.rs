@@ -18,7 +18,7 @@
 //! }
 //! ```
 //!
-//! # Datasets (SPEC §8)
+//! # Datasets (docs/method.md §8)
 //!
 //! Fashion-MNIST and MNIST as IDX files (raw or gzip, told apart by the gzip magic bytes),
 //! CIFAR-10 and CIFAR-100 in their binary versions ([`idx`], [`cifar`]). [`locate`]
@@ -26,13 +26,15 @@
 //! the Debian/Ubuntu package `dataset-fashion-mnist`. [`download`] fetches a dataset that
 //! is nowhere to be found from its canonical source, verified by SHA-256 against the
 //! committed `data/manifest.toml` (`cargo xtask download`, and `tulip train` unless
-//! `--no-download`); [`locate`] and [`load`] themselves never touch the network. Splits stay in memory as bytes and are converted to
-//! `f32` in `[0, 1]` per batch, with no mean/std normalisation (SPEC: the bounds matter
-//! to attacks). A bad file gives a [`DataError`] naming the file and the problem; a file
-//! with another number of examples than the real one (an empty or partial copy) is such
-//! an error, never a smaller dataset used silently.
+//! `--no-download`), and leaves a `SHA256SUMS` record against which [`load`] checks the
+//! files it reads; [`locate`] and [`load`] themselves never touch the network. Splits
+//! stay in memory as bytes and are converted to `f32` in `[0, 1]` per batch, with no
+//! mean/std normalisation (docs/method.md: the bounds matter to attacks). A bad file gives a
+//! [`DataError`] naming the file and the problem; a file with another number of examples
+//! than the real one (an empty or partial copy) is such an error, never a smaller dataset
+//! used silently.
 //!
-//! # Augmentation (SPEC §6)
+//! # Augmentation (docs/method.md §6)
 //!
 //! [`Augmentation`] is the reference's random crop with zero padding, horizontal flip and
 //! Cutout, done in plain loops while converting bytes to floats.
@@ -58,6 +60,7 @@ pub mod error;
 pub mod idx;
 mod loader;
 mod locate;
+mod sums;
 
 pub use augment::{Augmentation, Rect, Transform};
 pub use dataset::{load, Dataset, DatasetKind, Split};

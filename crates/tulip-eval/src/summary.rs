@@ -1,4 +1,4 @@
-//! The summary statistics of a model on a test split (SPEC §5).
+//! The summary statistics of a model on a test split (docs/method.md §5).
 
 use std::fmt::Write as _;
 
@@ -24,8 +24,8 @@ pub struct SummaryOptions {
     pub tanh_scale: Option<f64>,
     /// Compute the Jacobian norm over the first this many images only (`None`: all); at
     /// least 1, as a maximum over no image would read as a norm of 0.
-    /// The Jacobian costs one backward pass per class, about 80 % of the whole summary
-    /// for a 10-class ResNet on the CPU, so a subset makes a quick look affordable.
+    /// The Jacobian costs one backward pass per class, most of the whole summary's time,
+    /// so a subset makes a quick look affordable.
     pub jacobian_images: Option<usize>,
 }
 
@@ -39,7 +39,8 @@ impl Default for SummaryOptions {
     }
 }
 
-/// The SPEC §5 summary of a model on a set of images, model in evaluation mode.
+/// The summary statistics (docs/method.md §5) of a model on a set of images, model in
+/// evaluation mode.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// Number of images evaluated.
@@ -51,8 +52,8 @@ pub struct Summary {
     /// Mean per-example cross-entropy.
     pub mean_loss: f64,
     /// `max_i ‖∇_x ℓ_i‖₂`: the *per-example, unscaled* input gradient of the loss, not
-    /// the `1/B`-scaled row that the training penalty sees (SPEC §2), so it does not
-    /// depend on the batch size.
+    /// the `1/B`-scaled row that the training penalty sees (docs/method.md §2), so it
+    /// does not depend on the batch size.
     pub lipschitz_estimate: f64,
     /// `max_i max_k ‖∂f_k(x_i)/∂x_i‖₂` (largest row 2-norm of the model Jacobian).
     pub jacobian_norm: f64,
@@ -408,7 +409,7 @@ fn accumulate(
         t.images += 1;
     }
     let (_, g) = input_gradient(model, x, labels, false)?;
-    // A NaN row would read as norm 0 below.
+    // Checked here, where the error can name the images (`f64::max` below would drop a NaN).
     ensure_finite(&g, || {
         format!(
             "the loss gradient for images {}..{}",
@@ -423,7 +424,15 @@ fn accumulate(
     t.lipschitz = t.lipschitz.max(lip);
     let jn = jacobian_left.min(ys.len());
     if jn > 0 {
-        t.jacobian = t.jacobian.max(jacobian_norm(model, &x.narrow(0, 0, jn)?)?);
+        let norm = jacobian_norm(model, &x.narrow(0, 0, jn)?)?;
+        if !norm.is_finite() {
+            return Err(EvalError::NonFinite(format!(
+                "the Jacobian norm of images {}..{} is {norm}",
+                t.images - ys.len(),
+                t.images - ys.len() + jn
+            )));
+        }
+        t.jacobian = t.jacobian.max(norm);
         t.jacobian_images += jn;
     }
     Ok(())

@@ -3,7 +3,7 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::norm::{row_norms, Norm};
+use crate::norm::{nan_where_nan, row_norms, Norm};
 use crate::second_order::{check_variable, ensure_second_order_gradients};
 use crate::{FiniteDifferencePenalty, Penalty, PenaltyInputs, Result};
 
@@ -20,13 +20,14 @@ pub enum Summary {
 }
 
 impl Summary {
-    /// Summarises `[B]` values into a scalar tensor (differentiably).
+    /// Summarises `[B]` values into a scalar tensor (differentiably). A `NaN` among them
+    /// makes the summary `NaN`, for the maximum as for the mean.
     ///
     /// # Errors
     /// Fails if `v` is not a non-empty vector.
     pub fn apply(self, v: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Summary::Max => v.max(0)?,
+            Summary::Max => nan_where_nan(v, 0, &v.max(0)?)?,
             Summary::Mean => v.mean(0)?,
         })
     }
@@ -64,9 +65,10 @@ impl PenaltyMethod {
     }
 }
 
-/// `P(x) = summary_i ‖g_i‖` with `g = ∇_x L(x)` the input gradient of the *batch-mean* loss,
-/// so that each row carries the reference's `1/B` factor (SPEC §2), computed by exact double
-/// backpropagation so that `P` can itself be differentiated with respect to the parameters.
+/// `P(x) = summary_i ‖g_i‖` with `g = ∇_x L(x)` the input gradient of the *batch-mean*
+/// loss, so that each row carries the reference's `1/B` factor (docs/method.md §2),
+/// computed by exact double backpropagation so that `P` can itself be differentiated with
+/// respect to the parameters.
 ///
 /// Its [`Penalty::value`] needs `inputs.x` to be a Candle variable on the graph of
 /// `inputs.loss` ([`Penalty::needs_input_graph`] is true).

@@ -59,6 +59,9 @@ fn rows(g: &Tensor) -> Result<Tensor> {
 /// give), so a penalty over a model whose loss ignores the input stays finite. At ties of the
 /// ∞-norm, Candle's `max` passes the full gradient to every maximal entry.
 ///
+/// A row holding a `NaN` has norm `NaN` in every norm, so that a gradient gone `NaN` shows in
+/// a penalty or a Lipschitz estimate rather than counting as a zero (or smaller) norm.
+///
 /// # Errors
 /// Fails if `g` has rank 0.
 pub fn row_norms(g: &Tensor, norm: Norm) -> Result<Tensor> {
@@ -70,10 +73,28 @@ pub fn row_norms(g: &Tensor, norm: Norm) -> Result<Tensor> {
             let positive = s.gt(0.0)?;
             // sqrt only of positive values, so that neither branch produces NaN gradients.
             let safe = positive.where_cond(&s, &s.ones_like()?)?;
-            positive.where_cond(&safe.sqrt()?, &s.zeros_like()?)?
+            // Not positive: 0 (a zero row), or NaN, which `gt` counts as not positive and
+            // which must stay NaN. Detached, as the zero it replaces was: no gradient.
+            positive.where_cond(&safe.sqrt()?, &s.detach())?
         }
-        Norm::Linf => r.abs()?.max(D::Minus1)?,
+        Norm::Linf => {
+            let a = r.abs()?;
+            nan_where_nan(&a, 1, &a.max(D::Minus1)?)?
+        }
     })
+}
+
+/// `reduced`, a reduction of `x` along `dim`, with `NaN` wherever the slice of `x` it was
+/// reduced from holds a `NaN`, and untouched (values and gradients) elsewhere.
+///
+/// Candle's `max` keeps a `NaN` only where it comes first in its slice (a comparison with
+/// `NaN` is false), so a maximum would otherwise skip it.
+pub(crate) fn nan_where_nan(x: &Tensor, dim: usize, reduced: &Tensor) -> Result<Tensor> {
+    let x = x.detach();
+    let has_nan = x.ne(&x)?.to_dtype(x.dtype())?.sum(dim)?.gt(0.0)?;
+    let nan =
+        Tensor::full(f64::NAN, reduced.shape(), reduced.device())?.to_dtype(reduced.dtype())?;
+    Ok(has_nan.where_cond(&nan, reduced)?)
 }
 
 /// For each row `g_i` of `g`, the steepest-ascent direction `d_i` of the given norm: the

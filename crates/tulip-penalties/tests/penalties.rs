@@ -415,6 +415,53 @@ fn evaluation_norms_of_an_affine_model_are_its_largest_row_norm() {
 }
 
 #[test]
+fn a_row_holding_nan_has_a_nan_norm_and_a_nan_maximum() {
+    let nan = f64::NAN;
+    // NaN first, in the middle and last in its row (Candle's `max` keeps only a first NaN),
+    // beside a finite row and a zero row that keep their norms.
+    let v = vec![
+        nan, 1.0, 2.0, //
+        3.0, -4.0, 0.0, //
+        1.0, nan, -2.0, //
+        0.0, 0.0, 0.0, //
+        5.0, 1.0, nan,
+    ];
+    let g = Tensor::from_vec(v, (5, 3), &common::DEV).unwrap();
+    for (norm, finite) in [(Norm::L1, 7.0), (Norm::L2, 5.0), (Norm::Linf, 4.0)] {
+        let n = vec1(&row_norms(&g, norm).unwrap());
+        for i in [0, 2, 4] {
+            assert!(n[i].is_nan(), "norm {norm}, row {i}: {n:?}");
+        }
+        assert_eq!((n[1], n[3]), (finite, 0.0), "norm {norm}");
+        // The penalty's maximum over the batch does not skip them either.
+        let max = scalar(&Summary::Max.apply(&row_norms(&g, norm).unwrap()).unwrap());
+        assert!(max.is_nan(), "norm {norm}: max {max}");
+    }
+    let finite = Tensor::new(&[1.0f64, 3.0, 2.0], &common::DEV).unwrap();
+    assert_eq!(scalar(&Summary::Max.apply(&finite).unwrap()), 3.0);
+    for v in [[nan, 1.0, 2.0], [1.0, nan, 2.0], [1.0, 2.0, nan]] {
+        let t = Tensor::new(&v, &common::DEV).unwrap();
+        assert!(scalar(&Summary::Max.apply(&t).unwrap()).is_nan(), "{v:?}");
+    }
+}
+
+#[test]
+fn evaluation_norms_of_a_model_with_a_nan_weight_are_nan() {
+    // Class 1's row holds the NaN: neither norm may report class 0's or 2's as the largest.
+    let shape = (1, 2, 2);
+    let w = vec![
+        vec![1.0, 2.0, 0.0, 0.0],
+        vec![0.5, f64::NAN, 0.0, 0.0],
+        vec![0.0, 0.0, 3.0, 0.0],
+    ];
+    let model = Affine::from_weights(&w, &[0.0, 0.0, 0.0], shape, DType::F64);
+    let j = jacobian_norm(&model, &images(2, shape, 1)).unwrap();
+    assert!(j.is_nan(), "jacobian norm {j}");
+    let p = weight_product_norm(&model).unwrap();
+    assert!(p.is_nan(), "weight-product norm {p}");
+}
+
+#[test]
 fn weight_product_norm_is_the_jacobian_of_the_linearised_model() {
     let model = TinyConv::new(3, true, true);
     // Put the running statistics somewhere non-trivial.

@@ -13,7 +13,7 @@ use crate::device::DeviceChoice;
 use crate::schedule::LrSchedule;
 use crate::{Result, TrainError};
 
-/// What the loss of one step is made of (SPEC §1).
+/// What the loss of one step is made of (docs/method.md §1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ObjectiveConfig {
     /// Weight of the Lipschitz (input-gradient) penalty; 0 = off.
@@ -193,7 +193,7 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    /// The reference defaults (SPEC §6) for `model` on `dataset`.
+    /// The reference defaults (docs/method.md §6) for `model` on `dataset`.
     pub fn new(dataset: DatasetKind, model: ModelConfig) -> Self {
         Self {
             dataset,

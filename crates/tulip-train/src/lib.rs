@@ -1,23 +1,24 @@
 //! # tulip-train
 //!
-//! The one training loop of Tulip-rs (SPEC §1, §6, §7). Every training method — plain
-//! cross-entropy, the Lipschitz penalty (exact or finite-difference), Tikhonov decay,
-//! J1/J2/J∞ and PGD adversarial training — is the same [`Trainer`] with a different
-//! [`ObjectiveConfig`]: an optional [`tulip_adversarial::Perturbation`] applied to the
-//! batch before the loss, and weighted [`tulip_penalties::Penalty`] terms added to it.
+//! The one training loop of Tulip-rs (docs/method.md §1, §6, §7). Every training method —
+//! plain cross-entropy, the Lipschitz penalty (exact or finite-difference), Tikhonov
+//! decay, J1/J2/J∞ and PGD adversarial training — is the same [`Trainer`] with a
+//! different [`ObjectiveConfig`]: an optional [`tulip_adversarial::Perturbation`] applied
+//! to the batch before the loss, and weighted [`tulip_penalties::Penalty`] terms added to
+//! it.
 //!
 //! Sits above the model, data, penalty and adversarial crates and below the CLI.
 //!
 //! ## Design record
 //! - SGD with momentum is written here ([`Sgd`]): Candle's has none. It steps only
 //!   trainable parameters, never batch-norm running statistics.
-//! - Weight decay is the Tikhonov term of the objective (SPEC §1.3), not an optimizer
-//!   option; `--decay d` equals PyTorch SGD weight decay `2d`.
+//! - Weight decay is the Tikhonov term of the objective (docs/method.md §1.3), not an
+//!   optimizer option; `--decay d` equals PyTorch SGD weight decay `2d`.
 //! - The data order and augmentation of an epoch depend only on `(seed, epoch)`, and a
 //!   checkpoint records the position inside the epoch, so a resumed run sees exactly the
 //!   batches an uninterrupted one would.
 //! - `training.csv` rows hold means over the log interval (not the last step's value).
-//! - The test error logged each epoch is the clean one (SPEC §1).
+//! - The test error logged each epoch is the clean one (docs/method.md §1).
 //! - Divergence ([`TrainError::Diverged`]): a non-finite cross-entropy or penalty term
 //!   stops the run before the step is applied; the weights and batch-norm statistics are
 //!   checked after every update (a finite loss does not prove them finite: a ReLU maps

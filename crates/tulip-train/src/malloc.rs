@@ -3,9 +3,9 @@
 //! A training step allocates and frees the same few hundred megabytes of tensors every
 //! step. By default glibc hands large freed blocks back to the kernel (`mmap` for big
 //! allocations, trimming the heap's top), and getting them back costs a page fault and a
-//! zeroed page per 4 KiB: on the VMs we measure on, 15–35% of a step (ResNet22, batch 128,
-//! plain step 0.73 → 0.54 s). [`RETAIN_FREED_MEMORY`] tells glibc to keep what it has; the
-//! PyTorch reference benchmark runs with the same settings.
+//! zeroed page per 4 KiB, a large share of a step on a VM (`bench/RESULTS.md`).
+//! [`RETAIN_FREED_MEMORY`] tells glibc to keep what it has; the PyTorch reference
+//! benchmark runs with the same settings.
 //!
 //! glibc reads these variables once, before `main`, and setting them from safe Rust is not
 //! possible afterwards (`mallopt` is a foreign call), so the `tulip` binary re-executes

@@ -1,4 +1,4 @@
-//! The files of a run directory (SPEC §7) and the CSV writer behind them.
+//! The files of a run directory (docs/method.md §7) and the CSV writer behind them.
 //!
 //! ```text
 //! config.toml              resolved configuration (read back by --resume, eval, attack),

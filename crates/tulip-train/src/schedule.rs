@@ -1,4 +1,4 @@
-//! Piecewise-constant learning-rate multipliers by epoch (SPEC §6).
+//! Piecewise-constant learning-rate multipliers by epoch (docs/method.md §6).
 
 use serde::{Deserialize, Serialize};
 

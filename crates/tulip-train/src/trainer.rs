@@ -1,6 +1,6 @@
 //! The training loop — the only one in the project. Methods plug in as a perturbation
 //! applied to the batch before the loss and a list of weighted penalty terms added to it
-//! (SPEC §1); nothing else about the loop changes between methods.
+//! (docs/method.md §1); nothing else about the loop changes between methods.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -113,7 +113,7 @@ pub struct RunSummary {
     pub final_test_error: f64,
     /// Lowest test error, %.
     pub best_test_error: f64,
-    /// Seconds of training, all sessions of the run together.
+    /// Seconds of training, every process that trained the run together.
     pub elapsed: f64,
 }
 
@@ -127,7 +127,8 @@ pub struct RunSummary {
 /// finds the data locally.
 ///
 /// # Errors
-/// The data cannot be found (or downloaded) or read.
+/// The data cannot be found (or downloaded) or read;
+/// [`TrainError::InvalidConfig`] for a limit larger than its split.
 pub fn load_dataset(config: &TrainConfig) -> Result<Dataset> {
     let dir = tulip_data::download::locate_or_download(
         config.dataset,
@@ -136,11 +137,27 @@ pub fn load_dataset(config: &TrainConfig) -> Result<Dataset> {
         &mut tulip_data::download::NoProgress,
     )?;
     let mut data = tulip_data::load(config.dataset, &dir)?;
-    if config.limit_train > 0 {
-        data.train.truncate(config.limit_train);
-    }
-    if config.limit_test > 0 {
-        data.test.truncate(config.limit_test);
+    // A limit beyond the split would otherwise mean the whole split, silently: the run
+    // would not be the one asked for.
+    for (flag, limit, split, what) in [
+        (
+            "--limit-train",
+            config.limit_train,
+            &mut data.train,
+            "training",
+        ),
+        ("--limit-test", config.limit_test, &mut data.test, "test"),
+    ] {
+        if limit > split.len() {
+            return Err(TrainError::InvalidConfig(format!(
+                "{flag} {limit} is larger than the {what} split of {}, which has {} examples",
+                config.dataset,
+                split.len()
+            )));
+        }
+        if limit > 0 {
+            split.truncate(limit);
+        }
     }
     Ok(data)
 }
@@ -615,7 +632,7 @@ impl Trainer {
         })
     }
 
-    /// One optimisation step (SPEC §1) on a batch outside the epoch loop, at the
+    /// One optimisation step (docs/method.md §1) on a batch outside the epoch loop, at the
     /// learning rate of the current epoch: what benchmarks time. It does not advance the
     /// run's position or write any file.
     ///
@@ -626,7 +643,7 @@ impl Trainer {
         self.step(x, labels, lr, 1)
     }
 
-    /// One optimisation step (SPEC §1): perturb, loss, penalties, SGD.
+    /// One optimisation step (docs/method.md §1): perturb, loss, penalties, SGD.
     fn step(&mut self, x: &Tensor, labels: &Tensor, lr: f64, steps: usize) -> Result<StepReport> {
         let x = match &self.perturbation {
             Some(p) => p.perturb(&self.model, x, labels)?,

@@ -291,3 +291,36 @@ fn configuration_errors_name_the_setting_before_any_work() {
         );
     }
 }
+
+#[test]
+fn limits_larger_than_the_split_are_rejected_not_ignored() {
+    let config = small_config();
+    for (bad, needle) in [
+        (
+            TrainConfig {
+                limit_train: 60_001,
+                ..config.clone()
+            },
+            "--limit-train 60001 is larger than the training split of fashion-mnist, which has 60000 examples",
+        ),
+        (
+            TrainConfig {
+                limit_test: 10_001,
+                ..config.clone()
+            },
+            "--limit-test 10001 is larger than the test split of fashion-mnist, which has 10000 examples",
+        ),
+    ] {
+        let err = tulip_train::load_dataset(&bad).expect_err("rejected");
+        assert!(matches!(err, TrainError::InvalidConfig(_)), "{err}");
+        assert!(err.to_string().contains(needle), "{err}");
+    }
+    // Exactly the split is allowed: the limit then changes nothing.
+    let whole = TrainConfig {
+        limit_train: 60_000,
+        limit_test: 10_000,
+        ..config
+    };
+    let data = data(&whole);
+    assert_eq!((data.train.len(), data.test.len()), (60_000, 10_000));
+}

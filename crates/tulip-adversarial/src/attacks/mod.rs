@@ -1,4 +1,4 @@
-//! Evaluation attacks (SPEC §5): minimum-distance attacks under the misclassification
+//! Evaluation attacks (docs/method.md §5): minimum-distance attacks under the misclassification
 //! criterion, with inputs bounded to `[0, 1]`, as Foolbox 1.x ran them for the reference.
 //!
 //! | [`AttackKind`]  | norms        | what it reports                                           |
@@ -412,7 +412,9 @@ pub struct AttackRun {
 ///
 /// # Errors
 /// [`AdversarialError::InvalidConfig`] for an invalid configuration (see
-/// [`AttackConfig::validate`]) or mismatched batch sizes; Candle errors from the model.
+/// [`AttackConfig::validate`]) or mismatched batch sizes;
+/// [`AdversarialError::NonFiniteCleanLogits`] naming the first image whose clean logits
+/// are not finite; Candle errors from the model.
 pub fn run_attack(
     model: &dyn Classifier,
     images: &Tensor,
@@ -451,6 +453,11 @@ pub fn run_attack_with_adversarials(
         });
     }
     let clean_logits = logits(model, &x0)?;
+    // The arg-max of logits with a NaN or an infinity picks some class all the same, and
+    // every distance would be measured from that meaningless prediction.
+    if let Some(image) = first_non_finite_row(&clean_logits)? {
+        return Err(AdversarialError::NonFiniteCleanLogits { image });
+    }
     let clean_pred = predictions(&clean_logits)?;
     let mut tracker = Tracker::new(&x0, label_vec.clone(), cfg.norm, &clean_logits)?;
     let ctx = Ctx {
@@ -614,6 +621,14 @@ fn logits(model: &dyn Classifier, x: &Tensor) -> Result<Tensor> {
 /// Arg-max class per row of `[B, K]` logits.
 fn predictions(logits: &Tensor) -> Result<Vec<u32>> {
     Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
+}
+
+/// The first row of `[B, K]` logits holding a value that is not finite.
+fn first_non_finite_row(logits: &Tensor) -> Result<Option<usize>> {
+    let k = logits.dim(D::Minus1)?.max(1);
+    Ok(host_vec(logits)?
+        .chunks(k)
+        .position(|row| row.iter().any(|v| !v.is_finite())))
 }
 
 /// Per-image norms of `delta`, on the host.

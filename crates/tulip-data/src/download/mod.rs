@@ -16,6 +16,17 @@
 //! never leaves a half-written dataset for a later run to trip over. A staging directory
 //! left by a killed process is deleted by the next attempt.
 //!
+//! # The record of a download
+//!
+//! Once a dataset is installed, [`SUMS_FILE`] (`<root>/<name>/SHA256SUMS`, in the format of
+//! `sha256sum`) lists the digest of every file the loader may read: the IDX files as the
+//! manifest has them, the files unpacked from an archive as hashed after unpacking.
+//! [`load`](crate::load) checks the files it reads against it, so a downloaded file that
+//! changes afterwards is refused; data without the record (put there by the user) is
+//! loaded as before. It is written through a temporary file and a rename, and removed
+//! before anything is replaced, so it never lists a digest for a file that is not the one
+//! verified.
+//!
 //! Files already present are not fetched again: a file kept as it is counts if its digest
 //! matches (one that does not is fetched again and replaced); an archive counts if all the
 //! `members` it unpacks to exist.
@@ -42,10 +53,12 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+pub use crate::sums::SUMS_FILE;
+pub(crate) use manifest::is_sha256;
 pub use manifest::{Manifest, ManifestFile, Unpack};
 pub use progress::{BarProgress, NoProgress, Progress};
 
-use crate::{DataError, DatasetKind, Result};
+use crate::{sums, DataError, DatasetKind, Result};
 
 /// Environment variable naming a mirror base URL that replaces every canonical URL (see
 /// [`Source::from_env`]).
@@ -182,9 +195,15 @@ impl Downloader {
             present: Vec::new(),
         };
         let mut missing = Vec::new();
+        // Files kept as they are that are present were just checked against the manifest,
+        // so the record of this download lists them too.
+        let mut verified = sums::Sums::new();
         for f in files {
             if is_present(f, &dir, progress)? {
                 report.present.push(f.name.clone());
+                if f.unpack == Unpack::None {
+                    verified.insert(f.name.clone(), f.sha256.clone().unwrap_or_default());
+                }
             } else {
                 missing.push(f);
             }
@@ -199,7 +218,7 @@ impl Downloader {
 
         let made_root = !root.exists();
         let stage = root.join(format!(".{}.partial", kind.name()));
-        let result = self.fetch_into(&missing, &stage, &dir, progress);
+        let result = self.fetch_into(&missing, verified, &stage, &dir, progress);
         // Whatever happened, the staging directory goes: on success it is empty, on
         // failure it holds what must not be kept.
         let _ = std::fs::remove_dir_all(&stage);
@@ -214,10 +233,13 @@ impl Downloader {
         Ok(report)
     }
 
-    /// Downloads `files` into `stage`, then moves the results into `dir`.
+    /// Downloads `files` into `stage`, then moves the results into `dir` and records them,
+    /// with `verified` (digests of files already in `dir` that were checked), in
+    /// [`SUMS_FILE`].
     fn fetch_into(
         &self,
         files: &[&ManifestFile],
+        mut verified: sums::Sums,
         stage: &Path,
         dir: &Path,
         progress: &mut dyn Progress,
@@ -227,11 +249,16 @@ impl Downloader {
         }
         std::fs::create_dir_all(stage).map_err(|error| write_error(stage, error))?;
         let mut ready = Vec::new();
+        // The record lists every file the loader may read, by its path relative to `dir`.
         for f in files {
             let path = stage.join(&f.name);
             self.download_file(f, &path, progress)?;
             match f.unpack {
-                Unpack::None => ready.push(path),
+                Unpack::None => {
+                    // `download_file` checked it against this digest.
+                    verified.insert(f.name.clone(), f.sha256.clone().unwrap_or_default());
+                    ready.push(path);
+                }
                 Unpack::TarGz => {
                     progress.note(&format!("unpacking {}", f.name));
                     let out = stage.join(format!("{}.contents", f.name));
@@ -244,8 +271,11 @@ impl Downloader {
                             });
                         }
                     }
-                    // The archive is not kept: its contents are what the loader reads.
+                    // The archive is not kept: its contents are what the loader reads, so
+                    // they are what is recorded (every unpacked file, not only `members`,
+                    // which need only name enough for `locate`).
                     std::fs::remove_file(&path).map_err(|error| write_error(&path, error))?;
+                    hash_tree(&out, "", &mut verified)?;
                     for entry in
                         std::fs::read_dir(&out).map_err(|error| write_error(&out, error))?
                     {
@@ -257,6 +287,15 @@ impl Downloader {
         // Everything arrived intact: install. Renames within one file system are atomic,
         // and the staging directory is on the same one as `dir` (both are under root).
         std::fs::create_dir_all(dir).map_err(|error| write_error(dir, error))?;
+        // Entries of an earlier record stay valid for the files this download leaves alone
+        // (an archive already unpacked). The record goes before anything is replaced, so
+        // that a process killed midway leaves no stale digest for a replaced file (only
+        // no record, which loads the data unchecked), and comes back once all is in place.
+        let earlier = sums::read(dir).ok().flatten().unwrap_or_default();
+        let record = dir.join(SUMS_FILE);
+        if record.exists() {
+            std::fs::remove_file(&record).map_err(|error| write_error(&record, error))?;
+        }
         for from in ready {
             let Some(name) = from.file_name() else {
                 continue;
@@ -269,7 +308,13 @@ impl Downloader {
             }
             std::fs::rename(&from, &to).map_err(|error| write_error(&to, error))?;
         }
-        Ok(())
+        for (name, digest) in earlier {
+            // A file gone with a replaced archive directory is no longer listed.
+            if !verified.contains_key(&name) && dir.join(&name).is_file() {
+                verified.insert(name, digest);
+            }
+        }
+        sums::write(dir, &verified)
     }
 
     /// Streams `f` into `path`, hashing and counting as it arrives, and checks it.
@@ -494,6 +539,31 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     let mut hasher = Sha256::new();
     std::io::copy(&mut file, &mut hasher).map_err(io)?;
     Ok(hex(&hasher.finalize()))
+}
+
+/// Adds the SHA-256 digest of every regular file under `dir` to `sums`, keyed by its path
+/// relative to the directory the walk started in (`prefix` is `dir`'s, `/`-separated).
+fn hash_tree(dir: &Path, prefix: &str, sums: &mut sums::Sums) -> Result<()> {
+    let io = |error| DataError::Io {
+        path: dir.to_path_buf(),
+        error,
+    };
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let key = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let kind = entry.file_type().map_err(io)?;
+        if kind.is_dir() {
+            hash_tree(&entry.path(), &key, sums)?;
+        } else if kind.is_file() {
+            sums.insert(key, sha256_file(&entry.path())?);
+        }
+    }
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -3,14 +3,14 @@
 //! behind. Plus the committed manifest's completeness.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use tulip_data::download::{
-    locate_or_download_with, Downloader, Manifest, NoProgress, Source, Unpack,
+    locate_or_download_with, Downloader, Manifest, NoProgress, Source, Unpack, SUMS_FILE,
 };
 use tulip_data::{load, locate, DataError, DatasetKind, SearchPaths};
 
@@ -246,9 +246,11 @@ fn idx_dataset_downloads_verifies_and_loads_then_is_not_fetched_again() {
     assert_eq!(report.fetched.len(), 4);
     assert!(report.present.is_empty());
     assert_eq!(server.hits().len(), 4);
-    // Stored as served (still gzipped), and nothing else: no staging leftovers.
+    // Stored as served (still gzipped), with the record of the download, and nothing
+    // else: no staging leftovers.
     let mut names: Vec<String> = files.iter().map(|f| format!("mnist/{}", f.0)).collect();
     names.push("mnist".into());
+    names.push(format!("mnist/{SUMS_FILE}"));
     names.sort();
     assert_eq!(tree(&root), names);
     for (name, bytes, _) in &files {
@@ -286,12 +288,108 @@ fn a_present_file_with_the_wrong_digest_is_fetched_again_alone() {
     let victim = tmp.path().join("mnist").join(&files[1].0);
     std::fs::write(&victim, b"damaged").unwrap();
 
+    // Without an earlier record too, the new one lists the files found intact as well.
+    std::fs::remove_file(tmp.path().join("mnist").join(SUMS_FILE)).unwrap();
+
     let report = dl
         .fetch(DatasetKind::Mnist, tmp.path(), &mut NoProgress)
         .unwrap();
     assert_eq!(report.fetched, vec![files[1].0.clone()]);
     assert_eq!(std::fs::read(&victim).unwrap(), files[1].1);
     assert_eq!(server.hits().len(), 5);
+    assert_eq!(record(&tmp.path().join("mnist")), sums_of(&files));
+}
+
+/// The lines of the `SHA256SUMS` record in `dir`.
+fn record(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join(SUMS_FILE))
+        .unwrap_or_else(|e| panic!("{}: no {SUMS_FILE}: {e}", dir.display()))
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The record `sha256sum` would write for `files`, sorted by name.
+fn sums_of(files: &[Served]) -> Vec<String> {
+    let mut files: Vec<&Served> = files.iter().collect();
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    files
+        .iter()
+        .map(|(name, bytes, _)| format!("{}  {name}", sha256(bytes)))
+        .collect()
+}
+
+#[test]
+fn load_refuses_a_downloaded_file_that_changed_and_data_without_a_record_loads_as_is() {
+    // Raw (not gzipped) IDX files under the names the loader reads, so that changing one
+    // pixel still leaves a readable dataset: only the record can tell.
+    let files: Vec<Served> = idx_files(60_000, 10_000)
+        .into_iter()
+        .map(|(name, bytes)| {
+            let mut raw = Vec::new();
+            flate2::read::GzDecoder::new(&bytes[..])
+                .read_to_end(&mut raw)
+                .unwrap();
+            (name.trim_end_matches(".gz").to_owned(), raw, vec![])
+        })
+        .collect();
+    let (_server, dl) = setup(DatasetKind::Mnist, &files);
+    let tmp = tempfile::tempdir().unwrap();
+    let report = dl
+        .fetch(DatasetKind::Mnist, tmp.path(), &mut NoProgress)
+        .unwrap();
+    let dir = report.dir;
+    assert_eq!(record(&dir), sums_of(&files), "in sha256sum's format");
+    load(DatasetKind::Mnist, &dir).unwrap();
+
+    // One byte of one image changes: a valid dataset still, but not the one downloaded.
+    let victim = dir.join("train-images-idx3-ubyte");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[16 + 5] ^= 0xff;
+    std::fs::write(&victim, &bytes).unwrap();
+    let err = load(DatasetKind::Mnist, &dir).unwrap_err();
+    assert!(
+        matches!(err, DataError::ChangedSinceDownload { .. }),
+        "{err}"
+    );
+    let expected = sha256(
+        &files
+            .iter()
+            .find(|f| f.0 == "train-images-idx3-ubyte")
+            .unwrap()
+            .1,
+    );
+    assert_msg(
+        &err,
+        &[
+            &victim.display().to_string(),
+            &expected,
+            &sha256(&bytes),
+            "changed since it was downloaded and verified",
+            SUMS_FILE,
+        ],
+    );
+
+    // Without the record the directory is the user's data: loaded as it is.
+    std::fs::remove_file(dir.join(SUMS_FILE)).unwrap();
+    let data = load(DatasetKind::Mnist, &dir).unwrap();
+    assert_eq!(data.train.image(0)[5], pixel(0, 5) ^ 0xff);
+}
+
+#[test]
+fn a_damaged_record_is_an_error_naming_it() {
+    let (_files, _server, dl) = idx_setup(3, 2);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = dl
+        .fetch(DatasetKind::Mnist, tmp.path(), &mut NoProgress)
+        .unwrap()
+        .dir;
+    let path = dir.join(SUMS_FILE);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replacen("  ", " ", 1)).unwrap();
+    let err = load(DatasetKind::Mnist, &dir).unwrap_err();
+    assert!(matches!(err, DataError::SumsFile { .. }), "{err}");
+    assert_msg(&err, &[&path.display().to_string(), "line 1"]);
 }
 
 #[test]
@@ -332,6 +430,23 @@ fn cifar_archives_are_verified_unpacked_and_load() {
         let again = dl.fetch(kind, tmp.path(), &mut NoProgress).unwrap();
         assert!(again.fetched.is_empty());
         assert_eq!(server.hits().len(), 1, "{kind}: fetched once");
+
+        // The record lists what was unpacked (the archive is gone), as hashed then.
+        let listed = record(&dir);
+        for m in &archive.2 {
+            let line = format!("{}  {m}", sha256(&std::fs::read(dir.join(m)).unwrap()));
+            assert!(listed.contains(&line), "{kind}: {line:?} in {listed:?}");
+        }
+        let victim = dir.join(archive.2.last().unwrap());
+        let mut bytes = std::fs::read(&victim).unwrap();
+        bytes[100] ^= 1;
+        std::fs::write(&victim, &bytes).unwrap();
+        let err = load(kind, &dir).unwrap_err();
+        assert!(
+            matches!(err, DataError::ChangedSinceDownload { .. }),
+            "{err}"
+        );
+        assert_msg(&err, &[&victim.display().to_string(), "changed since"]);
     }
 }
 
