@@ -1,5 +1,5 @@
-//! `cargo xtask bench`: the project's performance figures (issue 7), and the side-by-side
-//! comparison with the PyTorch reference (`../shared/bench/torch_step_bench.py`).
+//! `cargo xtask bench`: the project's performance figures, and the side-by-side
+//! comparison with the PyTorch reference (`bench/torch/torch_step_bench.py`).
 //!
 //! Every case runs in a process of its own (this binary re-executed with the hidden
 //! `bench-case` command), so the peak RSS it reports (`VmHWM`) belongs to that case alone.
@@ -8,7 +8,13 @@
 //! noisy machine: only the ratio is meaningful, absolute times drift between hosts. With
 //! `--rounds N` each case is measured N times, the two sides taking turns to go first, and
 //! the table gives the median of the rounds' ratios and their range: the host's slow spells
-//! (which moved one run's ratios by 10%) then weigh on both sides alike.
+//! (which move a single run's ratios noticeably) then weigh on both sides alike.
+//!
+//! The goals the table checks: every case at most 0.8× PyTorch's time, and the
+//! nearest-neighbour attack within 1.5× of one GEMM of its size. The table and JSON go to
+//! `--out` (`bench/RESULTS.md` and `bench/results.json` by default, replaced whole; the
+//! committed `RESULTS.md` carries, below its latest table, the earlier runs and what each
+//! optimisation bought, added by hand).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +33,7 @@ use tulip_penalties::{Norm, PenaltyMethod};
 use tulip_train::malloc::RETAIN_FREED_MEMORY;
 use tulip_train::{ObjectiveConfig, TrainConfig, Trainer};
 
-/// The cases of the issue-7 table: every training mode on ResNet22 (CIFAR shape, as the
+/// The cases of the default table: every training mode on ResNet22 (CIFAR shape, as the
 /// PyTorch anchor), evaluation throughput, the max-gradient-norm pass, the
 /// nearest-neighbour attack.
 pub const DEFAULT_CASES: &str = "resnet22:plain,resnet22:lip,resnet22:fd,resnet22:j2,\
@@ -66,11 +72,12 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = GRADPASS_IMAGES)]
     pub gradpass_images: usize,
     /// Also run the PyTorch side with this Python (a venv with torch; see
-    /// `../shared/bench/README.md`), case by case right after ours, and print the ratios.
+    /// `bench/torch/README.md`), case by case right after ours, and print the ratios.
     #[arg(long, value_name = "PYTHON")]
     pub torch: Option<PathBuf>,
-    /// The PyTorch benchmark script.
-    #[arg(long, default_value = "../shared/bench/torch_step_bench.py")]
+    /// The PyTorch benchmark script (a relative path is taken from the current directory,
+    /// normally the repository root).
+    #[arg(long, default_value = "bench/torch/torch_step_bench.py")]
     pub torch_script: PathBuf,
     /// glibc malloc settings for both sides: `retain` (keep freed memory, the PyTorch
     /// script's default) or `default`.
@@ -109,7 +116,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(py) = &args.torch {
         if !args.torch_script.exists() {
             bail!(
-                "--torch-script {}: no such file (the PyTorch benchmark lives in ../shared/bench/)",
+                "--torch-script {}: no such file (the PyTorch benchmark is \
+                 bench/torch/torch_step_bench.py in the repository: run `cargo xtask bench` \
+                 from the repository root, or pass its path)",
                 args.torch_script.display()
             );
         }
@@ -250,7 +259,7 @@ fn run_child(cmd: &mut Command, malloc: &str) -> Result<Measured> {
     };
     let raw: Value = serde_json::from_str(line).context("unreadable RESULT line")?;
     let num = |k: &str| raw.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
-    // A gradient pass is reported per 10,000 images, as in the issue's table.
+    // A gradient pass is reported per 10,000 images (the test set), on both sides.
     let seconds = match raw.get("kind").and_then(Value::as_str) {
         Some("gradpass") => num("pass_s") * GRADPASS_IMAGES as f64 / num("images"),
         _ => num("median_s"),
@@ -727,7 +736,7 @@ fn synthetic_batch(kind: DatasetKind, n: usize, device: &Device) -> Result<Tenso
 }
 
 /// The nearest-different-neighbour attack over the real 10k × 60k Fashion-MNIST, beside
-/// one f32 GEMM of the same size (the issue's yardstick: within 1.5× of it).
+/// one f32 GEMM of the same size (the yardstick: the goal is within 1.5× of it).
 fn nn_attack_case(data: Option<&Path>, result: &mut Value) -> Result<()> {
     let dir = tulip_data::locate(DatasetKind::FashionMnist, data)?;
     let ds = tulip_data::load(DatasetKind::FashionMnist, &dir)?;

@@ -7,8 +7,11 @@
 // `<dataset>` and `[default: …]` are neither HTML tags nor intra-doc links.
 #![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 
-/// With `--features mimalloc`: the allocator the `tulip` binary uses, so that the bench
-/// measures what users run (see crates/tulip-cli/src/main.rs).
+/// With `--features mimalloc`: mimalloc as the global allocator, to compare it with glibc
+/// malloc. The `tulip` binary itself uses glibc malloc, re-executed with settings that keep
+/// freed memory (`tulip_train::malloc`, called first thing in crates/tulip-cli/src/main.rs);
+/// the bench's cases run with the same settings by default (`--malloc retain`), so the
+/// default build measures what users run.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -14,6 +14,14 @@
 //! written atomically only after the step's command exited with status 0. A step without
 //! its marker runs again; training again removes the run's other markers, whose results
 //! came from an older checkpoint. Every file written here is written atomically.
+//!
+//! Then the results ([`results`]): results.md holds one row per setting, a run and its
+//! seeds (`X-seedN` is a seed of `X`) as mean ± half their range; results.csv every run.
+//! Fixed-radius attacks (PGD) get robust-accuracy columns of their own; the
+//! minimum-distance columns fold the other attacks per image. Every certified bound is
+//! checked against every attack distance of its image, and a bound above one fails the
+//! command. Below the table, each of the paper's claims gets a verdict computed from it
+//! ([`verdicts`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,13 +29,10 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
-use serde_json::Value;
-use tulip_eval::plot::{robustness_curves, write_svg, Series};
-use tulip_eval::{
-    fraction_misclassified, misclassification_curve, read_attack_csv, AttackRecord, AttackStatus,
-    DistanceNorm, DistanceStats,
-};
 use tulip_models::checkpoint::write_atomic;
+
+mod results;
+mod verdicts;
 
 /// Options of `cargo xtask reproduce-paper`.
 #[derive(clap::Args, Debug)]
@@ -172,8 +177,8 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
         mark_done(&out, &Step::NnAttack)?;
     }
 
-    let table = results_table(&profile, &runs, &out)?;
-    write_results(&table, &profile, &out)?;
+    let grid = results::Grid::collect(&profile, &runs, &out)?;
+    results::write(&grid, &args.profile, &out)?;
     Ok(())
 }
 
@@ -399,222 +404,6 @@ fn train(
     )
 }
 
-/// One row of the results table.
-struct Row {
-    name: String,
-    description: String,
-    test_error: Option<f64>,
-    lipschitz: Option<f64>,
-    lower_bound: Option<f64>,
-    /// Per norm: median distance over all images, median over the images the model
-    /// classifies correctly, fraction misclassified at the profile's ε, failures.
-    l2: Column,
-    linf: Column,
-    /// The per-image "best attack" records behind the curves.
-    best_l2: Vec<AttackRecord>,
-    best_linf: Vec<AttackRecord>,
-}
-
-/// One norm's columns of a row.
-struct Column {
-    median: Option<f64>,
-    median_correct: Option<f64>,
-    at_epsilon: f64,
-    failures: usize,
-}
-
-/// Per image, the smallest distance any attack of `norm` found (0 if the image is already
-/// misclassified; a failure only if every attack failed on it).
-fn best_of(attacks: &[Vec<AttackRecord>], norm: DistanceNorm) -> Vec<AttackRecord> {
-    let mut best: BTreeMap<usize, AttackRecord> = BTreeMap::new();
-    for records in attacks {
-        for r in records {
-            let better = match (best.get(&r.index), r.distance(norm)) {
-                (None, _) => true,
-                (Some(_), None) => false,
-                (Some(old), Some(d)) => old.distance(norm).is_none_or(|o| d < o),
-            };
-            if better {
-                best.insert(r.index, *r);
-            }
-        }
-    }
-    best.into_values().collect()
-}
-
-fn results_table(
-    profile: &Profile,
-    runs: &BTreeMap<String, RunFile>,
-    out: &Path,
-) -> Result<Vec<Row>> {
-    let mut rows = Vec::new();
-    for (name, run) in runs {
-        let run_dir = out.join(name);
-        let eval: Value = std::fs::read_to_string(run_dir.join("eval.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or(Value::Null);
-        let num = |k: &str| eval.get(k).and_then(Value::as_f64);
-        let mut by_norm: BTreeMap<&str, Vec<Vec<AttackRecord>>> = BTreeMap::new();
-        for spec in &profile.attacks {
-            let Ok(AttackSpec { attack, norm, .. }) = AttackSpec::parse(spec) else {
-                continue;
-            };
-            let csv = run_dir.join("attacks").join(format!("{attack}-{norm}.csv"));
-            if let Ok(records) = read_attack_csv(&csv) {
-                by_norm
-                    .entry(if norm == "l2" { "l2" } else { "linf" })
-                    .or_default()
-                    .push(records);
-            }
-        }
-        let best_l2 = best_of(
-            by_norm.get("l2").map_or(&[][..], Vec::as_slice),
-            DistanceNorm::L2,
-        );
-        let best_linf = best_of(
-            by_norm.get("linf").map_or(&[][..], Vec::as_slice),
-            DistanceNorm::Linf,
-        );
-        let column = |records: &[AttackRecord], norm, eps| {
-            // Over the images the model gets right, the median is informative even when
-            // most images are misclassified (and the overall median is 0).
-            let correct: Vec<AttackRecord> = records
-                .iter()
-                .filter(|r| r.status != AttackStatus::AlreadyMisclassified)
-                .copied()
-                .collect();
-            Column {
-                median: DistanceStats::of(records, norm).median,
-                median_correct: DistanceStats::of(&correct, norm).median,
-                at_epsilon: fraction_misclassified(records, norm, eps),
-                failures: records
-                    .iter()
-                    .filter(|r| r.distance(norm).is_none())
-                    .count(),
-            }
-        };
-        rows.push(Row {
-            name: name.clone(),
-            description: run.description.clone(),
-            test_error: num("test_error_percent"),
-            lipschitz: num("lipschitz_estimate"),
-            lower_bound: num("distance_lower_bound"),
-            l2: column(&best_l2, DistanceNorm::L2, profile.epsilon_l2),
-            linf: column(&best_linf, DistanceNorm::Linf, profile.epsilon_linf),
-            best_l2,
-            best_linf,
-        });
-    }
-    Ok(rows)
-}
-
-fn fmt(v: Option<f64>) -> String {
-    match v {
-        Some(x) if x.is_finite() && x != 0.0 && x.abs() < 1e-3 => format!("{x:.2e}"),
-        Some(x) if x.is_finite() => format!("{x:.4}"),
-        _ => "—".into(),
-    }
-}
-
-fn write_results(rows: &[Row], profile: &Profile, out: &Path) -> Result<()> {
-    let nn: Value = std::fs::read_to_string(out.join("nn-attack.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(Value::Null);
-    let (e2, einf) = (profile.epsilon_l2, profile.epsilon_linf);
-    let mut md = format!(
-        "# Reproduction of arXiv:1810.00953 — {}\n\n\
-         Written by `cargo xtask reproduce-paper`. Distances are per image the smallest any \
-         attack of that norm found (attacks: {}); the median counts already-misclassified \
-         images as 0 and leaves failures out (counted in their own column). The Lipschitz \
-         estimate is max over test images of the per-example, unscaled ‖∇ₓℓ‖₂; the lower \
-         bound is the reference's margin / (2 · weight-product norm).\n\n\
-         | run | setting | test error % | Lipschitz estimate | median L2 | median L2, correct images | % misclassified at L2 ε={e2} | L2 failures | median L∞ | median L∞, correct images | % misclassified at L∞ ε={einf:.4} | L∞ failures | certified lower bound |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
-        profile.description,
-        profile.attacks.join(", "),
-    );
-    let mut csv = String::from(
-        "run,setting,test_error_percent,lipschitz_estimate,median_l2,median_l2_correct,misclassified_at_l2,l2_failures,median_linf,median_linf_correct,misclassified_at_linf,linf_failures,distance_lower_bound\n",
-    );
-    for r in rows {
-        md += &format!(
-            "| {} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {} | {:.1} | {} | {} |\n",
-            r.name,
-            r.description,
-            r.test_error.map_or("—".into(), |e| format!("{e:.2}")),
-            fmt(r.lipschitz),
-            fmt(r.l2.median),
-            fmt(r.l2.median_correct),
-            100.0 * r.l2.at_epsilon,
-            r.l2.failures,
-            fmt(r.linf.median),
-            fmt(r.linf.median_correct),
-            100.0 * r.linf.at_epsilon,
-            r.linf.failures,
-            fmt(r.lower_bound),
-        );
-        let nan = f64::NAN;
-        csv += &format!(
-            "{},\"{}\",{},{},{},{},{},{},{},{},{},{},{}\n",
-            r.name,
-            r.description.replace('"', "'"),
-            r.test_error.unwrap_or(nan),
-            r.lipschitz.unwrap_or(nan),
-            r.l2.median.unwrap_or(nan),
-            r.l2.median_correct.unwrap_or(nan),
-            r.l2.at_epsilon,
-            r.l2.failures,
-            r.linf.median.unwrap_or(nan),
-            r.linf.median_correct.unwrap_or(nan),
-            r.linf.at_epsilon,
-            r.linf.failures,
-            r.lower_bound.unwrap_or(nan),
-        );
-    }
-    if let (Some(mean), Some(median)) = (
-        nn.get("mean").and_then(Value::as_f64),
-        nn.get("median").and_then(Value::as_f64),
-    ) {
-        md += &format!(
-            "\nThe data itself (nearest test→train image of another label, L2): mean {mean:.4}, \
-             median {median:.4}, Lipschitz constant of the labelling {}.\n",
-            fmt(nn.get("data_lipschitz").and_then(Value::as_f64))
-        );
-    }
-    md += "\nRobustness curves: `robustness-l2.svg`, `robustness-linf.svg`.\n";
-
-    for (norm, file) in [
-        (DistanceNorm::L2, "robustness-l2.svg"),
-        (DistanceNorm::Linf, "robustness-linf.svg"),
-    ] {
-        let series: Vec<Series> = rows
-            .iter()
-            .map(|r| {
-                let records = if norm == DistanceNorm::L2 {
-                    &r.best_l2
-                } else {
-                    &r.best_linf
-                };
-                Series::new(&r.name, misclassification_curve(records, norm))
-            })
-            .collect();
-        write_svg(&out.join(file), &robustness_curves(norm, &series))?;
-    }
-    for (file, text) in [("results.md", &md), ("results.csv", &csv)] {
-        let path = out.join(file);
-        write_atomic(&path, text.as_bytes())
-            .with_context(|| format!("could not write {}", path.display()))?;
-    }
-    println!("{md}");
-    eprintln!(
-        "reproduce-paper: wrote {}/results.md, results.csv and the robustness curves",
-        out.display()
-    );
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -700,39 +489,6 @@ mod tests {
     }
 
     #[test]
-    fn best_of_takes_each_images_smallest_distance_and_fails_only_when_all_failed() {
-        let l2 = DistanceNorm::L2;
-        let deepfool = vec![
-            AttackRecord::found(0, 3, 1, 0.5, 0.1),
-            AttackRecord::failed(1, 3, 3),
-            AttackRecord::failed(2, 3, 3),
-            AttackRecord::found(3, 3, 2, 0.2, 0.05),
-        ];
-        let fgsm = vec![
-            AttackRecord::found(0, 3, 1, 0.7, 0.02),
-            AttackRecord::found(1, 3, 5, 0.9, 0.03),
-            AttackRecord::failed(2, 3, 3),
-            AttackRecord::already_misclassified(3, 3, 2),
-        ];
-        let best = best_of(&[deepfool, fgsm], l2);
-        let d: Vec<Option<f64>> = best.iter().map(|r| r.distance(l2)).collect();
-        assert_eq!(d, vec![Some(0.5), Some(0.9), None, Some(0.0)]);
-        assert_eq!(
-            best.iter().map(|r| r.index).collect::<Vec<_>>(),
-            [0, 1, 2, 3]
-        );
-        // In L∞ image 0's best is FGSM's, not DeepFool's.
-        let best_linf = best_of(
-            &[
-                vec![AttackRecord::found(0, 3, 1, 0.5, 0.1)],
-                vec![AttackRecord::found(0, 3, 1, 0.7, 0.02)],
-            ],
-            DistanceNorm::Linf,
-        );
-        assert_eq!(best_linf[0].distance(DistanceNorm::Linf), Some(0.02));
-    }
-
-    #[test]
     fn the_committed_profiles_and_runs_parse() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/paper");
         for profile in ["quick", "standard", "full"] {
@@ -753,9 +509,37 @@ mod tests {
                     "{profile}: {spec}: PGD, and only PGD, attacks at a fixed ε"
                 );
             }
+            // Every attack parses for the table, and a fixed-radius one gets its own
+            // robust-accuracy column.
+            let attacks: Vec<results::Attack> = p
+                .attacks
+                .iter()
+                .map(|s| results::Attack::parse(s).unwrap())
+                .collect();
+            let keys: Vec<String> = results::columns(&p, &attacks)
+                .into_iter()
+                .map(|c| c.key)
+                .collect();
+            let robust: Vec<&String> = keys.iter().filter(|k| k.contains("robust")).collect();
+            assert_eq!(
+                robust.len(),
+                attacks.iter().filter(|a| a.epsilon.is_some()).count(),
+                "{profile}: {keys:?}"
+            );
+            if profile == "standard" {
+                assert_eq!(
+                    robust,
+                    [
+                        "pgd_l2_0.5_robust_accuracy_percent",
+                        "pgd_linf_0.1_robust_accuracy_percent"
+                    ]
+                );
+            }
             let runs = read_runs(&dir, &[]).unwrap();
             let names: Vec<&str> = runs.keys().map(String::as_str).collect();
-            let grid = ["baseline", "best", "decay", "j1", "j2", "jinf", "lip", "pgd"];
+            let grid = [
+                "baseline", "best", "decay", "j1", "j2", "jinf", "lip", "pgd",
+            ];
             if profile == "standard" {
                 // A second seed of the baseline and of the best setting.
                 let mut want = grid.to_vec();

@@ -1,6 +1,6 @@
 //! # tulip-eval
 //!
-//! Evaluation of Tulip-rs models (SPEC §5):
+//! Evaluation of Tulip-rs models (docs/method.md §5):
 //!
 //! - [`summary`]: test error, loss, the per-example gradient norm, the Jacobian and
 //!   weight-product norms, the smallest softmax margin and the lower bound on the
@@ -11,7 +11,8 @@
 //! - [`AttackRecord`] / [`AttackSummary`]: per-image attack results (written as CSV) and
 //!   their median, mean and misclassified fraction at given budgets; failures are counted,
 //!   never treated as distance 0.
-//! - [`plot`]: robustness curves and the bound-vs-attack scatter as dependency-free SVG;
+//! - [`plot`]: robustness curves and the bound-vs-attack scatter as dependency-free SVG,
+//!   on log axes where the values span more than two decades, with padded ranges;
 //!   [`certificate_violations`] checks that no attack beats a certified bound.
 //!
 //! Sits above `tulip-models`, `tulip-data` and `tulip-penalties` (it programs against the
@@ -20,8 +21,8 @@
 //!
 //! ## Design record
 //! - The gradient statistic is the *unscaled* per-example `max_i ‖∇_x ℓ_i‖₂`, not the
-//!   `1/B`-scaled row of the training penalty (SPEC §2), so it does not depend on the
-//!   batch size; outputs say so.
+//!   `1/B`-scaled row of the training penalty (docs/method.md §2), so it does not depend
+//!   on the batch size; outputs say so.
 //! - `‖w‖₂` counts the Tikhonov penalty's [`tulip_penalties::TikhonovScope::WeightsOnly`]
 //!   set (trainable tensors of rank ≥ 2: convolution and linear weights). A name-based
 //!   "not ending in `bias`" filter would also count batch-norm scales and the tanh
