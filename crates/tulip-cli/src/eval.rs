@@ -1,4 +1,5 @@
-//! `tulip eval`: the SPEC §5 summary of a trained run on the test set.
+//! `tulip eval`: the summary statistics (docs/method.md §5) of a trained run on the test
+//! set.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

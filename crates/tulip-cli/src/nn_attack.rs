@@ -1,5 +1,5 @@
 //! `tulip nn-attack`: distance of each image to the nearest training image with another
-//! label, and the data's Lipschitz constant (SPEC §5).
+//! label, and the data's Lipschitz constant (docs/method.md §5).
 
 use std::path::PathBuf;
 use std::process::ExitCode;

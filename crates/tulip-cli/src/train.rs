@@ -432,7 +432,7 @@ fn fetch_if_missing(config: &TrainConfig, output: Output) -> anyhow::Result<()> 
 /// Called before any tensor work (Candle fixes the mode per thread at its first backward
 /// pass; the penalty itself checks that the mode is live and refuses to train otherwise).
 /// Other runs leave it off: it keeps every gradient's graph alive until the step ends,
-/// which costs a plain step four times the memory.
+/// which costs a plain step several times its memory.
 fn enable_second_order_if_needed(config: &TrainConfig) {
     if config.objective.needs_second_order_gradients() {
         tulip_penalties::enable_second_order_gradients();

@@ -1,5 +1,5 @@
-//! The nearest-different-label-neighbour "attack" (SPEC §5): for each query image the L2
-//! distance to the nearest reference image with another label.
+//! The nearest-different-label-neighbour "attack" (docs/method.md §5): for each query
+//! image the L2 distance to the nearest reference image with another label.
 //!
 //! 10,000 × 60,000 distances of 784 pixels are a matrix product, so they are computed as
 //! one: `‖a − b‖² = ‖a‖² + ‖b‖² − 2 a·b`, with the `a·b` of a block of queries against a
@@ -68,7 +68,7 @@ pub struct NnStats {
     /// Smallest positive distance.
     pub min_positive: Option<f64>,
     /// `1 / min(d > 0)`: how fast the true labelling changes, duplicates at distance 0
-    /// skipped (SPEC §5).
+    /// skipped (docs/method.md §5).
     pub data_lipschitz: Option<f64>,
 }
 

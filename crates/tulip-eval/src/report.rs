@@ -1,4 +1,4 @@
-//! Per-image attack results and their summary (SPEC §5, "Attacks").
+//! Per-image attack results and their summary (docs/method.md §5, "Attacks").
 //!
 //! This crate does not depend on the attacks: callers map their outcomes onto
 //! [`AttackRecord`]. An image the model already misclassifies has distance 0; an image

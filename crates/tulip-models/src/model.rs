@@ -9,7 +9,7 @@ use crate::params::{ParamBuilder, Params};
 use crate::resnet::{BlockKind, ResNet, ResNetSpec};
 use crate::{Classifier, ModelError, Result};
 
-/// The architectures of the reference (SPEC §4).
+/// The architectures of the reference (docs/method.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[non_exhaustive]
 pub enum Architecture {

@@ -1,10 +1,11 @@
 //! The residual networks of the reference: ResNet22/34, ResNeXt34 and Wide ResNets.
 //!
-//! One trunk serves all of them (SPEC §4): a stem convolution, three stages of blocks,
-//! global average pooling and a linear head. Every 3×3 convolution has stride 1; a stage
-//! that halves the resolution ends its first block with a 2×2 average pool. When a block
-//! changes width it first maps its input through a 1×1 convolution (softmax-initialised),
-//! batch norm and ReLU, so the skip connection always adds tensors of equal width.
+//! One trunk serves all of them (docs/method.md §4): a stem convolution, three stages of
+//! blocks, global average pooling and a linear head. Every 3×3 convolution has stride 1;
+//! a stage that halves the resolution ends its first block with a 2×2 average pool. When
+//! a block changes width it first maps its input through a 1×1 convolution
+//! (softmax-initialised), batch norm and ReLU, so the skip connection always adds tensors
+//! of equal width.
 //!
 //! Deviation noted for the weight-product norm: in linearised mode the blocks keep their
 //! skip connections (the reference's linearised basic block drops it, a slip of its code).

@@ -48,8 +48,8 @@ fn every_architecture_runs_on_both_input_shapes() {
     }
 }
 
-/// Parameter counts computed from the layer sizes of SPEC §4, independently of the model
-/// code: `conv(i, o, k, bias)`, affine batch norm `2c`, linear `i·o + o`.
+/// Parameter counts computed from the layer sizes of docs/method.md §4, independently of
+/// the model code: `conv(i, o, k, bias)`, affine batch norm `2c`, linear `i·o + o`.
 fn expected_param_count(cfg: &ModelConfig) -> usize {
     let k2 = cfg.kernel_size * cfg.kernel_size;
     let (cin, _, _) = cfg.input_shape;

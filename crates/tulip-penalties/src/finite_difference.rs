@@ -12,7 +12,7 @@ pub const DEFAULT_STEP: f64 = 0.01;
 
 /// `½ · mean_i q_i²` with the difference quotient `q_i = (ℓ_i(x_i + h d_i) − ℓ_i(x_i)) / h`
 /// along `d_i = g_i / ‖g_i‖₂` (detached; zero rows stay zero), `g = ∇_x L` the input gradient
-/// of the batch-mean loss (SPEC §2, arXiv:1905.11468).
+/// of the batch-mean loss (docs/method.md §2, arXiv:1905.11468).
 ///
 /// To first order `q_i ≈ ⟨∇ℓ_i, d_i⟩ = ‖∇_{x_i} ℓ_i‖₂`, the *per-example, unscaled* gradient
 /// norm (no `1/B`: the normalisation of `d` removes it), so the value approximates

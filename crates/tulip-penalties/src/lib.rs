@@ -1,10 +1,10 @@
 //! # tulip-penalties
 //!
-//! The regularisers of Tulip-rs (SPEC §1–§2): the Lipschitz penalty `summary_i ‖∇_x L‖` by
-//! exact double backpropagation (the paper, arXiv:1810.00953) or by a finite difference
-//! (arXiv:1905.11468), the Tikhonov penalty `Σ ‖θ‖²`, and the evaluation-only Jacobian and
-//! weight-product norms. Every penalty implements [`Penalty`]; the trainer adds
-//! `weight · value` to its loss and differentiates the sum.
+//! The regularisers of Tulip-rs (docs/method.md §1–§2): the Lipschitz penalty
+//! `summary_i ‖∇_x L‖` by exact double backpropagation (the paper, arXiv:1810.00953) or
+//! by a finite difference (arXiv:1905.11468), the Tikhonov penalty `Σ ‖θ‖²`, and the
+//! evaluation-only Jacobian and weight-product norms. Every penalty implements
+//! [`Penalty`]; the trainer adds `weight · value` to its loss and differentiates the sum.
 //!
 //! Sits above `tulip-models` (it is written against the [`Classifier`] trait only) and below
 //! the adversarial, evaluation and training crates; [`input_gradient`] and
@@ -25,9 +25,10 @@
 //!   `g` carries `1/B` (the reference's behaviour; keeps `--lip` comparable with it). The
 //!   finite-difference penalty's quotient measures the *unscaled* per-example norm (the
 //!   normalised direction removes the scale), as in the follow-up paper.
-//! - **Finite-difference form.** `½ · mean_i q_i²` — the ½ is included in the value, so the
-//!   objective term is `(λ/2)·mean q²` as in SPEC §2; the second forward pass runs in
-//!   training mode as the follow-up paper's code does. Default step `h = 0.01`.
+//! - **Finite-difference form.** `½ · mean_i q_i²` — the ½ is included in the value, so
+//!   the objective term is `(λ/2)·mean q²` as in docs/method.md §2; the second forward
+//!   pass runs in training mode as the follow-up paper's code does. Default step
+//!   `h = 0.01`.
 //! - **Tikhonov scope.** [`TikhonovScope::AllTrainable`] (default) is what the reference's
 //!   code does; [`TikhonovScope::WeightsOnly`] is its stated intent. Buffers never count.
 //! - **Zero gradients.** The 2-norm of a zero row is 0 with a zero (not `NaN`) gradient, so

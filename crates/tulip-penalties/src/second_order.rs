@@ -14,10 +14,10 @@
 //!   and on every use, and fails with [`PenaltyError::SecondOrderGradientsNotLive`]
 //!   instead of computing a wrong gradient.
 //!
-//! In that mode every gradient Candle computes keeps its own graph, including those of the
-//! last backward pass of a step, which no one differentiates again: the exact penalty's
-//! step then held every intermediate of its backward pass until the step ended (16 GB for
-//! ResNet22, batch 128). [`backward_detached`] runs that last pass on a thread started, by
+//! In that mode every gradient Candle computes keeps its own graph, including those of
+//! the last backward pass of a step, which no one differentiates again: the exact
+//! penalty's step then held every intermediate of its backward pass until the step ended.
+//! [`backward_detached`] runs that last pass on a thread started, by
 //! [`enable_second_order_gradients`], before the variable was set, where Candle detaches.
 
 use std::cell::Cell;
@@ -61,9 +61,9 @@ pub fn enable_second_order_gradients() {
 /// backward kernels.
 ///
 /// After [`enable_second_order_gradients`] this runs Candle's backward on a thread whose
-/// mode is first order, so intermediate gradients are freed as the pass goes (ResNet22,
-/// batch 128, exact penalty: peak 15.2 → 6.3 GB, step −5%); otherwise, on CUDA tensors (whose
-/// context is bound to the calling thread), or if that thread is gone, it runs here.
+/// mode is first order, so intermediate gradients are freed as the pass goes; otherwise,
+/// on CUDA tensors (whose context is bound to the calling thread), or if that thread is
+/// gone, it runs here.
 ///
 /// # Errors
 /// Whatever Candle's backward pass reports.

@@ -34,8 +34,8 @@ impl TikhonovScope {
     }
 }
 
-/// `Σ ‖θ‖²` (no ½) over the parameters in its [`TikhonovScope`] (SPEC §1.3). As a term of the
-/// objective with weight `decay` it equals SGD weight decay `2·decay`.
+/// `Σ ‖θ‖²` (no ½) over the parameters in its [`TikhonovScope`] (docs/method.md §1.3). As
+/// a term of the objective with weight `decay` it equals SGD weight decay `2·decay`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TikhonovPenalty {
     scope: TikhonovScope,

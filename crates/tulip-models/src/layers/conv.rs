@@ -68,8 +68,8 @@ impl Conv2d {
     }
 
     /// The 1×1 width-changing convolution of the residual blocks: PyTorch's init followed
-    /// by a softmax over the input channels of each output row (SPEC §4), so each output
-    /// channel starts as a convex combination of the input channels.
+    /// by a softmax over the input channels of each output row (docs/method.md §4), so
+    /// each output channel starts as a convex combination of the input channels.
     ///
     /// # Errors
     /// Fails if the tensors cannot be allocated.

@@ -7,13 +7,12 @@
 //!   1), [`channel_expand`] (its adjoint: broadcast a `[C]` vector) and [`channel_affine`]
 //!   (`x·a_c + b_c`). Candle differentiates a broadcast by summing over several
 //!   non-trailing dimensions at once, which its CPU backend does element by element with
-//!   index arithmetic (~20 ms for a 128×16×28×28 tensor); these do it with contiguous
-//!   loops.
+//!   index arithmetic; these do it with contiguous loops.
 //! * **ReLU** fused where it follows an op (the residual add, an affine map), with one
 //!   masked copy as its backward; **2×2 average pooling**.
 //! * **Stride-1 convolution** (`conv`): three bilinear ops closed under differentiation,
-//!   run by the direct SIMD kernels of `direct_conv`, 2-3x faster at the ResNet sizes than
-//!   the im2col + GEMM they replaced.
+//!   run by the direct SIMD kernels of `direct_conv`, which replaced im2col + GEMM
+//!   (`bench/RESULTS.md` has both rates).
 //! * **Batch norm** in training mode as one op, and its input gradient as another for
 //!   the gradients of gradients (`batch_norm`).
 //!
@@ -140,8 +139,8 @@ fn threads() -> usize {
 /// `t · per_thread` (an image, a channel), and returns the results in order.
 ///
 /// The parts run on Candle's persistent worker pool (the calling thread takes one), dealt
-/// round-robin when there are more parts than [`threads`]. Starting a scoped thread per
-/// call instead cost about 2% of a training step in thread starts.
+/// round-robin when there are more parts than [`threads`], so that no call pays for
+/// starting a thread (as a scoped thread per call did).
 fn on_threads<P: Send, R: Send>(
     per_thread: usize,
     parts: impl Iterator<Item = P>,
@@ -184,8 +183,8 @@ fn plane<T>(t: &[T], sz: usize, i: usize) -> &[T] {
 /// Per channel of a `[B, C, …]` tensor, the sum over its planes of `per_plane(i)` (`i` a
 /// plane, `i mod C` its channel), added in image order. The planes are visited in memory
 /// order, shared among the threads: channel by channel, each thread's reads jumped from
-/// image to image (batch norm's backward sums done that way took 4% more of a plain
-/// training step, 13% more of one with the exact penalty).
+/// image to image (batch norm's backward sums done that way slowed every training step,
+/// the exact penalty's most).
 fn channel_totals<const N: usize>(
     (b, c): (usize, usize),
     per_plane: impl Fn(usize) -> [f64; N] + Sync,
@@ -220,8 +219,8 @@ fn map_indices<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
 /// For passes with work enough per element: the outputs are zero-filled first, as safe
 /// Rust has no uninitialised vectors, and that fill costs what the second thread saves
 /// on passes of two or three inputs and one output (measured on batch norm's). Batch
-/// norm's input-gradient backward, three inputs and two outputs with a mask, gains 3% of
-/// an exact-penalty step.
+/// norm's input-gradient backward, three inputs and two outputs with a mask, has work
+/// enough to gain.
 fn planes_on_threads<T: WithDType, const N: usize>(
     planes: usize,
     sz: usize,
@@ -897,8 +896,8 @@ impl CustomOp1 for AvgPool2Adjoint {
 /// 2×2 average pooling with stride 2 on `[B, C, H, W]`, flooring odd sizes (PyTorch's
 /// `AvgPool2d(2)`), in one contiguous pass; its backward pass is its adjoint (a quarter of
 /// the gradient on each pixel of the window), whose own backward is the pooling, so it is
-/// differentiable to any order. Candle's strided `mean` over the window took one to two
-/// orders of magnitude longer. Other devices use `reshape` + `mean`.
+/// differentiable to any order. Candle's strided `mean` over the window goes element by
+/// element with index arithmetic, far slower. Other devices use `reshape` + `mean`.
 ///
 /// # Errors
 /// Fails on a tensor that is not 4-D.

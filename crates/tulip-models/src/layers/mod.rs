@@ -28,7 +28,8 @@ pub enum Mode {
     /// Evaluation: batch norm uses running statistics; dropout is off.
     Eval,
     /// Evaluation with every nonlinearity replaced by the identity (ReLU, the output
-    /// tanh), so that the whole network is an affine map (SPEC §2, weight-product norm).
+    /// tanh), so that the whole network is an affine map (docs/method.md §2,
+    /// weight-product norm).
     Linearised,
 }
 

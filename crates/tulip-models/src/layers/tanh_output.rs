@@ -4,8 +4,8 @@ use super::{BatchNorm, Mode};
 use crate::params::{Init, ParamBuilder};
 use crate::Result;
 
-/// The optional tanh output layer (SPEC §4): batch norm on the logits without affine
-/// terms, then `|t| · tanh(z / |t|)` with a learnable scalar `t` initialised to 1.
+/// The optional tanh output layer (docs/method.md §4): batch norm on the logits without
+/// affine terms, then `|t| · tanh(z / |t|)` with a learnable scalar `t` initialised to 1.
 ///
 /// It bounds every logit by `|t|`, which bounds the loss's sensitivity; in linearised
 /// mode it reduces to the (affine) batch norm.

@@ -237,8 +237,7 @@ pub type ChannelStatistics = (Vec<f64>, Vec<f64>);
 
 /// [`conv2d_s1`] (CPU only) and its output's [`ChannelStatistics`], taken plane by plane
 /// as the convolution writes them: training-mode batch norm, which follows most
-/// convolutions, then need not read the output twice more for them (a plain training step
-/// 3% faster).
+/// convolutions, then need not read the output twice more for them.
 ///
 /// # Errors
 /// Fails on a shape mismatch, or off the CPU.
@@ -479,7 +478,7 @@ impl CustomOp3 for ConvAffineRelu {
 /// `relu(conv2d_s1(x, w, padding)·scale_o + shift_o [+ skip])` for `scale`, `shift: [O]`
 /// and `skip` (the residual connection) of the output's shape: a convolution,
 /// evaluation-mode batch norm, residual add and ReLU in one pass over the output, and one
-/// node that keeps no pre-activation tensor (half the memory of an input-gradient pass).
+/// node that keeps no pre-activation tensor (less memory for an input-gradient pass).
 /// The fused op is used where nothing but `x` and `skip` can need a gradient (the kernel
 /// and coefficients are constants: a frozen view, or inference); otherwise, and on other
 /// devices, this is the separate ops.

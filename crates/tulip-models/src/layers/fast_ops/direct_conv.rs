@@ -7,13 +7,14 @@
 //! `Σ_c Σ_taps w[o,c,i,j] · xp[c, q + i·Wp + j]`: every tap is a plain shift of the whole
 //! array, so a tile of consecutive outputs reads consecutive inputs, whatever the row
 //! boundaries. The `k − 1` columns past `Wo` in each row are garbage and are dropped when
-//! the tile is copied out (6% extra work at 32×32, 25% at 8×8).
+//! the tile is copied out (`(k − 1)/Wo` extra work: 2/32 at 32×32, 2/8 at 8×8 for a 3×3
+//! kernel).
 //!
 //! A tile is `OB` output channels × `NV` vectors of consecutive positions, all held in
 //! registers while the kernel runs over every input channel and tap: one broadcast weight
-//! and one fused multiply-add per accumulator, `NV` loads per tap. At the ResNet sizes
-//! this runs at 190-270 GF/s on two AVX-512 cores, against 60-125 GF/s for im2col + GEMM
-//! (measured with the `layers` bench).
+//! and one fused multiply-add per accumulator, `NV` loads per tap. The `layers` bench
+//! measures its rate (`cargo bench -p tulip-models --bench layers conv`); the figures,
+//! against the im2col + GEMM it replaced, are in `bench/RESULTS.md`.
 //!
 //! The weight gradient is the same sum read the other way round: with the output
 //! gradient laid out padded-flat too (zeros in the garbage columns),
@@ -180,7 +181,7 @@ impl Flat {
     /// (cleared first) after `lead` elements, returned, that align it to 64 bytes (a cache
     /// line): block `b` is `[plane, n]`, position `q` of the padded plane holding channels
     /// `b·n ..` `+ n` (zeros past `C`). A block is then a slice of whole vectors, one per
-    /// position, and the weight gradient's loads never straddle two cache lines (+20%).
+    /// position, and the weight gradient's loads never straddle two cache lines.
     fn pad_channel_blocks<T: Lane>(
         &self,
         g: &ConvGeom,
@@ -196,7 +197,7 @@ impl Flat {
         for (c0, block) in (0..g.c).step_by(n).zip(blocks) {
             // Row by row, each channel's row read in order and written to every `n`-th
             // element: a padded row of the block is a few kB and stays in L1. (Gathering
-            // `n` channels per position instead, with `extend`, took 6% of a plain step.)
+            // `n` channels per position instead, with `extend`, was much slower.)
             for r in 0..g.h {
                 let at = ((g.ph + r) * self.row + g.pw) * n;
                 let dst = &mut block[at..][..g.w * n];
@@ -234,8 +235,8 @@ impl Flat {
 
 /// `dst.copy_from_slice(src)` for the short rows of an image plane, in blocks of 8 so that
 /// the compiler emits vector moves: `copy_from_slice` calls `memcpy`, and a step made
-/// millions of those calls for rows of 8 to 32 values (with the zero padding's `memset`s,
-/// about 10% of a training step).
+/// millions of those calls for rows of 8 to 32 values (with as many `memset`s for the
+/// zero padding).
 #[inline(always)]
 fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
     assert_eq!(dst.len(), src.len(), "copy_row: lengths differ");
@@ -314,7 +315,7 @@ pub(super) fn moments_of<T: Lane>(plane: &[T]) -> [f64; 3] {
 
 /// The sum of four vectors' lanes: the vectors added first, then the lanes in f64. (A
 /// function, not a closure, so that it is compiled for the caller's instruction set: as a
-/// closure summing all 64 lanes it was not, and took 1.5% of a plain training step.)
+/// closure summing all 64 lanes it was not, and showed in a plain step's profile.)
 #[inline(always)]
 fn lane_total<S: Simd, T: Lane>(simd: S, acc: [T::V<S>; 4]) -> f64 {
     let one = T::splat(simd, T::ONE);
@@ -710,7 +711,8 @@ impl<T: Lane> GradWeightImages<'_, T> {
         let mut xt = Vec::new();
         let mut partials = Vec::new();
         // A loop, not a closure: a closure does not inherit the instruction set this
-        // function is compiled for, and the kernel inlined into it ran 8x slower.
+        // function is compiled for, and the kernel inlined into it ran several times
+        // slower.
         for (x, gr) in x
             .chunks(IMAGES_PER_PARTIAL * per_in)
             .zip(gr.chunks(IMAGES_PER_PARTIAL * per_out))
@@ -753,8 +755,8 @@ impl<T: Lane> GradWeightImages<'_, T> {
                     let mut oo = 0;
                     while oo < o {
                         let at = |k: usize| ((oo + k) * taps.len()) * cp + cb;
-                        // Two outputs × nine taps: 18 accumulators (three spill, at a
-                        // third of the speed).
+                        // Two outputs × nine taps: 18 accumulators (three spill to
+                        // memory, which slows the kernel).
                         oo += if o - oo >= 2 {
                             dots.accumulate(
                                 simd,
