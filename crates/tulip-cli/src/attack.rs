@@ -10,7 +10,7 @@ use tulip_adversarial::attacks::{
     run_attack, AttackConfig, AttackKind, AttackNorm, AttackOutcome, AttackStatus,
 };
 use tulip_adversarial::AdversarialError;
-use tulip_eval::plot::{certified_scatter, robustness_curves, write_svg, Series};
+use tulip_eval::plot::{certified_scatter_for, robustness_curves_for, write_svg, Series, Subject};
 use tulip_eval::{
     certificate_violations, certified_pairs, misclassification_curve, read_certified_csv,
     write_attack_csv, AttackRecord, AttackSummary, DistanceNorm,
@@ -233,10 +233,19 @@ pub fn run(args: AttackArgs) -> anyhow::Result<ExitCode> {
         AttackNorm::L2 => DistanceNorm::L2,
         AttackNorm::Linf => DistanceNorm::Linf,
     };
+    let subject = Subject {
+        run: loaded.run.path().file_name().map_or_else(
+            || loaded.run.path().display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        ),
+        model: loaded.config.model.architecture.to_string(),
+        images: records.len(),
+    };
     write_svg(
         &svg,
-        &robustness_curves(
+        &robustness_curves_for(
             norm,
+            &subject,
             &[Series::new(&name, misclassification_curve(&records, norm))],
         ),
     )?;
@@ -252,7 +261,7 @@ pub fn run(args: AttackArgs) -> anyhow::Result<ExitCode> {
             .map(|(_, d, b)| (d, b))
             .collect();
         let scatter = out.join(format!("{name}-certified.svg"));
-        write_svg(&scatter, &certified_scatter(&pairs))?;
+        write_svg(&scatter, &certified_scatter_for(&subject, &pairs))?;
         written.push(scatter);
         violations = Some(certificate_violations(&certified, &records).len());
     }
