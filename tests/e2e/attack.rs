@@ -118,7 +118,7 @@ fn attack_writes_per_image_results_a_summary_and_the_curves() {
                 "{svg}"
             );
             // The chart says which run, model and how many images it shows.
-            let (_, config) = tulip_train::RunDir::open(&dir).unwrap();
+            let (_, config) = tulip_train::RunDir::open(dir).unwrap();
             let model = config.model.architecture.to_string();
             for needle in [model.as_str(), "24 images"] {
                 assert!(text.contains(needle), "{svg} lacks {needle:?}");

@@ -408,29 +408,10 @@ fn train(
 mod tests {
     use super::*;
 
-    /// A new empty directory, removed when dropped.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(name: &str) -> Self {
-            let dir =
-                std::env::temp_dir().join(format!("xtask-reproduce-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     #[test]
     fn a_step_is_done_by_its_marker_never_by_its_outputs() {
-        let out = Scratch::new("markers");
-        let run_dir = out.0.join("baseline");
+        let out = tempfile::tempdir().unwrap();
+        let run_dir = out.path().join("baseline");
         // What a crash (or a full disk) leaves: every output present, some of them empty,
         // and the training logs of a run that may not have finished.
         std::fs::create_dir_all(run_dir.join("attacks")).unwrap();
@@ -442,18 +423,18 @@ mod tests {
         ] {
             std::fs::write(run_dir.join(file), "").unwrap();
         }
-        std::fs::write(out.0.join("nn-attack.json"), "").unwrap();
+        std::fs::write(out.path().join("nn-attack.json"), "").unwrap();
         let deepfool = Step::Attack("deepfool", "l2");
         for step in [Step::Train, Step::Eval, deepfool] {
             assert!(!is_done(&run_dir, &step), "{step:?}");
         }
-        assert!(!is_done(&out.0, &Step::NnAttack));
+        assert!(!is_done(out.path(), &Step::NnAttack));
 
         mark_done(&run_dir, &Step::Eval).unwrap();
         mark_done(&run_dir, &deepfool).unwrap();
-        mark_done(&out.0, &Step::NnAttack).unwrap();
+        mark_done(out.path(), &Step::NnAttack).unwrap();
         assert!(is_done(&run_dir, &Step::Eval) && is_done(&run_dir, &deepfool));
-        assert!(is_done(&out.0, &Step::NnAttack));
+        assert!(is_done(out.path(), &Step::NnAttack));
         // Each marker is its own empty file; no temporary file is left beside it.
         assert!(!is_done(&run_dir, &Step::Train));
         assert!(!is_done(&run_dir, &Step::Attack("deepfool", "linf")));
@@ -472,20 +453,20 @@ mod tests {
 
     #[test]
     fn training_again_forgets_every_finished_step_of_the_run() {
-        let out = Scratch::new("clear");
-        let run_dir = out.0.join("baseline");
+        let out = tempfile::tempdir().unwrap();
+        let run_dir = out.path().join("baseline");
         clear_done(&run_dir).unwrap(); // nothing to forget yet
         let steps = [Step::Train, Step::Eval, Step::Attack("fgsm", "linf")];
         for step in &steps {
             mark_done(&run_dir, step).unwrap();
         }
-        mark_done(&out.0, &Step::NnAttack).unwrap();
+        mark_done(out.path(), &Step::NnAttack).unwrap();
         clear_done(&run_dir).unwrap();
         for step in &steps {
             assert!(!is_done(&run_dir, step), "{step:?}");
         }
         // The profile's own step is not the run's.
-        assert!(is_done(&out.0, &Step::NnAttack));
+        assert!(is_done(out.path(), &Step::NnAttack));
     }
 
     #[test]

@@ -1103,25 +1103,6 @@ mod tests {
     use super::*;
     use tulip_eval::{write_attack_csv, write_certified_csv};
 
-    /// A new empty directory, removed when dropped.
-    struct Scratch(std::path::PathBuf);
-
-    impl Scratch {
-        fn new(name: &str) -> Self {
-            let dir =
-                std::env::temp_dir().join(format!("xtask-results-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     fn profile(attacks: &[&str]) -> Profile {
         Profile {
             description: "test profile".into(),
@@ -1380,7 +1361,7 @@ mod tests {
 
     #[test]
     fn the_table_keeps_pgd_apart_aggregates_seeds_and_shows_what_is_missing() {
-        let out = Scratch::new("table");
+        let out = tempfile::tempdir().unwrap();
         let p = profile(&[
             "deepfool:l2",
             "deepfool:linf",
@@ -1401,17 +1382,17 @@ mod tests {
             AttackRecord::failed(3, 1, 1),
         ];
         write_run(
-            &out.0.join("baseline"),
+            &out.path().join("baseline"),
             8.0,
             &[("deepfool-l2", deepfool.clone()), ("pgd-l2", pgd.clone())],
         );
         write_run(
-            &out.0.join("baseline-seed1"),
+            &out.path().join("baseline-seed1"),
             9.0,
             &[("deepfool-l2", deepfool.clone()), ("pgd-l2", pgd.clone())],
         );
         // A PGD CSV without its marker (cut short): not read.
-        std::fs::remove_file(out.0.join("baseline-seed1/done/attack-pgd-l2")).unwrap();
+        std::fs::remove_file(out.path().join("baseline-seed1/done/attack-pgd-l2")).unwrap();
         let runs: BTreeMap<String, RunFile> = ["baseline", "baseline-seed1", "j1"]
             .iter()
             .map(|n| {
@@ -1422,7 +1403,7 @@ mod tests {
                 (n.to_string(), run)
             })
             .collect();
-        let grid = Grid::collect(&p, &runs, &out.0).unwrap();
+        let grid = Grid::collect(&p, &runs, out.path()).unwrap();
 
         let base = &grid.runs[0];
         // The minimum distances are DeepFool's alone: {0.5, 0.7, 0, 0.9}.
@@ -1502,24 +1483,24 @@ mod tests {
             .contains("test profile, 2 of 3 runs · resnet22 · 4 images"));
         assert!(plots[2].1.contains("baseline · resnet22 · 3 images"));
 
-        write(&grid, "test", &out.0).unwrap();
+        write(&grid, "test", out.path()).unwrap();
         for f in [
             "results.md",
             "results.csv",
             "robustness-l2.svg",
             "certified-baseline.svg",
         ] {
-            assert!(out.0.join(f).is_file(), "{f}");
+            assert!(out.path().join(f).is_file(), "{f}");
         }
     }
 
     #[test]
     fn a_violation_stops_the_table_before_anything_is_written() {
-        let out = Scratch::new("violation");
+        let out = tempfile::tempdir().unwrap();
         let p = profile(&["deepfool:l2"]);
         // The bounds are 0.01; DeepFool finds image 1 at 0.005.
         write_run(
-            &out.0.join("baseline"),
+            &out.path().join("baseline"),
             8.0,
             &[(
                 "deepfool-l2",
@@ -1536,9 +1517,9 @@ mod tests {
                 train: Vec::new(),
             },
         )]);
-        let grid = Grid::collect(&p, &runs, &out.0).unwrap();
-        let err = write(&grid, "test", &out.0).unwrap_err().to_string();
+        let grid = Grid::collect(&p, &runs, out.path()).unwrap();
+        let err = write(&grid, "test", out.path()).unwrap_err().to_string();
         assert!(err.contains("run baseline, image 1"), "{err}");
-        assert!(!out.0.join("results.md").exists());
+        assert!(!out.path().join("results.md").exists());
     }
 }
