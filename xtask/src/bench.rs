@@ -684,7 +684,7 @@ pub fn run_case(args: &CaseArgs) -> Result<()> {
             let y = Tensor::new(labels, &device)?;
             let x = synthetic_batch(kind, batch, &device)?;
             let batch_max = |x: &Tensor, y: &Tensor| -> Result<f32> {
-                let (_, g) = tulip_penalties::input_gradient(&model, x, y, false)?;
+                let g = tulip_penalties::input_gradient(&model, x, y, false)?.gradient;
                 Ok(tulip_penalties::row_norms(&g, Norm::L2)?
                     .max(0)?
                     .to_scalar::<f32>()?)

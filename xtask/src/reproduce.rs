@@ -482,7 +482,7 @@ mod tests {
                     epsilon,
                 } = AttackSpec::parse(spec).unwrap();
                 let kind: tulip_adversarial::AttackKind = attack.parse().unwrap();
-                let norm: tulip_adversarial::AttackNorm = norm.parse().unwrap();
+                let norm: tulip_adversarial::Norm = norm.parse().unwrap();
                 assert!(kind.valid_norms().contains(&norm), "{profile}: {spec}");
                 assert_eq!(
                     epsilon.is_some(),

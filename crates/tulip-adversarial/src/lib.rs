@@ -31,17 +31,22 @@
 #![warn(missing_docs)]
 
 pub mod attacks;
+mod budget;
 mod error;
 mod pgd;
 mod single_step;
+mod step;
 
 pub use attacks::{
-    run_attack, run_attack_with_adversarials, AttackConfig, AttackKind, AttackNorm, AttackOutcome,
-    AttackRun, AttackStatus,
+    run_attack, run_attack_with_adversarials, AttackConfig, AttackKind, AttackOutcome, AttackRun,
+    AttackStatus,
 };
+pub use budget::parse_fraction;
 pub use error::{AdversarialError, Result};
 pub use pgd::{PgdConfig, PgdConfigBuilder, PgdLinf};
 pub use single_step::{Fgsm, GradientAscent, MaxEntry};
+/// The norm of perturbations and distances: the same type as the penalties'.
+pub use tulip_penalties::Norm;
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -103,7 +108,9 @@ impl PerturbationKind {
         match self {
             PerturbationKind::J1 { epsilon }
             | PerturbationKind::J2 { epsilon }
-            | PerturbationKind::Jinf { epsilon } => check_epsilon(self.name(), *epsilon),
+            | PerturbationKind::Jinf { epsilon } => {
+                budget::check_non_negative(self.name(), "epsilon", *epsilon)
+            }
             PerturbationKind::PgdInf(cfg) => cfg.validate(),
         }
     }
@@ -129,15 +136,5 @@ impl PerturbationKind {
             PerturbationKind::Jinf { epsilon } => Box::new(MaxEntry::new(*epsilon)?),
             PerturbationKind::PgdInf(cfg) => Box::new(PgdLinf::new(*cfg)?.with_first_call(calls)),
         })
-    }
-}
-
-pub(crate) fn check_epsilon(name: &str, epsilon: f64) -> Result<()> {
-    if epsilon.is_finite() && epsilon >= 0.0 {
-        Ok(())
-    } else {
-        Err(AdversarialError::InvalidConfig(format!(
-            "{name}: epsilon must be finite and non-negative, got {epsilon}"
-        )))
     }
 }

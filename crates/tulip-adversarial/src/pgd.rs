@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use tulip_models::Classifier;
 use tulip_penalties::input_gradient;
 
+use crate::budget::{check_positive, parse_fraction};
+use crate::step::linf_ascent_step;
 use crate::{AdversarialError, Perturbation, Result};
 
 /// Configuration of [`PgdLinf`]. Defaults: ε = 8/255, 10 steps of 2/255, random start, seed 0.
@@ -64,21 +66,12 @@ impl PgdConfig {
     /// # Errors
     /// [`AdversarialError::InvalidConfig`] naming the offending field.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(AdversarialError::InvalidConfig(format!("pgd-inf: {m}")));
-        if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
-            return bad(format!(
-                "eps must be positive and finite, got {}",
-                self.epsilon
-            ));
-        }
-        if !(self.step_size.is_finite() && self.step_size > 0.0) {
-            return bad(format!(
-                "step-size must be positive and finite, got {}",
-                self.step_size
-            ));
-        }
+        check_positive("pgd-inf", "eps", self.epsilon)?;
+        check_positive("pgd-inf", "step-size", self.step_size)?;
         if self.steps == 0 {
-            return bad("steps must be at least 1".into());
+            return Err(AdversarialError::InvalidConfig(
+                "pgd-inf: steps must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -96,15 +89,8 @@ impl fmt::Display for PgdConfig {
 }
 
 fn parse_number(key: &str, value: &str) -> std::result::Result<f64, String> {
-    let number = |s: &str| s.trim().parse::<f64>().ok();
-    let v = match value.split_once('/') {
-        Some((a, b)) => match (number(a), number(b)) {
-            (Some(a), Some(b)) if b != 0.0 => Some(a / b),
-            _ => None,
-        },
-        None => number(value),
-    };
-    v.ok_or_else(|| format!("{key}: {value:?} is not a number (e.g. 0.031 or 8/255)"))
+    parse_fraction(value)
+        .ok_or_else(|| format!("{key}: {value:?} is not a number (e.g. 0.031 or 8/255)"))
 }
 
 fn parse_bool(key: &str, value: &str) -> std::result::Result<bool, String> {
@@ -279,21 +265,17 @@ impl Perturbation for PgdLinf {
 
     fn perturb(&self, model: &dyn Classifier, x: &Tensor, labels: &Tensor) -> Result<Tensor> {
         let x = x.detach();
-        let eps = self.cfg.epsilon;
-        let lower = x.affine(1.0, -eps)?;
-        let upper = x.affine(1.0, eps)?;
+        let batch = x.dim(0)?;
+        let step = vec![self.cfg.step_size; batch];
+        let radius = vec![self.cfg.epsilon; batch];
         let mut adv = if self.cfg.random_start {
             self.random_start(&x)?
         } else {
             x.clone()
         };
         for _ in 0..self.cfg.steps {
-            let (_, g) = input_gradient(model, &adv, labels, false)?;
-            let step = (g.sign()? * self.cfg.step_size)?;
-            adv = (adv + step)?
-                .maximum(&lower)?
-                .minimum(&upper)?
-                .clamp(0f64, 1f64)?;
+            let g = input_gradient(model, &adv, labels, false)?.gradient;
+            adv = linf_ascent_step(&x, &adv, &g, &step, &radius)?;
         }
         Ok(adv.detach())
     }

@@ -4,7 +4,8 @@ use candle_core::Tensor;
 use tulip_models::Classifier;
 use tulip_penalties::{input_gradient, steepest_ascent_direction, Norm};
 
-use crate::{check_epsilon, Perturbation, Result};
+use crate::budget::check_non_negative;
+use crate::{Perturbation, Result};
 
 /// `x + ε·scale·d` with `d` the steepest-ascent direction of `norm` for the input gradient of
 /// the loss at the clean batch, in evaluation mode.
@@ -17,7 +18,7 @@ fn gradient_step(
     scale: f64,
 ) -> Result<Tensor> {
     let x = x.detach();
-    let (_, g) = input_gradient(model, &x, labels, false)?;
+    let g = input_gradient(model, &x, labels, false)?.gradient;
     let d = steepest_ascent_direction(&g, norm)?;
     Ok((x + (d * (epsilon * scale))?)?.detach())
 }
@@ -41,7 +42,7 @@ impl Fgsm {
     /// # Errors
     /// [`crate::AdversarialError::InvalidConfig`] unless `epsilon` is finite and ≥ 0.
     pub fn new(epsilon: f64) -> Result<Self> {
-        check_epsilon("j1", epsilon)?;
+        check_non_negative("j1", "epsilon", epsilon)?;
         Ok(Self { epsilon })
     }
 }
@@ -70,7 +71,7 @@ impl GradientAscent {
     /// # Errors
     /// [`crate::AdversarialError::InvalidConfig`] unless `epsilon` is finite and ≥ 0.
     pub fn new(epsilon: f64) -> Result<Self> {
-        check_epsilon("j2", epsilon)?;
+        check_non_negative("j2", "epsilon", epsilon)?;
         Ok(Self { epsilon })
     }
 }
@@ -99,7 +100,7 @@ impl MaxEntry {
     /// # Errors
     /// [`crate::AdversarialError::InvalidConfig`] unless `epsilon` is finite and ≥ 0.
     pub fn new(epsilon: f64) -> Result<Self> {
-        check_epsilon("jinf", epsilon)?;
+        check_non_negative("jinf", "epsilon", epsilon)?;
         Ok(Self { epsilon })
     }
 }

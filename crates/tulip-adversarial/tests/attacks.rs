@@ -10,7 +10,7 @@ use candle_core::{DType, Result as CResult, Tensor};
 use common::{images, vec1, TinyConv, DEV, TINY_CLASSES, TINY_SHAPE};
 use tulip_adversarial::{
     run_attack, run_attack_with_adversarials, AdversarialError, AttackConfig, AttackKind,
-    AttackNorm, AttackOutcome, AttackStatus,
+    AttackOutcome, AttackStatus, Norm,
 };
 use tulip_models::testing::Affine;
 use tulip_models::{Classifier, ParamBuilder, Params};
@@ -65,24 +65,25 @@ impl Lin {
 
     /// The minimum distance (without the box) from `x` to a point not classified `y`, and
     /// that point: over `k ≠ y`, `(f_y − f_k)/‖w_y − w_k‖_q` with `q` dual to `norm`.
-    fn minimum(&self, x: &[f64], y: usize, norm: AttackNorm) -> (f64, Vec<f64>) {
+    fn minimum(&self, x: &[f64], y: usize, norm: Norm) -> (f64, Vec<f64>) {
         let f = self.logits(x);
         let mut best = (f64::INFINITY, x.to_vec());
         for k in (0..f.len()).filter(|&k| k != y) {
             let w: Vec<f64> = (0..x.len()).map(|j| self.w[y][j] - self.w[k][j]).collect();
             let gap = f[y] - f[k];
             let (d, point) = match norm {
-                AttackNorm::L2 => {
+                Norm::L2 => {
                     let q2: f64 = w.iter().map(|v| v * v).sum();
                     let d = gap / q2.sqrt();
                     (d, (0..x.len()).map(|j| x[j] - gap / q2 * w[j]).collect())
                 }
-                AttackNorm::Linf => {
+                Norm::Linf => {
                     let q1: f64 = w.iter().map(|v| v.abs()).sum();
                     let d = gap / q1;
                     let p = (0..x.len()).map(|j| x[j] - d * w[j].signum()).collect();
                     (d, p)
                 }
+                Norm::L1 => unreachable!("no attack is defined in L1"),
             };
             if d < best.0 {
                 best = (d, point);
@@ -193,8 +194,8 @@ fn attack_affine(
     let mut out = Vec::new();
     for (i, o) in run.outcomes.iter().enumerate() {
         let y = labels[i] as usize;
-        let (m2, p2) = lin.minimum(&xs[i], y, AttackNorm::L2);
-        let (minf, pinf) = lin.minimum(&xs[i], y, AttackNorm::Linf);
+        let (m2, p2) = lin.minimum(&xs[i], y, Norm::L2);
+        let (minf, pinf) = lin.minimum(&xs[i], y, Norm::Linf);
         let name = format!("{} {} image {i}", cfg.kind, cfg.norm);
         assert_eq!(o.label as usize, y);
         assert_eq!(o.clean_prediction as usize, lin.predict(&xs[i]), "{name}");
@@ -221,8 +222,9 @@ fn attack_affine(
             );
         }
         let (m, point) = match cfg.norm {
-            AttackNorm::L2 => (m2, p2),
-            AttackNorm::Linf => (minf, pinf),
+            Norm::L2 => (m2, p2),
+            Norm::Linf => (minf, pinf),
+            Norm::L1 => unreachable!("no attack is defined in L1"),
         };
         out.push((*o, m, in_box(&point)));
     }
@@ -236,7 +238,7 @@ fn all_configs(pgd_l2: f64, pgd_linf: f64) -> Vec<AttackConfig> {
     for kind in AttackKind::ALL {
         for &norm in kind.valid_norms() {
             let cfg = match kind {
-                AttackKind::Pgd if norm == AttackNorm::L2 => AttackConfig::pgd(norm, pgd_l2),
+                AttackKind::Pgd if norm == Norm::L2 => AttackConfig::pgd(norm, pgd_l2),
                 AttackKind::Pgd => AttackConfig::pgd(norm, pgd_linf),
                 AttackKind::Boundary => AttackConfig::new(kind, norm).with_steps(300),
                 _ => AttackConfig::new(kind, norm),
@@ -251,11 +253,7 @@ const SHAPE: (usize, usize, usize) = (1, 8, 8);
 
 #[test]
 fn deepfool_finds_the_closed_form_minimum_on_a_multiclass_affine_model() {
-    for (seed, norm) in [
-        (1, AttackNorm::L2),
-        (2, AttackNorm::Linf),
-        (3, AttackNorm::L2),
-    ] {
+    for (seed, norm) in [(1, Norm::L2), (2, Norm::Linf), (3, Norm::L2)] {
         let lin = Lin::random(seed, SHAPE, 5, 1.0);
         let (x, y) = batch(&lin, 8, seed + 10, 0.4);
         let cfg = AttackConfig::new(AttackKind::DeepFool, norm);
@@ -263,7 +261,7 @@ fn deepfool_finds_the_closed_form_minimum_on_a_multiclass_affine_model() {
         for (o, m, box_free) in attack_affine(&lin, &x, &y, &cfg) {
             assert_eq!(o.status, AttackStatus::Found);
             if box_free {
-                let d = o.distance(norm);
+                let d = o.distance(norm).expect("found");
                 assert!(
                     d <= m * 1.03 * (1.0 + cfg.overshoot),
                     "{norm}: {d} vs minimum {m}"
@@ -285,18 +283,18 @@ fn single_step_and_iterative_attacks_are_near_optimal_on_a_binary_affine_model()
     let lin = Lin::random(7, SHAPE, 2, 1.0);
     let (x, y) = batch(&lin, 6, 17, 0.3);
     let cases = [
-        (AttackKind::Fgsm, AttackNorm::Linf, 1.0 + 1e-4),
-        (AttackKind::Gradient, AttackNorm::L2, 1.0 + 1e-4),
-        (AttackKind::Iterative, AttackNorm::Linf, 1.1),
-        (AttackKind::Iterative, AttackNorm::L2, 1.1),
-        (AttackKind::DeepFool, AttackNorm::L2, 1.02 * (1.0 + 1e-6)),
+        (AttackKind::Fgsm, Norm::Linf, 1.0 + 1e-4),
+        (AttackKind::Gradient, Norm::L2, 1.0 + 1e-4),
+        (AttackKind::Iterative, Norm::Linf, 1.1),
+        (AttackKind::Iterative, Norm::L2, 1.1),
+        (AttackKind::DeepFool, Norm::L2, 1.02 * (1.0 + 1e-6)),
     ];
     for (kind, norm, factor) in cases {
         let cfg = AttackConfig::new(kind, norm);
         for (o, m, box_free) in attack_affine(&lin, &x, &y, &cfg) {
             assert!(box_free, "the test images must not make the box bind");
             assert_eq!(o.status, AttackStatus::Found, "{kind} {norm}");
-            let d = o.distance(norm);
+            let d = o.distance(norm).expect("found");
             assert!(d <= m * factor, "{kind} {norm}: {d} vs minimum {m}");
         }
     }
@@ -307,18 +305,14 @@ fn iterative_attacks_are_within_ten_percent_on_a_multiclass_affine_model() {
     // The cross-entropy gradient points at the nearest boundary only when the other
     // classes' probabilities are negligible there: large weights make the logits spread
     // widely, as in a trained classifier (with weights of order 1 the attack is ~12% off).
-    for (seed, norm) in [
-        (4, AttackNorm::L2),
-        (5, AttackNorm::Linf),
-        (6, AttackNorm::Linf),
-    ] {
+    for (seed, norm) in [(4, Norm::L2), (5, Norm::Linf), (6, Norm::Linf)] {
         let lin = Lin::random(seed, SHAPE, 4, 10.0);
         let (x, y) = batch(&lin, 6, seed + 20, 0.4);
         let cfg = AttackConfig::new(AttackKind::Iterative, norm);
         for (o, m, box_free) in attack_affine(&lin, &x, &y, &cfg) {
             assert_eq!(o.status, AttackStatus::Found);
             if box_free {
-                let d = o.distance(norm);
+                let d = o.distance(norm).expect("found");
                 assert!(d <= m * 1.1, "{norm}: {d} vs minimum {m}");
             }
         }
@@ -373,7 +367,7 @@ fn attacks_work_in_f32() {
 fn boundary_attack_approaches_the_minimum() {
     let lin = Lin::random(31, (1, 4, 4), 3, 1.0);
     let (x, y) = batch(&lin, 4, 8, 0.4);
-    let cfg = AttackConfig::new(AttackKind::Boundary, AttackNorm::L2)
+    let cfg = AttackConfig::new(AttackKind::Boundary, Norm::L2)
         .with_steps(1500)
         .with_seed(1);
     let results = attack_affine(&lin, &x, &y, &cfg);
@@ -437,7 +431,7 @@ fn an_unfoolable_model_gives_failures_not_zero_distances() {
 fn pgd_succeeds_exactly_when_the_ball_reaches_the_boundary() {
     let lin = Lin::random(51, SHAPE, 2, 1.0);
     let (x, y) = batch(&lin, 5, 3, 0.3);
-    for norm in [AttackNorm::L2, AttackNorm::Linf] {
+    for norm in [Norm::L2, Norm::Linf] {
         let minima: Vec<f64> = attack_affine(&lin, &x, &y, &AttackConfig::pgd(norm, 1e-3))
             .iter()
             .map(|(o, m, _)| {
@@ -465,7 +459,7 @@ fn pgd_succeeds_exactly_when_the_ball_reaches_the_boundary() {
                     AttackStatus::Found,
                     "{norm}: ε above every minimum"
                 );
-                assert!(o.distance(norm) <= 1.2 * hi * (1.0 + 1e-9));
+                assert!(o.distance(norm).expect("found") <= 1.2 * hi * (1.0 + 1e-9));
             }
         }
     }
@@ -475,7 +469,7 @@ fn pgd_succeeds_exactly_when_the_ball_reaches_the_boundary() {
 fn batching_does_not_change_deepfool() {
     let lin = Lin::random(61, (1, 4, 4), 4, 1.0);
     let (x, y) = batch(&lin, 4, 2, 0.5);
-    let cfg = AttackConfig::new(AttackKind::DeepFool, AttackNorm::Linf);
+    let cfg = AttackConfig::new(AttackKind::DeepFool, Norm::Linf);
     let together = run_attack(&lin.model, &x, &y, &cfg).unwrap();
     for (i, t) in together.iter().enumerate() {
         let xi = x.narrow(0, i, 1).unwrap();
@@ -519,7 +513,7 @@ fn attacks_on_a_conv_net_return_misclassified_images_in_the_unit_box() {
                     assert!((linf(&delta) - o.linf).abs() < 1e-9);
                     if cfg.kind == AttackKind::Pgd {
                         let eps = cfg.epsilon.unwrap();
-                        assert!(o.distance(cfg.norm) <= eps * (1.0 + 1e-9));
+                        assert!(o.distance(cfg.norm).expect("found") <= eps * (1.0 + 1e-9));
                     }
                 }
                 AttackStatus::AlreadyMisclassified => assert_ne!(o.clean_prediction, o.label),
@@ -536,9 +530,9 @@ fn attacks_on_a_conv_net_return_misclassified_images_in_the_unit_box() {
 #[test]
 fn invalid_combinations_are_clear_errors() {
     for (kind, norm, valid) in [
-        (AttackKind::Fgsm, AttackNorm::L2, "linf"),
-        (AttackKind::Gradient, AttackNorm::Linf, "l2"),
-        (AttackKind::Boundary, AttackNorm::Linf, "l2"),
+        (AttackKind::Fgsm, Norm::L2, "linf"),
+        (AttackKind::Gradient, Norm::Linf, "l2"),
+        (AttackKind::Boundary, Norm::Linf, "l2"),
     ] {
         let err = AttackConfig::new(kind, norm)
             .validate()
@@ -555,19 +549,17 @@ fn invalid_combinations_are_clear_errors() {
             Err(AdversarialError::InvalidConfig(_))
         ));
     }
-    let err = AttackConfig::new(AttackKind::Pgd, AttackNorm::L2)
+    let err = AttackConfig::new(AttackKind::Pgd, Norm::L2)
         .validate()
         .unwrap_err();
     assert!(err.to_string().contains("epsilon"), "{err}");
-    let err = AttackConfig::new(AttackKind::DeepFool, AttackNorm::L2)
+    let err = AttackConfig::new(AttackKind::DeepFool, Norm::L2)
         .with_epsilon(0.1)
         .validate()
         .unwrap_err();
     assert!(err.to_string().contains("deepfool"), "{err}");
-    assert!(AttackConfig::pgd(AttackNorm::Linf, -1.0)
-        .validate()
-        .is_err());
-    assert!(AttackConfig::new(AttackKind::DeepFool, AttackNorm::L2)
+    assert!(AttackConfig::pgd(Norm::Linf, -1.0).validate().is_err());
+    assert!(AttackConfig::new(AttackKind::DeepFool, Norm::L2)
         .with_steps(0)
         .validate()
         .is_err());
@@ -608,7 +600,7 @@ fn clean_logits_that_overflow_are_an_error_naming_the_image() {
         &model,
         &x.narrow(0, 0, 1).unwrap(),
         &y.narrow(0, 0, 1).unwrap(),
-        &AttackConfig::new(AttackKind::DeepFool, AttackNorm::L2),
+        &AttackConfig::new(AttackKind::DeepFool, Norm::L2),
     )
     .unwrap();
     assert_eq!(outcomes.len(), 1);
@@ -625,13 +617,20 @@ fn names_parse_and_round_trip() {
         AttackKind::DeepFool
     );
     assert_eq!("bim".parse::<AttackKind>().unwrap(), AttackKind::Iterative);
-    assert_eq!("l2".parse::<AttackNorm>().unwrap(), AttackNorm::L2);
-    assert_eq!("linf".parse::<AttackNorm>().unwrap(), AttackNorm::Linf);
-    assert_eq!("inf".parse::<AttackNorm>().unwrap(), AttackNorm::Linf);
+    assert_eq!("l2".parse::<Norm>().unwrap(), Norm::L2);
+    assert_eq!("linf".parse::<Norm>().unwrap(), Norm::Linf);
+    assert_eq!("inf".parse::<Norm>().unwrap(), Norm::Linf);
     let err = "cw".parse::<AttackKind>().unwrap_err().to_string();
     assert!(err.contains("deepfool") && err.contains("cw"), "{err}");
-    assert!("l1".parse::<AttackNorm>().is_err());
-    let cfg = AttackConfig::pgd(AttackNorm::Linf, 8.0 / 255.0);
+    // One norm type for penalties and attacks: L1 parses, and no attack is defined in it.
+    assert_eq!("l1".parse::<Norm>().unwrap(), Norm::L1);
+    assert!("l3".parse::<Norm>().is_err());
+    let err = AttackConfig::new(AttackKind::DeepFool, Norm::L1)
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("l1") && err.contains("l2, linf"), "{err}");
+    let cfg = AttackConfig::pgd(Norm::Linf, 8.0 / 255.0);
     let json = serde_json::to_string(&cfg).unwrap();
     assert!(
         json.contains("\"pgd\"") && json.contains("\"linf\""),
@@ -652,7 +651,7 @@ fn boundary_attack_starts_from_another_class_when_noise_is_never_misclassified()
     )
     .unwrap();
     let y = Tensor::new(&[1u32, 0], &DEV).unwrap();
-    let cfg = AttackConfig::new(AttackKind::Boundary, AttackNorm::L2).with_steps(500);
+    let cfg = AttackConfig::new(AttackKind::Boundary, Norm::L2).with_steps(500);
     let results = attack_affine(&lin, &x, &y, &cfg);
     for (o, m, _) in &results {
         assert_eq!(o.status, AttackStatus::Found);

@@ -82,7 +82,7 @@ proptest! {
         let model = Affine::new(seed, SHAPE, CLASSES);
         let (x, y) = (images(b, SHAPE, seed + 1), labels(b, CLASSES, seed));
         let adv = MaxEntry::new(eps).unwrap().perturb(&model, &x, &y).unwrap();
-        let (_, g) = input_gradient(&model, &x, &y, false).unwrap();
+        let g = input_gradient(&model, &x, &y, false).unwrap().gradient;
         let g = vec1(&g);
         for (i, d) in deltas(&adv, &x, N).iter().enumerate() {
             let moved: Vec<usize> = (0..N).filter(|&j| d[j] != 0.0).collect();
@@ -131,7 +131,7 @@ proptest! {
 /// its input gradient (docs/method.md §3): J1 `ε/√N‖∇ℓ‖₁`, J2 `ε‖∇ℓ‖₂`, J∞ `ε‖∇ℓ‖_∞`.
 fn check_first_order(model: &dyn Classifier, x: &Tensor, y: &Tensor, n: usize) {
     let eps = 1e-5;
-    let (_, g) = input_gradient(model, x, y, false).unwrap();
+    let g = input_gradient(model, x, y, false).unwrap().gradient;
     let clean = losses(model, x, y);
     let cases: [(Box<dyn Perturbation>, Norm, f64); 3] = [
         (
@@ -227,7 +227,7 @@ fn one_large_pgd_step_from_the_clean_point_is_the_clipped_sign_step() {
         .build()
         .unwrap();
     let adv = PgdLinf::new(cfg).unwrap().perturb(&model, &x, &y).unwrap();
-    let (_, g) = input_gradient(&model, &x, &y, false).unwrap();
+    let g = input_gradient(&model, &x, &y, false).unwrap().gradient;
     let want = (&x + (g.sign().unwrap() * eps).unwrap())
         .unwrap()
         .clamp(0f64, 1f64)
@@ -277,7 +277,7 @@ fn perturbations_run_the_model_in_evaluation_mode() {
         .perturb(&model, &x, &y)
         .unwrap();
     let step = |train: bool| {
-        let (_, g) = input_gradient(&model, &x, &y, train).unwrap();
+        let g = input_gradient(&model, &x, &y, train).unwrap().gradient;
         let n = row_norms(&g, Norm::L2)
             .unwrap()
             .reshape((4, 1, 1, 1))

@@ -6,19 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use tulip_adversarial::attacks::{
-    run_attack, AttackConfig, AttackKind, AttackNorm, AttackOutcome, AttackStatus,
-};
-use tulip_adversarial::AdversarialError;
-use tulip_eval::plot::{certified_scatter_for, robustness_curves_for, write_svg, Series, Subject};
-use tulip_eval::{
-    certificate_violations, certified_pairs, misclassification_curve, read_certified_csv,
-    write_attack_csv, AttackRecord, AttackSummary, DistanceNorm,
-};
-use tulip_train::DeviceChoice;
+use tulip_adversarial::{AdversarialError, AttackConfig, AttackKind, Norm};
+use tulip_eval::plot::Subject;
+use tulip_eval::{attack_split, read_certified_csv, write_attack_files, AttackSummary, EvalError};
+use tulip_train::{DeviceChoice, RunSource};
 
 use crate::eval::CERTIFIED_CSV;
-use crate::run_loading::{load_run, RunSource};
 
 /// Flags of `tulip attack`.
 #[derive(Args, Debug)]
@@ -52,7 +45,7 @@ pub struct AttackArgs {
     attack: AttackKind,
     /// The norm it minimises (for pgd: the norm of the ε-ball).
     #[arg(long, value_parser = parse_norm)]
-    norm: AttackNorm,
+    norm: Norm,
     /// Attack the first N test images.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     images: usize,
@@ -100,44 +93,16 @@ fn parse_kind(s: &str) -> Result<AttackKind, String> {
     s.parse::<AttackKind>().map_err(|e| e.to_string())
 }
 
-fn parse_norm(s: &str) -> Result<AttackNorm, String> {
-    s.parse::<AttackNorm>().map_err(|e| e.to_string())
+fn parse_norm(s: &str) -> Result<Norm, String> {
+    s.parse::<Norm>()
 }
 
 /// A non-negative number, or a fraction `a/b` (budgets are often written `8/255`).
 fn parse_number(s: &str) -> Result<f64, String> {
-    let value = match s.split_once('/') {
-        Some((a, b)) => {
-            let a: f64 = a
-                .trim()
-                .parse()
-                .map_err(|_| format!("{s:?} is not a number"))?;
-            let b: f64 = b
-                .trim()
-                .parse()
-                .map_err(|_| format!("{s:?} is not a number"))?;
-            a / b
-        }
-        None => s
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?} is not a number"))?,
-    };
-    if !value.is_finite() || value < 0.0 {
-        return Err(format!("{s:?} must be a finite number ≥ 0"));
-    }
-    Ok(value)
-}
-
-fn record(index: usize, o: &AttackOutcome) -> AttackRecord {
-    match o.status {
-        AttackStatus::AlreadyMisclassified => {
-            AttackRecord::already_misclassified(index, o.label, o.clean_prediction)
-        }
-        AttackStatus::Found => {
-            AttackRecord::found(index, o.label, o.adversarial_prediction, o.l2, o.linf)
-        }
-        AttackStatus::Failed => AttackRecord::failed(index, o.label, o.clean_prediction),
+    match tulip_adversarial::parse_fraction(s) {
+        Some(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        Some(_) => Err(format!("{s:?} must be a finite number ≥ 0")),
+        None => Err(format!("{s:?} is not a number (e.g. 0.5 or 8/255)")),
     }
 }
 
@@ -162,12 +127,12 @@ pub fn run(args: AttackArgs) -> anyhow::Result<ExitCode> {
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("--attack/--norm: {e}"))?;
 
-    let loaded = load_run(&RunSource {
+    let loaded = crate::run_loading::load(RunSource {
         dir: &args.run_dir,
         checkpoint: args.checkpoint.as_deref(),
         data: args.data.as_deref(),
         device: args.device,
-        limit: Some(args.images),
+        test_limit: Some(args.images),
     })?;
     let test = &loaded.test;
     let name = format!("{}-{}", args.attack.name(), args.norm.name());
@@ -180,97 +145,71 @@ pub fn run(args: AttackArgs) -> anyhow::Result<ExitCode> {
     );
 
     let bar = crate::progress::bar(test.len() as u64, name.clone(), "images");
-    let batch = args.batch_size.min(test.len());
-    let loader = tulip_data::Loader::test(test, batch, &loaded.device)?;
-    let mut records = Vec::with_capacity(test.len());
+    let mut attacked = 0;
     let mut failed = 0;
-    for (b, item) in loader.epoch(0).enumerate() {
-        let item = item?;
-        // Each batch its own random streams (the attack seeds image i of a batch with
-        // stream i), so results do not depend on where a batch starts.
-        let batch_cfg = cfg.with_seed(args.seed.wrapping_add(b as u64 * 1_000_003));
-        let start = records.len();
-        let outcomes = run_attack(&loaded.model, &item.images, &item.labels, &batch_cfg).map_err(
-            |e| match e {
-                // The library counts within the batch; the user knows the test set.
-                AdversarialError::NonFiniteCleanLogits { image } => anyhow::anyhow!(
-                    "test image {}: the model's clean logits are not finite (inf or NaN), so \
-                     its prediction and any attack distance would be meaningless; {} \
-                     overflows on this input (its weights are finite but too large)",
-                    start + image,
-                    loaded.checkpoint.display()
-                ),
-                e => e.into(),
-            },
-        )?;
-        records.extend(
-            outcomes
-                .iter()
-                .enumerate()
-                .map(|(i, o)| record(start + i, o)),
-        );
-        failed += outcomes
-            .iter()
-            .filter(|o| o.status == AttackStatus::Failed)
-            .count();
-        bar.set_message(format!("({failed} failed)"));
-        bar.set_position(records.len() as u64);
-    }
+    let outcomes = attack_split(
+        &loaded.model,
+        test,
+        &cfg,
+        args.batch_size,
+        &loaded.device,
+        |batch| {
+            attacked += batch.len();
+            failed += batch.iter().filter(|o| !o.is_misclassified()).count();
+            bar.set_message(format!("({failed} failed)"));
+            bar.set_position(attacked as u64);
+        },
+    )
+    .map_err(|e| match e {
+        // The library names the image; the user also needs to know which weights overflow.
+        EvalError::Attack(e) => match *e {
+            AdversarialError::NonFiniteCleanLogits { image } => anyhow::anyhow!(
+                "test image {image}: the model's clean logits are not finite (inf or NaN), so \
+                 its prediction and any attack distance would be meaningless; {} overflows on \
+                 this input (its weights are finite but too large)",
+                loaded.checkpoint.display()
+            ),
+            e => e.into(),
+        },
+        e => e.into(),
+    })?;
     bar.finish_and_clear();
 
     let out = args
         .out
         .clone()
         .unwrap_or_else(|| loaded.run.path().join("attacks"));
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    let summary = AttackSummary::new(&name, &records, &args.eps_l2, &args.eps_linf);
-    let csv = out.join(format!("{name}.csv"));
-    let json = out.join(format!("{name}.json"));
-    let svg = out.join(format!("{name}.svg"));
-    write_attack_csv(&csv, &records)?;
-    summary.write_json(&json)?;
-    let norm = match args.norm {
-        AttackNorm::L2 => DistanceNorm::L2,
-        AttackNorm::Linf => DistanceNorm::Linf,
-    };
+    let summary = AttackSummary::new(&name, &outcomes, &args.eps_l2, &args.eps_linf);
     let subject = Subject {
         run: loaded.run.path().file_name().map_or_else(
             || loaded.run.path().display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         ),
         model: loaded.config.model.architecture.to_string(),
-        images: records.len(),
+        images: outcomes.len(),
     };
-    write_svg(
-        &svg,
-        &robustness_curves_for(
-            norm,
-            &subject,
-            &[Series::new(&name, misclassification_curve(&records, norm))],
-        ),
-    )?;
-    let mut written = vec![csv, json, svg];
-
     // The certified lower bounds of `tulip eval`, if it has been run on this checkpoint.
     let certified_csv = loaded.run.file(CERTIFIED_CSV);
-    let mut violations = None;
-    if certified_csv.is_file() {
-        let certified = read_certified_csv(&certified_csv)?;
-        let pairs: Vec<(f64, f64)> = certified_pairs(&certified, &records)
-            .into_iter()
-            .map(|(_, d, b)| (d, b))
-            .collect();
-        let scatter = out.join(format!("{name}-certified.svg"));
-        write_svg(&scatter, &certified_scatter_for(&subject, &pairs))?;
-        written.push(scatter);
-        violations = Some(certificate_violations(&certified, &records).len());
-    }
+    let certified = if certified_csv.is_file() {
+        Some(read_certified_csv(&certified_csv)?)
+    } else {
+        None
+    };
+    let files = write_attack_files(
+        &out,
+        &summary,
+        &outcomes,
+        args.norm,
+        &subject,
+        certified.as_deref(),
+    )
+    .with_context(|| format!("cannot write the results into {}", out.display()))?;
 
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
         print!("{}", summary.to_table());
-        match violations {
+        match files.violations {
             Some(0) => println!("certified lower bound   no attack distance below it"),
             Some(n) => println!(
                 "certified lower bound   {n} images attacked below their bound (the bound uses the \
@@ -281,7 +220,7 @@ pub fn run(args: AttackArgs) -> anyhow::Result<ExitCode> {
                 args.run_dir.display()
             ),
         }
-        for p in &written {
+        for p in &files.written {
             eprintln!("wrote {}", p.display());
         }
     }

@@ -7,9 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Args;
 use tulip_eval::{summary, write_certified_csv, SummaryOptions};
-use tulip_train::DeviceChoice;
-
-use crate::run_loading::{load_run, RunSource};
+use tulip_train::{DeviceChoice, RunSource};
 
 /// Summary file written into the run directory.
 pub const EVAL_JSON: &str = "eval.json";
@@ -75,12 +73,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
              over every evaluated image)"
         );
     }
-    let loaded = load_run(&RunSource {
+    let loaded = crate::run_loading::load(RunSource {
         dir: &args.run_dir,
         checkpoint: args.checkpoint.as_deref(),
         data: args.data.as_deref(),
         device: args.device,
-        limit: args.limit,
+        test_limit: args.limit,
     })?;
     let (run, config, model, ck_path) = (
         &loaded.run,

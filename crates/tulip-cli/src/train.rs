@@ -11,6 +11,7 @@ use tulip_data::download::{locate_or_download, BarProgress, NoProgress, Progress
 use tulip_data::{Augmentation, DatasetKind};
 use tulip_models::{Architecture, Classifier, ModelConfig};
 use tulip_penalties::{Norm, PenaltyMethod, Summary, TikhonovScope};
+use tulip_train::config::defaults;
 use tulip_train::run_dir::files;
 use tulip_train::{
     CheckpointEvery, DeviceChoice, Divergence, LrSchedule, ObjectiveConfig, ResumeOptions,
@@ -94,18 +95,18 @@ pub struct TrainArgs {
 
     // ---- optimisation ----
     /// Number of epochs.
-    #[arg(long, default_value_t = 200, help_heading = "Optimisation")]
+    #[arg(long, default_value_t = defaults::EPOCHS, help_heading = "Optimisation")]
     epochs: usize,
     /// Training mini-batch size.
-    #[arg(long, default_value_t = 128, help_heading = "Optimisation")]
+    #[arg(long, default_value_t = defaults::BATCH_SIZE, help_heading = "Optimisation")]
     batch_size: usize,
     /// Evaluation batch size.
-    #[arg(long, default_value_t = 1000, help_heading = "Optimisation")]
+    #[arg(long, default_value_t = defaults::TEST_BATCH_SIZE, help_heading = "Optimisation")]
     test_batch_size: usize,
     /// Base learning rate.
     #[arg(
         long,
-        default_value_t = 0.1,
+        default_value_t = defaults::LR,
         allow_negative_numbers = true,
         help_heading = "Optimisation"
     )]
@@ -113,14 +114,14 @@ pub struct TrainArgs {
     /// Learning-rate multipliers by epoch, as [[epoch,mult],...] or epoch:mult,...
     #[arg(
         long,
-        default_value = "[[0,1],[60,0.2],[120,0.04],[160,0.008]]",
+        default_value_t = LrSchedule::default().to_string(),
         help_heading = "Optimisation"
     )]
     lr_schedule: String,
     /// SGD momentum.
     #[arg(
         long,
-        default_value_t = 0.9,
+        default_value_t = defaults::MOMENTUM,
         allow_negative_numbers = true,
         help_heading = "Optimisation"
     )]
@@ -158,7 +159,7 @@ pub struct TrainArgs {
     /// Step h of the finite-difference penalty.
     #[arg(
         long,
-        default_value_t = 0.01,
+        default_value_t = defaults::FD_STEP,
         allow_negative_numbers = true,
         help_heading = "Regularisation"
     )]
@@ -218,12 +219,12 @@ pub struct TrainArgs {
     #[arg(
         long,
         value_name = "EVERY",
-        default_value = "10m",
+        default_value_t = CheckpointEvery::default(),
         help_heading = "Output"
     )]
     checkpoint_every: CheckpointEvery,
     /// Write a training.csv row every N steps.
-    #[arg(long, default_value_t = 100, value_name = "N", help_heading = "Output")]
+    #[arg(long, default_value_t = defaults::LOG_INTERVAL, value_name = "N", help_heading = "Output")]
     log_interval: usize,
     /// Skip the per-epoch evaluation on the training set (faster).
     #[arg(long, help_heading = "Output")]
@@ -506,6 +507,22 @@ fn divergence_advice(cause: &Divergence, config: &TrainConfig) -> String {
 }
 
 pub fn run(args: TrainArgs, given: &[(String, String)]) -> anyhow::Result<ExitCode> {
+    train(args, given).map_err(in_flag_terms)
+}
+
+/// The library names settings as `config.toml` does; on the command line they are flags.
+fn in_flag_terms(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast::<TrainError>() {
+        Ok(TrainError::InvalidSetting { setting, reason }) => {
+            anyhow::anyhow!("--{} {reason}", setting.replace('_', "-"))
+        }
+        Ok(e @ TrainError::ChanceLevel { .. }) => anyhow::anyhow!("{e}: try a smaller --lr"),
+        Ok(e) => e.into(),
+        Err(e) => e,
+    }
+}
+
+fn train(args: TrainArgs, given: &[(String, String)]) -> anyhow::Result<ExitCode> {
     let output = args.output();
     let mut trainer = match &args.resume {
         Some(dir) => resume(&args, dir, given, output)?,

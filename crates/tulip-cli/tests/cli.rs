@@ -1,6 +1,5 @@
-//! The binary's help text. (Having an integration test here also makes
-//! `cargo test --workspace` build `target/<profile>/tulip`, which the end-to-end tests in
-//! the top-level `tests/` package drive.)
+//! The binary's help text. (The end-to-end tests, which train, evaluate and attack, are in
+//! `tests/e2e/`.)
 
 use std::process::Command;
 

@@ -12,9 +12,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::report::{AttackRecord, DistanceNorm};
 use crate::summary::CertifiedImage;
 use crate::{EvalError, Result};
+use tulip_adversarial::{AttackOutcome, Norm};
 
 /// Relative slack of [`certificate_violations`]: an attack distance counts as below the
 /// bound only if it is below `bound · (1 − TOLERANCE)`, so rounding (the model runs in
@@ -38,7 +38,7 @@ pub struct Violation {
 /// mismatch between the evaluated and the attacked model.
 pub fn certificate_violations(
     certified: &[CertifiedImage],
-    attacks: &[AttackRecord],
+    attacks: &[AttackOutcome],
 ) -> Vec<Violation> {
     certified_pairs(certified, attacks)
         .into_iter()
@@ -55,14 +55,14 @@ pub fn certificate_violations(
 /// attack misclassified, in the order of `certified`: the points of the scatter plot.
 pub fn certified_pairs(
     certified: &[CertifiedImage],
-    attacks: &[AttackRecord],
+    attacks: &[AttackOutcome],
 ) -> Vec<(usize, f64, f64)> {
-    let by_index: std::collections::HashMap<usize, &AttackRecord> =
+    let by_index: std::collections::HashMap<usize, &AttackOutcome> =
         attacks.iter().map(|r| (r.index, r)).collect();
     certified
         .iter()
         .filter_map(|c| {
-            let d = by_index.get(&c.index)?.distance(DistanceNorm::L2)?;
+            let d = by_index.get(&c.index)?.distance(Norm::L2)?;
             Some((c.index, d, c.lower_bound))
         })
         .collect()

@@ -22,6 +22,10 @@ pub enum EvalError {
     #[error(transparent)]
     Data(#[from] tulip_data::DataError),
 
+    /// An attack failed (bad configuration, or a model that overflows).
+    #[error(transparent)]
+    Attack(Box<tulip_adversarial::AdversarialError>),
+
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
@@ -48,6 +52,12 @@ pub enum EvalError {
     /// statistic of it means anything (a diverged training run, an overflow).
     #[error("not finite: {0}")]
     NonFinite(String),
+}
+
+impl From<tulip_adversarial::AdversarialError> for EvalError {
+    fn from(e: tulip_adversarial::AdversarialError) -> Self {
+        EvalError::Attack(Box::new(e))
+    }
 }
 
 impl EvalError {

@@ -6,18 +6,21 @@
 //!   weight-product norms, the smallest softmax margin and the lower bound on the
 //!   adversarial distance it gives, `‖w‖₂` and the tanh scale — plus each correctly
 //!   classified image's own lower bound ([`CertifiedImage`]).
+//! - [`attack_split`]: an evaluation attack on every image of a split, in batches, and
+//!   [`write_attack_files`]: its per-image CSV, summary, robustness curve and the chart
+//!   against the certified bounds.
 //! - [`nearest_different_label`]: the nearest-different-label-neighbour distances of a
 //!   dataset and its Lipschitz constant, as blocked matrix products.
-//! - [`AttackRecord`] / [`AttackSummary`]: per-image attack results (written as CSV) and
-//!   their median, mean and misclassified fraction at given budgets; failures are counted,
-//!   never treated as distance 0.
+//! - [`AttackSummary`]: the attacks' per-image [`AttackOutcome`]s (written as CSV)
+//!   summarised as median, mean and misclassified fraction at given budgets; failures are
+//!   counted, never treated as distance 0.
 //! - [`plot`]: robustness curves and the bound-vs-attack scatter as dependency-free SVG,
 //!   on log axes where the values span more than two decades, with padded ranges;
 //!   [`certificate_violations`] checks that no attack beats a certified bound.
 //!
-//! Sits above `tulip-models`, `tulip-data` and `tulip-penalties` (it programs against the
-//! [`tulip_models::Classifier`] trait) and below the CLI. It does not depend on the
-//! attacks: their outcomes are mapped onto [`AttackRecord`] by the caller.
+//! Sits above `tulip-models`, `tulip-data`, `tulip-penalties` and `tulip-adversarial` (it
+//! programs against the [`tulip_models::Classifier`] trait and reports the attacks' own
+//! outcome type) and below the CLI.
 //!
 //! ## Design record
 //! - The gradient statistic is the *unscaled* per-example `max_i ‖∇_x ℓ_i‖₂`, not the
@@ -39,6 +42,7 @@
 //!   failed write, a full disk included, never leaves a truncated report.
 #![warn(missing_docs)]
 
+mod attack_split;
 mod certify;
 mod error;
 pub mod nn;
@@ -46,6 +50,7 @@ pub mod plot;
 mod report;
 mod summary;
 
+pub use attack_split::{attack_split, write_attack_files, AttackFiles};
 pub use certify::{
     certificate_violations, certified_pairs, read_certified_csv, write_certified_csv, Violation,
     CERTIFIED_CSV_HEADER, TOLERANCE,
@@ -54,9 +59,9 @@ pub use error::{EvalError, Result};
 pub use nn::{nearest_different_label, NearestNeighbours, NnOptions, NnStats};
 pub use report::{
     epsilon_grid, fraction_misclassified, misclassification_curve, read_attack_csv,
-    write_attack_csv, write_json, AttackRecord, AttackStatus, AttackSummary, DistanceNorm,
-    DistanceStats, FractionAt, ATTACK_CSV_HEADER,
+    write_attack_csv, write_json, AttackSummary, DistanceStats, FractionAt, ATTACK_CSV_HEADER,
 };
 pub use summary::{
     summary, summary_of_tensors, CertifiedImage, Summary, SummaryOptions, SummaryReport,
 };
+pub use tulip_adversarial::{AttackOutcome, AttackStatus, Norm};

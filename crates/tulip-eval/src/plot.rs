@@ -8,8 +8,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::report::DistanceNorm;
 use crate::Result;
+use tulip_adversarial::Norm;
 
 /// One named curve (or point cloud).
 #[derive(Debug, Clone, PartialEq)]
@@ -243,12 +243,12 @@ pub fn line_chart(chart: &Chart, series: &[Series]) -> String {
 /// Fraction of images misclassified against the perturbation budget ε, one curve per
 /// attack or run (e.g. from [`crate::misclassification_curve`]); y from 0 to 1, ε on a
 /// log axis when the distances span more than two decades.
-pub fn robustness_curves(norm: DistanceNorm, series: &[Series]) -> String {
+pub fn robustness_curves(norm: Norm, series: &[Series]) -> String {
     robustness_curves_for(norm, &Subject::default(), series)
 }
 
 /// [`robustness_curves`] with the run, model and image count under the title.
-pub fn robustness_curves_for(norm: DistanceNorm, subject: &Subject, series: &[Series]) -> String {
+pub fn robustness_curves_for(norm: Norm, subject: &Subject, series: &[Series]) -> String {
     let chart = Chart {
         title: format!("Misclassified fraction vs {} budget", norm.label()),
         subtitle: subject.caption(),
@@ -673,7 +673,7 @@ mod tests {
 
         // Curves at fraction 0 and 1 are drawn inside the frame, not on it.
         let curves = robustness_curves_for(
-            DistanceNorm::L2,
+            Norm::L2,
             &subject,
             &[Series::new(
                 "a",

@@ -1,114 +1,18 @@
 //! Per-image attack results and their summary (docs/method.md §5, "Attacks").
 //!
-//! This crate does not depend on the attacks: callers map their outcomes onto
-//! [`AttackRecord`]. An image the model already misclassifies has distance 0; an image
-//! the attack fails on is a failure, counted separately and never treated as distance 0
-//! (nor as ∞) in the median and mean.
+//! Everything here is computed from the attacks' own per-image [`AttackOutcome`]s. An image
+//! the model already misclassifies has distance 0; an image the attack fails on is a
+//! failure, counted separately and never treated as distance 0 (nor as ∞) in the median
+//! and mean.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use tulip_adversarial::{AttackOutcome, AttackStatus, Norm};
 
 use crate::summary::fmt_num;
 use crate::{EvalError, Result};
-
-/// What an attack achieved on one image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AttackStatus {
-    /// The clean image is already misclassified: distance 0.
-    AlreadyMisclassified,
-    /// The attack found a misclassified image at the recorded distance.
-    Found,
-    /// The attack found no misclassified image; the distances mean nothing.
-    Failed,
-}
-
-/// A perturbation norm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DistanceNorm {
-    /// Euclidean norm.
-    L2,
-    /// Largest absolute pixel change.
-    Linf,
-}
-
-impl DistanceNorm {
-    /// `L2` or `L∞`, for labels.
-    pub fn label(self) -> &'static str {
-        match self {
-            DistanceNorm::L2 => "L2",
-            DistanceNorm::Linf => "L∞",
-        }
-    }
-}
-
-/// One image's attack result.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct AttackRecord {
-    /// Position of the image in the attacked split.
-    pub index: usize,
-    /// True label.
-    pub label: u32,
-    /// The model's prediction on the attacked image: the adversarial one when found,
-    /// else the clean one.
-    pub predicted: u32,
-    /// L2 norm of the perturbation (0 if already misclassified, `NaN` if failed).
-    pub l2: f64,
-    /// L∞ norm of the perturbation (0 if already misclassified, `NaN` if failed).
-    pub linf: f64,
-    /// What happened.
-    pub status: AttackStatus,
-}
-
-impl AttackRecord {
-    /// An image the model misclassifies before any attack.
-    pub fn already_misclassified(index: usize, label: u32, predicted: u32) -> Self {
-        Self {
-            index,
-            label,
-            predicted,
-            l2: 0.0,
-            linf: 0.0,
-            status: AttackStatus::AlreadyMisclassified,
-        }
-    }
-
-    /// A successful attack at distances `l2` and `linf`.
-    pub fn found(index: usize, label: u32, predicted: u32, l2: f64, linf: f64) -> Self {
-        Self {
-            index,
-            label,
-            predicted,
-            l2,
-            linf,
-            status: AttackStatus::Found,
-        }
-    }
-
-    /// A failed attack (`predicted` is then the clean prediction).
-    pub fn failed(index: usize, label: u32, predicted: u32) -> Self {
-        Self {
-            index,
-            label,
-            predicted,
-            l2: f64::NAN,
-            linf: f64::NAN,
-            status: AttackStatus::Failed,
-        }
-    }
-
-    /// The distance under `norm`, or `None` for a failure.
-    pub fn distance(&self, norm: DistanceNorm) -> Option<f64> {
-        match (self.status, norm) {
-            (AttackStatus::Failed, _) => None,
-            (_, DistanceNorm::L2) => Some(self.l2),
-            (_, DistanceNorm::Linf) => Some(self.linf),
-        }
-    }
-}
 
 /// Header of the per-image CSV.
 pub const ATTACK_CSV_HEADER: &str = "index,label,predicted,l2,linf,success";
@@ -119,14 +23,14 @@ pub const ATTACK_CSV_HEADER: &str = "index,label,predicted,l2,linf,success";
 ///
 /// # Errors
 /// The file cannot be written.
-pub fn write_attack_csv(path: &Path, records: &[AttackRecord]) -> Result<()> {
+pub fn write_attack_csv(path: &Path, records: &[AttackOutcome]) -> Result<()> {
     let mut text = format!("{ATTACK_CSV_HEADER}\n");
     for r in records {
         let success = u8::from(r.status != AttackStatus::Failed);
         let _ = writeln!(
             text,
             "{},{},{},{},{},{success}",
-            r.index, r.label, r.predicted, r.l2, r.linf
+            r.index, r.label, r.adversarial_prediction, r.l2, r.linf
         );
     }
     crate::error::write_file(path, text.as_bytes())
@@ -138,7 +42,7 @@ pub fn write_attack_csv(path: &Path, records: &[AttackRecord]) -> Result<()> {
 ///
 /// # Errors
 /// The file cannot be read, has another header, or a malformed line.
-pub fn read_attack_csv(path: &Path) -> Result<Vec<AttackRecord>> {
+pub fn read_attack_csv(path: &Path) -> Result<Vec<AttackOutcome>> {
     let text = std::fs::read_to_string(path).map_err(EvalError::io(path))?;
     let bad = |reason: String| EvalError::BadFile {
         path: path.to_path_buf(),
@@ -179,11 +83,11 @@ pub fn read_attack_csv(path: &Path) -> Result<Vec<AttackRecord>> {
             let (index, label, predicted) = (int(0)? as usize, int(1)? as u32, int(2)? as u32);
             let (l2, linf) = (num(3)?, num(4)?);
             Ok(match int(5)? {
-                0 => AttackRecord::failed(index, label, predicted),
+                0 => AttackOutcome::failed(index, label, predicted),
                 1 if l2 == 0.0 && linf == 0.0 => {
-                    AttackRecord::already_misclassified(index, label, predicted)
+                    AttackOutcome::already_misclassified(index, label, predicted)
                 }
-                1 => AttackRecord::found(index, label, predicted, l2, linf),
+                1 => AttackOutcome::found(index, label, predicted, l2, linf),
                 s => return Err(bad(format!("line {line_no}: success {s} is not 0 or 1"))),
             })
         })
@@ -202,7 +106,7 @@ pub struct DistanceStats {
 
 impl DistanceStats {
     /// Statistics of `records` under `norm`, failures excluded.
-    pub fn of(records: &[AttackRecord], norm: DistanceNorm) -> Self {
+    pub fn of(records: &[AttackOutcome], norm: Norm) -> Self {
         let mut d: Vec<f64> = records.iter().filter_map(|r| r.distance(norm)).collect();
         if d.is_empty() {
             return Self {
@@ -235,7 +139,7 @@ pub struct FractionAt {
 }
 
 /// `fraction misclassified` at `epsilon` (see [`FractionAt::fraction`]); 0 for no records.
-pub fn fraction_misclassified(records: &[AttackRecord], norm: DistanceNorm, epsilon: f64) -> f64 {
+pub fn fraction_misclassified(records: &[AttackOutcome], norm: Norm, epsilon: f64) -> f64 {
     if records.is_empty() {
         return 0.0;
     }
@@ -248,7 +152,7 @@ pub fn fraction_misclassified(records: &[AttackRecord], norm: DistanceNorm, epsi
 
 /// The whole curve "fraction misclassified vs ε" as the corners of its step function,
 /// from ε = 0 to the largest distance found, for plotting ([`crate::plot`]).
-pub fn misclassification_curve(records: &[AttackRecord], norm: DistanceNorm) -> Vec<(f64, f64)> {
+pub fn misclassification_curve(records: &[AttackOutcome], norm: Norm) -> Vec<(f64, f64)> {
     let n = records.len().max(1) as f64;
     let mut d: Vec<f64> = records.iter().filter_map(|r| r.distance(norm)).collect();
     d.sort_by(f64::total_cmp);
@@ -299,7 +203,12 @@ pub struct AttackSummary {
 impl AttackSummary {
     /// Summarises `records` of `attack`, with the misclassified fraction at each budget
     /// of `l2_grid` and `linf_grid`.
-    pub fn new(attack: &str, records: &[AttackRecord], l2_grid: &[f64], linf_grid: &[f64]) -> Self {
+    pub fn new(
+        attack: &str,
+        records: &[AttackOutcome],
+        l2_grid: &[f64],
+        linf_grid: &[f64],
+    ) -> Self {
         let count = |s| records.iter().filter(|r| r.status == s).count();
         let at = |norm, grid: &[f64]| {
             grid.iter()
@@ -315,10 +224,10 @@ impl AttackSummary {
             found: count(AttackStatus::Found),
             already_misclassified: count(AttackStatus::AlreadyMisclassified),
             failed: count(AttackStatus::Failed),
-            l2: DistanceStats::of(records, DistanceNorm::L2),
-            linf: DistanceStats::of(records, DistanceNorm::Linf),
-            misclassified_at_l2: at(DistanceNorm::L2, l2_grid),
-            misclassified_at_linf: at(DistanceNorm::Linf, linf_grid),
+            l2: DistanceStats::of(records, Norm::L2),
+            linf: DistanceStats::of(records, Norm::Linf),
+            misclassified_at_l2: at(Norm::L2, l2_grid),
+            misclassified_at_linf: at(Norm::Linf, linf_grid),
         }
     }
 

@@ -408,7 +408,7 @@ fn accumulate(
         }
         t.images += 1;
     }
-    let (_, g) = input_gradient(model, x, labels, false)?;
+    let g = input_gradient(model, x, labels, false)?.gradient;
     // Checked here, where the error can name the images (`f64::max` below would drop a NaN).
     ensure_finite(&g, || {
         format!(

@@ -3,21 +3,21 @@
 use tulip_eval::plot::{certified_scatter, robustness_curves, write_svg, Series};
 use tulip_eval::{
     certificate_violations, certified_pairs, fraction_misclassified, misclassification_curve,
-    read_attack_csv, read_certified_csv, write_attack_csv, write_certified_csv, AttackRecord,
-    AttackStatus, AttackSummary, CertifiedImage, DistanceNorm,
+    read_attack_csv, read_certified_csv, write_attack_csv, write_certified_csv, AttackOutcome,
+    AttackStatus, AttackSummary, CertifiedImage, Norm,
 };
 
 /// Two already misclassified (0), four found, two failed.
-fn records() -> Vec<AttackRecord> {
+fn records() -> Vec<AttackOutcome> {
     vec![
-        AttackRecord::found(0, 3, 5, 0.5, 0.05),
-        AttackRecord::already_misclassified(1, 2, 7),
-        AttackRecord::failed(2, 1, 1),
-        AttackRecord::found(3, 0, 6, 1.5, 0.2),
-        AttackRecord::found(4, 9, 8, 1.0, 0.1),
-        AttackRecord::failed(5, 4, 4),
-        AttackRecord::already_misclassified(6, 5, 3),
-        AttackRecord::found(7, 7, 1, 2.0, 0.3),
+        AttackOutcome::found(0, 3, 5, 0.5, 0.05),
+        AttackOutcome::already_misclassified(1, 2, 7),
+        AttackOutcome::failed(2, 1, 1),
+        AttackOutcome::found(3, 0, 6, 1.5, 0.2),
+        AttackOutcome::found(4, 9, 8, 1.0, 0.1),
+        AttackOutcome::failed(5, 4, 4),
+        AttackOutcome::already_misclassified(6, 5, 3),
+        AttackOutcome::found(7, 7, 1, 2.0, 0.3),
     ]
 }
 
@@ -36,7 +36,7 @@ fn median_and_mean_exclude_failures_and_count_them() {
     // ε = 0: the two already misclassified; 0.75: + 0.5; 1.0: + 1.0 (≤); 10: all but failures.
     assert_eq!(fr, vec![2.0 / 8.0, 3.0 / 8.0, 4.0 / 8.0, 6.0 / 8.0]);
     assert_eq!(s.misclassified_at_linf[0].fraction, 4.0 / 8.0);
-    assert_eq!(fraction_misclassified(&[], DistanceNorm::L2, 1.0), 0.0);
+    assert_eq!(fraction_misclassified(&[], Norm::L2, 1.0), 0.0);
 
     let table = s.to_table();
     assert!(table.contains("failed (not counted)    2"), "{table}");
@@ -47,7 +47,7 @@ fn median_and_mean_exclude_failures_and_count_them() {
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(back, s);
 
-    let none = AttackSummary::new("x", &[AttackRecord::failed(0, 1, 1)], &[], &[]);
+    let none = AttackSummary::new("x", &[AttackOutcome::failed(0, 1, 1)], &[], &[]);
     assert_eq!((none.l2.median, none.l2.mean), (None, None));
 }
 
@@ -64,14 +64,11 @@ fn attack_csv_round_trips() {
     assert_eq!(back.len(), recs.len());
     for (a, b) in recs.iter().zip(&back) {
         assert_eq!(
-            (a.index, a.label, a.predicted, a.status),
-            (b.index, b.label, b.predicted, b.status)
+            (a.index, a.label, a.adversarial_prediction, a.status),
+            (b.index, b.label, b.adversarial_prediction, b.status)
         );
-        assert_eq!(a.distance(DistanceNorm::L2), b.distance(DistanceNorm::L2));
-        assert_eq!(
-            a.distance(DistanceNorm::Linf),
-            b.distance(DistanceNorm::Linf)
-        );
+        assert_eq!(a.distance(Norm::L2), b.distance(Norm::L2));
+        assert_eq!(a.distance(Norm::Linf), b.distance(Norm::Linf));
     }
     std::fs::write(&path, "index,label\n1,2\n").unwrap();
     assert!(read_attack_csv(&path)
@@ -92,18 +89,15 @@ fn attack_csv_round_trips() {
 #[test]
 fn curve_is_the_step_function_of_the_fractions() {
     let recs = records();
-    let c = misclassification_curve(&recs, DistanceNorm::L2);
+    let c = misclassification_curve(&recs, Norm::L2);
     assert_eq!(c[0], (0.0, 0.25));
     assert_eq!(c.last(), Some(&(2.0, 0.75)));
     for &(eps, frac) in c.iter().skip(1).step_by(2) {
         // The lower corner of each step is the fraction just below ε.
-        assert_eq!(
-            frac,
-            fraction_misclassified(&recs, DistanceNorm::L2, eps - 1e-9)
-        );
+        assert_eq!(frac, fraction_misclassified(&recs, Norm::L2, eps - 1e-9));
     }
     for &(eps, frac) in c.iter().skip(2).step_by(2) {
-        assert_eq!(frac, fraction_misclassified(&recs, DistanceNorm::L2, eps));
+        assert_eq!(frac, fraction_misclassified(&recs, Norm::L2, eps));
     }
 }
 
@@ -139,7 +133,7 @@ fn violations_are_the_images_attacked_below_their_bound() {
     assert!(certificate_violations(&bad, &recs).is_empty());
     // A certified image recorded as already misclassified is a violation (distance 0).
     let mut recs2 = recs.clone();
-    recs2[0] = AttackRecord::already_misclassified(0, 3, 5);
+    recs2[0] = AttackOutcome::already_misclassified(0, 3, 5);
     assert_eq!(certificate_violations(&cert, &recs2)[0].index, 0);
 
     let tmp = tempfile::tempdir().unwrap();
@@ -165,24 +159,24 @@ fn check_svg(svg: &str) {
 fn svg_plots_are_well_formed_with_one_polyline_per_series() {
     let recs = records();
     let mut other = recs.clone();
-    other[2] = AttackRecord::found(2, 1, 0, 3.0, f64::INFINITY);
+    other[2] = AttackOutcome::found(2, 1, 0, 3.0, f64::INFINITY);
     let series = vec![
         Series::new(
             "DeepFool <L2> & co",
-            misclassification_curve(&recs, DistanceNorm::L2),
+            misclassification_curve(&recs, Norm::L2),
         ),
-        Series::new("run b", misclassification_curve(&other, DistanceNorm::L2)),
+        Series::new("run b", misclassification_curve(&other, Norm::L2)),
         Series::new("empty", Vec::new()),
     ];
-    let svg = robustness_curves(DistanceNorm::L2, &series);
+    let svg = robustness_curves(Norm::L2, &series);
     check_svg(&svg);
     assert_eq!(svg.matches("<polyline").count(), 3);
     assert!(svg.contains("DeepFool &lt;L2&gt; &amp; co"));
     let linf = robustness_curves(
-        DistanceNorm::Linf,
+        Norm::Linf,
         &[Series::new(
             "a",
-            misclassification_curve(&other, DistanceNorm::Linf),
+            misclassification_curve(&other, Norm::Linf),
         )],
     );
     check_svg(&linf);

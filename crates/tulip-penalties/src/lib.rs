@@ -52,7 +52,7 @@ mod tikhonov;
 pub use error::{PenaltyError, Result};
 pub use eval_norms::{jacobian_norm, weight_product_norm};
 pub use finite_difference::{FiniteDifferencePenalty, DEFAULT_STEP};
-pub use gradient::input_gradient;
+pub use gradient::{input_gradient, InputGradient};
 pub use lipschitz::{LipschitzPenalty, PenaltyMethod, Summary};
 pub use norm::{row_norms, steepest_ascent_direction, Norm};
 pub use second_order::{

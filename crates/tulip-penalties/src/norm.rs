@@ -5,29 +5,42 @@ use serde::{Deserialize, Serialize};
 
 use crate::Result;
 
-/// A vector norm over the flattened pixels of one image.
+/// A vector norm over the flattened pixels of one image: the norm of a penalty's gradient,
+/// of a perturbation, of an attack's distance — one type for all of them.
+///
+/// Its text form is `l1`, `l2` or `linf` (as in file names and `config.toml`); parsing also
+/// accepts `1`, `2`, `inf`, `l-inf` and `infinity`, case-insensitively. On the command line
+/// of `tulip train` the values are written `1`, `2`, `inf`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
-#[non_exhaustive]
 #[serde(rename_all = "kebab-case")]
 pub enum Norm {
     /// `‖v‖₁ = Σ |v_j|`.
-    #[value(name = "1")]
+    #[value(name = "1", alias = "l1")]
     L1,
     /// `‖v‖₂ = (Σ v_j²)^½` (the paper's default).
-    #[value(name = "2")]
+    #[value(name = "2", alias = "l2")]
     L2,
     /// `‖v‖_∞ = max |v_j|`.
-    #[value(name = "inf")]
+    #[value(name = "inf", alias = "linf")]
     Linf,
 }
 
 impl Norm {
-    /// The command-line name: `1`, `2` or `inf`.
+    /// The name in file names and configurations: `l1`, `l2` or `linf`.
     pub fn name(self) -> &'static str {
         match self {
-            Norm::L1 => "1",
-            Norm::L2 => "2",
-            Norm::Linf => "inf",
+            Norm::L1 => "l1",
+            Norm::L2 => "l2",
+            Norm::Linf => "linf",
+        }
+    }
+
+    /// The name for people: `L1`, `L2` or `L∞`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Norm::L1 => "L1",
+            Norm::L2 => "L2",
+            Norm::Linf => "L∞",
         }
     }
 
@@ -44,6 +57,20 @@ impl Norm {
 impl std::fmt::Display for Norm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Norm {
+    type Err = String;
+
+    /// `l1`/`1`, `l2`/`2`, or `linf`/`inf`/`l-inf`/`infinity`, case-insensitively.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "l1" | "1" => Ok(Norm::L1),
+            "l2" | "2" => Ok(Norm::L2),
+            "linf" | "inf" | "l-inf" | "infinity" => Ok(Norm::Linf),
+            _ => Err(format!("unknown norm {s:?} (expected l1, l2 or linf)")),
+        }
     }
 }
 

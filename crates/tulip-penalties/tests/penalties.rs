@@ -11,9 +11,9 @@ use tulip_models::loss::cross_entropy;
 use tulip_models::{Classifier, ParamKind};
 use tulip_penalties::{
     enable_second_order_gradients, input_gradient, jacobian_norm, row_norms,
-    steepest_ascent_direction, weight_product_norm, FiniteDifferencePenalty, LipschitzPenalty,
-    Norm, Penalty, PenaltyError, PenaltyInputs, PenaltyMethod, Summary, TikhonovPenalty,
-    TikhonovScope,
+    steepest_ascent_direction, weight_product_norm, FiniteDifferencePenalty, InputGradient,
+    LipschitzPenalty, Norm, Penalty, PenaltyError, PenaltyInputs, PenaltyMethod, Summary,
+    TikhonovPenalty, TikhonovScope,
 };
 
 /// The penalty at `(x, y)` with the model in training mode, as the trainer computes it: `x`
@@ -161,7 +161,7 @@ fn exact_penalty_is_the_scaled_input_gradient_norm() {
     // Without batch norm the examples are independent, so row i of ∇_x L is ∇ℓ_i / B.
     let model = TinyConv::new(8, false, false);
     let (b, x, y) = (5, images(5, TINY_SHAPE, 3), labels(5, TINY_CLASSES, 2));
-    let (_, g) = input_gradient(&model, &x, &y, true).unwrap();
+    let g = input_gradient(&model, &x, &y, true).unwrap().gradient;
     for norm in [Norm::L1, Norm::L2, Norm::Linf] {
         let per: Vec<f64> = vec1(&row_norms(&g, norm).unwrap());
         let max = per.iter().cloned().fold(0.0, f64::max) / b as f64;
@@ -183,7 +183,7 @@ fn finite_difference_penalty_approaches_half_mean_squared_gradient_norm() {
     // unscaled squared norm.
     let model = TinyConv::new(9, false, false);
     let (x, y) = (images(6, TINY_SHAPE, 4), labels(6, TINY_CLASSES, 0));
-    let (_, g) = input_gradient(&model, &x, &y, true).unwrap();
+    let g = input_gradient(&model, &x, &y, true).unwrap().gradient;
     let norms = vec1(&row_norms(&g, Norm::L2).unwrap());
     let exact = 0.5 * norms.iter().map(|n| n * n).sum::<f64>() / norms.len() as f64;
     let errors: Vec<f64> = [1e-2, 1e-3, 1e-4]
@@ -391,7 +391,11 @@ fn input_gradient_matches_the_closed_form_of_an_affine_model() {
     let shape = (2, 3, 3);
     let model = Affine::new(4, shape, 5);
     let (x, y) = (images(3, shape, 9), labels(3, 5, 1));
-    let (losses, g) = input_gradient(&model, &x, &y, false).unwrap();
+    let InputGradient {
+        losses,
+        gradient: g,
+        ..
+    } = input_gradient(&model, &x, &y, false).unwrap();
     assert_eq!(g.dims(), x.dims());
     assert_eq!(losses.dims(), &[3]);
     let logits = model.forward_t(&x, false).unwrap();

@@ -63,7 +63,7 @@ impl Default for ObjectiveConfig {
             lip_norm: Norm::L2,
             lip_summary: None,
             penalty_method: PenaltyMethod::Exact,
-            fd_step: 0.01,
+            fd_step: defaults::FD_STEP,
             decay: 0.0,
             decay_scope: TikhonovScope::AllTrainable,
             perturbation: None,
@@ -141,6 +141,25 @@ impl From<CheckpointEvery> for String {
     }
 }
 
+/// The reference's settings (docs/method.md §6): the values of [`TrainConfig::new`], and the
+/// defaults of `tulip train`'s flags.
+pub mod defaults {
+    /// Number of epochs.
+    pub const EPOCHS: usize = 200;
+    /// Training mini-batch size.
+    pub const BATCH_SIZE: usize = 128;
+    /// Evaluation batch size.
+    pub const TEST_BATCH_SIZE: usize = 1000;
+    /// Base learning rate.
+    pub const LR: f64 = 0.1;
+    /// SGD momentum.
+    pub const MOMENTUM: f64 = 0.9;
+    /// A `training.csv` row every this many steps.
+    pub const LOG_INTERVAL: usize = 100;
+    /// Step of the finite-difference Lipschitz penalty.
+    pub const FD_STEP: f64 = tulip_penalties::DEFAULT_STEP;
+}
+
 /// Everything that determines a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -202,16 +221,16 @@ impl TrainConfig {
             limit_train: 0,
             limit_test: 0,
             model,
-            epochs: 200,
-            batch_size: 128,
-            test_batch_size: 1000,
-            lr: 0.1,
+            epochs: defaults::EPOCHS,
+            batch_size: defaults::BATCH_SIZE,
+            test_batch_size: defaults::TEST_BATCH_SIZE,
+            lr: defaults::LR,
             lr_schedule: LrSchedule::default(),
-            momentum: 0.9,
+            momentum: defaults::MOMENTUM,
             nesterov: false,
             augmentation: Augmentation::standard(),
             seed: 0,
-            log_interval: 100,
+            log_interval: defaults::LOG_INTERVAL,
             eval_train: true,
             device: DeviceChoice::Cpu,
             checkpoint_every: CheckpointEvery::default(),
@@ -219,40 +238,47 @@ impl TrainConfig {
         }
     }
 
-    /// Checks every value that does not depend on the data; messages name the flag.
+    /// Checks every value that does not depend on the data; errors name the setting.
     ///
     /// # Errors
     /// [`TrainError::InvalidConfig`] for the first bad value.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(TrainError::InvalidConfig(m));
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad(format!("--lr must be positive, got {}", self.lr));
+            return Err(TrainError::setting(
+                "lr",
+                format!("must be positive, got {}", self.lr),
+            ));
         }
-        if self.epochs == 0 {
-            return bad("--epochs must be at least 1".into());
-        }
-        if self.batch_size == 0 {
-            return bad("--batch-size must be at least 1".into());
-        }
-        if self.test_batch_size == 0 {
-            return bad("--test-batch-size must be at least 1".into());
-        }
-        if self.log_interval == 0 {
-            return bad("--log-interval must be at least 1".into());
+        for (setting, value) in [
+            ("epochs", self.epochs),
+            ("batch_size", self.batch_size),
+            ("test_batch_size", self.test_batch_size),
+            ("log_interval", self.log_interval),
+        ] {
+            if value == 0 {
+                return Err(TrainError::setting(setting, "must be at least 1"));
+            }
         }
         let (_, h, w) = self.dataset.image_shape();
         if let Some(side) = self.augmentation.cutout.filter(|&s| s > h.min(w)) {
-            return bad(format!(
-                "--cutout {side} is larger than the {h}x{w} images of {}: the Cutout square's \
-                 side must be at most {}",
-                self.dataset,
-                h.min(w)
+            return Err(TrainError::setting(
+                "cutout",
+                format!(
+                    "{side} is larger than the {h}x{w} images of {}: the Cutout square's side \
+                     must be at most {}",
+                    self.dataset,
+                    h.min(w)
+                ),
             ));
         }
         let o = &self.objective;
-        for (flag, v) in [("--lip", o.lip), ("--decay", o.decay)] {
+        for (setting, v) in [("lip", o.lip), ("decay", o.decay)] {
             if !(v.is_finite() && v >= 0.0) {
-                return bad(format!("{flag} must be ≥ 0, got {v}"));
+                return Err(TrainError::setting(
+                    setting,
+                    format!("must be ≥ 0, got {v}"),
+                ));
             }
         }
         if let Some(p) = &o.perturbation {
@@ -260,7 +286,10 @@ impl TrainConfig {
                 .map_err(|e| TrainError::InvalidConfig(e.to_string()))?;
         }
         if !(o.fd_step.is_finite() && o.fd_step > 0.0) {
-            return bad(format!("--fd-step must be positive, got {}", o.fd_step));
+            return Err(TrainError::setting(
+                "fd_step",
+                format!("must be positive, got {}", o.fd_step),
+            ));
         }
         if (self.model.classes, self.model.input_shape)
             != (self.dataset.classes(), self.dataset.image_shape())

@@ -24,6 +24,15 @@ pub enum TrainError {
     /// A configuration value is out of range; the message names the setting.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// One setting has a value it cannot take.
+    #[error("{setting} {reason}")]
+    InvalidSetting {
+        /// The setting, as `config.toml` names it (`lr`, `batch_size`, `fd_step`, …; the
+        /// command line's flag is the same name with dashes).
+        setting: &'static str,
+        /// What is wrong with its value, e.g. `must be positive, got -1`.
+        reason: String,
+    },
     /// Reading or writing a run file failed.
     // `error`, not `source`: the message already includes it, and a `source` would be
     // printed twice by error-chain reporters (`{:#}`).
@@ -57,7 +66,7 @@ pub enum TrainError {
         last_checkpoint: Option<SavedAt>,
     },
     /// The test error stayed at chance level for several epochs.
-    #[error("training diverged: test error at chance level ({error:.2}%) for {epochs} consecutive epochs; the run directory keeps its files (try a smaller --lr)")]
+    #[error("training diverged: test error at chance level ({error:.2}%) for {epochs} consecutive epochs; the run directory keeps its files (a smaller learning rate may help)")]
     ChanceLevel {
         /// The last test error, %.
         error: f64,
@@ -66,7 +75,7 @@ pub enum TrainError {
     },
     /// The run was stopped on request (Ctrl-C) after writing a checkpoint.
     #[error(
-        "interrupted at epoch {epoch}, step {step}; checkpoint written, continue with --resume"
+        "interrupted at epoch {epoch}, step {step}; checkpoint written, the run can be resumed"
     )]
     Interrupted {
         /// Epoch (0-based) in progress.
@@ -174,3 +183,13 @@ fn describe_last(last: &Option<SavedAt>) -> String {
 
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, TrainError>;
+
+impl TrainError {
+    /// [`TrainError::InvalidSetting`] for `setting`.
+    pub(crate) fn setting(setting: &'static str, reason: impl Into<String>) -> Self {
+        TrainError::InvalidSetting {
+            setting,
+            reason: reason.into(),
+        }
+    }
+}

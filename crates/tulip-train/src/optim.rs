@@ -28,14 +28,13 @@ impl Sgd {
     /// A momentum outside `[0, 1)`, or Nesterov without momentum.
     pub fn new(params: &Params, momentum: f64, nesterov: bool) -> Result<Self> {
         if !(0.0..1.0).contains(&momentum) {
-            return Err(TrainError::InvalidConfig(format!(
-                "--momentum must be in [0, 1), got {momentum}"
-            )));
+            return Err(TrainError::setting(
+                "momentum",
+                format!("must be in [0, 1), got {momentum}"),
+            ));
         }
         if nesterov && momentum == 0.0 {
-            return Err(TrainError::InvalidConfig(
-                "--nesterov needs a momentum > 0".into(),
-            ));
+            return Err(TrainError::setting("nesterov", "needs a momentum > 0"));
         }
         let params: Vec<_> = params
             .trainable()
@@ -186,10 +185,10 @@ mod tests {
         assert!(Sgd::new(&params, 1.0, false)
             .unwrap_err()
             .to_string()
-            .contains("--momentum"));
+            .contains("momentum"));
         assert!(Sgd::new(&params, 0.0, true)
             .unwrap_err()
             .to_string()
-            .contains("--nesterov"));
+            .contains("nesterov"));
     }
 }

@@ -22,6 +22,18 @@ impl Default for LrSchedule {
     }
 }
 
+impl std::fmt::Display for LrSchedule {
+    /// The reference's form, `[[0,1],[60,0.2]]`, which [`LrSchedule::parse`] reads back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pairs: Vec<String> = self
+            .breakpoints
+            .iter()
+            .map(|(epoch, multiplier)| format!("[{epoch},{multiplier}]"))
+            .collect();
+        write!(f, "[{}]", pairs.join(","))
+    }
+}
+
 impl LrSchedule {
     /// The multiplier in force during `epoch` (0-based).
     pub fn multiplier(&self, epoch: usize) -> f64 {
@@ -36,9 +48,9 @@ impl LrSchedule {
     ///
     /// # Errors
     /// A malformed string, a schedule not starting at epoch 0, epochs not increasing, or a
-    /// multiplier that is not positive and finite; the message names `--lr-schedule`.
+    /// multiplier that is not positive and finite; the error names the `lr_schedule` setting.
     pub fn parse(s: &str) -> Result<Self> {
-        let bad = |why: String| TrainError::InvalidConfig(format!("--lr-schedule {s:?}: {why}"));
+        let bad = |why: String| TrainError::setting("lr_schedule", format!("{s:?}: {why}"));
         let compact: String = s.chars().filter(|c| !c.is_whitespace()).collect();
         let pairs: Vec<(String, String)> = if compact.starts_with('[') {
             let inner = compact
@@ -93,6 +105,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn text_form_reads_back() {
+        let schedule = LrSchedule::default();
+        assert_eq!(
+            schedule.to_string(),
+            "[[0,1],[60,0.2],[120,0.04],[160,0.008]]"
+        );
+        for s in ["0:1,5:0.2,8:0.04", "[[0,1]]", "0:1,3:0.125"] {
+            let parsed = LrSchedule::parse(s).unwrap();
+            assert_eq!(
+                LrSchedule::parse(&parsed.to_string()).unwrap(),
+                parsed,
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
     fn default_is_the_reference_schedule() {
         let s = LrSchedule::default();
         assert_eq!(s.multiplier(0), 1.0);
@@ -123,7 +152,7 @@ mod tests {
             "[[0,1]",
         ] {
             let err = LrSchedule::parse(s).unwrap_err().to_string();
-            assert!(err.contains("--lr-schedule"), "{s}: {err}");
+            assert!(err.contains("lr_schedule"), "{s}: {err}");
         }
     }
 }

@@ -139,21 +139,24 @@ pub fn load_dataset(config: &TrainConfig) -> Result<Dataset> {
     let mut data = tulip_data::load(config.dataset, &dir)?;
     // A limit beyond the split would otherwise mean the whole split, silently: the run
     // would not be the one asked for.
-    for (flag, limit, split, what) in [
+    for (setting, limit, split, what) in [
         (
-            "--limit-train",
+            "limit_train",
             config.limit_train,
             &mut data.train,
             "training",
         ),
-        ("--limit-test", config.limit_test, &mut data.test, "test"),
+        ("limit_test", config.limit_test, &mut data.test, "test"),
     ] {
         if limit > split.len() {
-            return Err(TrainError::InvalidConfig(format!(
-                "{flag} {limit} is larger than the {what} split of {}, which has {} examples",
-                config.dataset,
-                split.len()
-            )));
+            return Err(TrainError::setting(
+                setting,
+                format!(
+                    "{limit} is larger than the {what} split of {}, which has {} examples",
+                    config.dataset,
+                    split.len()
+                ),
+            ));
         }
         if limit > 0 {
             split.truncate(limit);
@@ -383,14 +386,18 @@ impl Trainer {
         config.validate()?;
         let n = data.train.len();
         if config.batch_size > n {
-            return Err(TrainError::InvalidConfig(format!(
-                "--batch-size {} is larger than the training set ({n} images)",
-                config.batch_size
-            )));
+            return Err(TrainError::setting(
+                "batch_size",
+                format!(
+                    "{} is larger than the training set ({n} images)",
+                    config.batch_size
+                ),
+            ));
         }
         if data.test.is_empty() {
-            return Err(TrainError::InvalidConfig(
-                "the test set is empty (--limit-test 0 means all)".into(),
+            return Err(TrainError::setting(
+                "limit_test",
+                "leaves the test set empty (0 means all)",
             ));
         }
         Ok(())

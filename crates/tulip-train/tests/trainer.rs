@@ -262,21 +262,21 @@ fn configuration_errors_name_the_setting_before_any_work() {
                 lr: -0.1,
                 ..config.clone()
             },
-            "--lr",
+            "lr must be positive",
         ),
         (
             TrainConfig {
                 batch_size: 500,
                 ..config.clone()
             },
-            "--batch-size 500",
+            "batch_size 500",
         ),
         (
             TrainConfig {
                 epochs: 0,
                 ..config.clone()
             },
-            "--epochs",
+            "epochs must be at least 1",
         ),
     ] {
         let dir = tmp.path().join("never");
@@ -301,18 +301,18 @@ fn limits_larger_than_the_split_are_rejected_not_ignored() {
                 limit_train: 60_001,
                 ..config.clone()
             },
-            "--limit-train 60001 is larger than the training split of fashion-mnist, which has 60000 examples",
+            "limit_train 60001 is larger than the training split of fashion-mnist, which has 60000 examples",
         ),
         (
             TrainConfig {
                 limit_test: 10_001,
                 ..config.clone()
             },
-            "--limit-test 10001 is larger than the test split of fashion-mnist, which has 10000 examples",
+            "limit_test 10001 is larger than the test split of fashion-mnist, which has 10000 examples",
         ),
     ] {
         let err = tulip_train::load_dataset(&bad).expect_err("rejected");
-        assert!(matches!(err, TrainError::InvalidConfig(_)), "{err}");
+        assert!(matches!(err, TrainError::InvalidSetting { .. }), "{err}");
         assert!(err.to_string().contains(needle), "{err}");
     }
     // Exactly the split is allowed: the limit then changes nothing.

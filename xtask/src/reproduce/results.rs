@@ -17,7 +17,7 @@ use serde_json::Value;
 use tulip_eval::plot::{certified_scatter_for, robustness_curves_for, write_svg, Series, Subject};
 use tulip_eval::{
     fraction_misclassified, misclassification_curve, read_attack_csv, read_certified_csv,
-    AttackRecord, AttackStatus, CertifiedImage, DistanceNorm, DistanceStats, TOLERANCE,
+    AttackOutcome, AttackStatus, CertifiedImage, DistanceStats, Norm, TOLERANCE,
 };
 use tulip_models::checkpoint::write_atomic;
 
@@ -38,7 +38,7 @@ pub(super) struct Attack {
     pub attack: String,
     /// As written (`l2`, `linf`): names the output file and the step's marker.
     pub norm_name: String,
-    pub norm: DistanceNorm,
+    pub norm: Norm,
     /// The fixed radius of an attack that has one (PGD): reported as robust accuracy at
     /// that radius, not folded into the minimum distances.
     pub epsilon: Option<f64>,
@@ -58,11 +58,7 @@ impl Attack {
             spec: spec.to_string(),
             attack: attack.to_string(),
             norm_name: norm.to_string(),
-            norm: if norm == "l2" {
-                DistanceNorm::L2
-            } else {
-                DistanceNorm::Linf
-            },
+            norm: if norm == "l2" { Norm::L2 } else { Norm::Linf },
             epsilon,
         })
     }
@@ -193,7 +189,7 @@ pub(super) fn columns(profile: &Profile, attacks: &[Attack]) -> Vec<ColumnSpec> 
     }
     let min_l2 = attacks
         .iter()
-        .filter(|a| a.epsilon.is_none() && a.norm == DistanceNorm::L2)
+        .filter(|a| a.epsilon.is_none() && a.norm == Norm::L2)
         .count();
     if attacks
         .iter()
@@ -262,10 +258,10 @@ pub(super) struct RunResult {
     /// By column key; a missing key is a value not measured (yet).
     pub values: BTreeMap<String, f64>,
     /// Per image, the smallest distance any minimum-distance attack of the norm found.
-    pub best_l2: Vec<AttackRecord>,
-    pub best_linf: Vec<AttackRecord>,
+    pub best_l2: Vec<AttackOutcome>,
+    pub best_linf: Vec<AttackOutcome>,
     /// Every finished attack's records, by file stem (fixed-radius attacks included).
-    pub attacks: Vec<(String, Vec<AttackRecord>)>,
+    pub attacks: Vec<(String, Vec<AttackOutcome>)>,
     /// The certified bounds of `tulip eval` (its correctly classified images).
     pub certified: Option<Vec<CertifiedImage>>,
     /// From the run's config.toml.
@@ -278,8 +274,8 @@ pub(super) struct RunResult {
 
 /// Per image, the smallest distance any attack of `norm` found (0 if the image is already
 /// misclassified; a failure only if every attack failed on it).
-pub(super) fn best_of(attacks: &[&[AttackRecord]], norm: DistanceNorm) -> Vec<AttackRecord> {
-    let mut best: BTreeMap<usize, AttackRecord> = BTreeMap::new();
+pub(super) fn best_of(attacks: &[&[AttackOutcome]], norm: Norm) -> Vec<AttackOutcome> {
+    let mut best: BTreeMap<usize, AttackOutcome> = BTreeMap::new();
     for records in attacks {
         for r in *records {
             let better = match (best.get(&r.index), r.distance(norm)) {
@@ -297,8 +293,8 @@ pub(super) fn best_of(attacks: &[&[AttackRecord]], norm: DistanceNorm) -> Vec<At
 
 /// Median over the images the model classifies correctly (the attacked ones): it is
 /// informative even when most images are misclassified and the overall median is 0.
-fn median_correct(records: &[AttackRecord], norm: DistanceNorm) -> Option<f64> {
-    let correct: Vec<AttackRecord> = records
+fn median_correct(records: &[AttackOutcome], norm: Norm) -> Option<f64> {
+    let correct: Vec<AttackOutcome> = records
         .iter()
         .filter(|r| r.status != AttackStatus::AlreadyMisclassified)
         .copied()
@@ -379,7 +375,7 @@ pub(super) fn read_run(
             .find(|(s, _)| s == stem)
             .map(|(_, recs)| recs.as_slice())
     };
-    let minimum = |norm: DistanceNorm| -> Vec<&[AttackRecord]> {
+    let minimum = |norm: Norm| -> Vec<&[AttackOutcome]> {
         attacks
             .iter()
             .filter(|a| a.epsilon.is_none() && a.norm == norm)
@@ -387,13 +383,13 @@ pub(super) fn read_run(
             .collect()
     };
     let (best_l2, best_linf) = (
-        best_of(&minimum(DistanceNorm::L2), DistanceNorm::L2),
-        best_of(&minimum(DistanceNorm::Linf), DistanceNorm::Linf),
+        best_of(&minimum(Norm::L2), Norm::L2),
+        best_of(&minimum(Norm::Linf), Norm::Linf),
     );
     let mut values = BTreeMap::new();
     for (best, norm, name, eps) in [
-        (&best_l2, DistanceNorm::L2, "l2", profile.epsilon_l2),
-        (&best_linf, DistanceNorm::Linf, "linf", profile.epsilon_linf),
+        (&best_l2, Norm::L2, "l2", profile.epsilon_l2),
+        (&best_linf, Norm::Linf, "linf", profile.epsilon_linf),
     ] {
         if best.is_empty() {
             continue;
@@ -417,8 +413,7 @@ pub(super) fn read_run(
             Some(best.iter().filter(|r| r.distance(norm).is_none()).count() as f64),
         );
     }
-    if let Some(d) = records("deepfool-l2").and_then(|recs| median_correct(recs, DistanceNorm::L2))
-    {
+    if let Some(d) = records("deepfool-l2").and_then(|recs| median_correct(recs, Norm::L2)) {
         values.insert(DEEPFOOL_L2_CORRECT.into(), d);
     }
     for a in attacks.iter().filter(|a| a.epsilon.is_some()) {
@@ -629,7 +624,7 @@ pub(super) fn check_certificates(runs: &[RunResult]) -> Result<CertificateCheck>
                         r.label
                     );
                 }
-                let Some(d) = r.distance(DistanceNorm::L2) else {
+                let Some(d) = r.distance(Norm::L2) else {
                     continue;
                 };
                 seen.insert(r.index);
@@ -868,7 +863,7 @@ impl Grid {
             pgd_l2: self
                 .attacks
                 .iter()
-                .find(|a| a.epsilon.is_some() && a.attack == "pgd" && a.norm == DistanceNorm::L2)
+                .find(|a| a.epsilon.is_some() && a.attack == "pgd" && a.norm == Norm::L2)
                 .map(Attack::robust_key),
         }
     }
@@ -1010,11 +1005,11 @@ impl Grid {
         models.dedup();
         let mut plots = Vec::new();
         for (norm, file) in [
-            (DistanceNorm::L2, "robustness-l2.svg"),
-            (DistanceNorm::Linf, "robustness-linf.svg"),
+            (Norm::L2, "robustness-l2.svg"),
+            (Norm::Linf, "robustness-linf.svg"),
         ] {
             let pick = |r: &RunResult| {
-                if norm == DistanceNorm::L2 {
+                if norm == Norm::L2 {
                     r.best_l2.clone()
                 } else {
                     r.best_linf.clone()
@@ -1046,10 +1041,10 @@ impl Grid {
             let Some(certified) = &r.certified else {
                 continue;
             };
-            let all: Vec<&[AttackRecord]> = r.attacks.iter().map(|(_, v)| v.as_slice()).collect();
-            let best: HashMap<usize, f64> = best_of(&all, DistanceNorm::L2)
+            let all: Vec<&[AttackOutcome]> = r.attacks.iter().map(|(_, v)| v.as_slice()).collect();
+            let best: HashMap<usize, f64> = best_of(&all, Norm::L2)
                 .iter()
-                .filter_map(|b| Some((b.index, b.distance(DistanceNorm::L2)?)))
+                .filter_map(|b| Some((b.index, b.distance(Norm::L2)?)))
                 .collect();
             let points: Vec<(f64, f64)> = certified
                 .iter()
@@ -1127,18 +1122,18 @@ mod tests {
 
     #[test]
     fn best_of_takes_each_images_smallest_distance_and_fails_only_when_all_failed() {
-        let l2 = DistanceNorm::L2;
+        let l2 = Norm::L2;
         let deepfool = vec![
-            AttackRecord::found(0, 3, 1, 0.5, 0.1),
-            AttackRecord::failed(1, 3, 3),
-            AttackRecord::failed(2, 3, 3),
-            AttackRecord::found(3, 3, 2, 0.2, 0.05),
+            AttackOutcome::found(0, 3, 1, 0.5, 0.1),
+            AttackOutcome::failed(1, 3, 3),
+            AttackOutcome::failed(2, 3, 3),
+            AttackOutcome::found(3, 3, 2, 0.2, 0.05),
         ];
         let fgsm = vec![
-            AttackRecord::found(0, 3, 1, 0.7, 0.02),
-            AttackRecord::found(1, 3, 5, 0.9, 0.03),
-            AttackRecord::failed(2, 3, 3),
-            AttackRecord::already_misclassified(3, 3, 2),
+            AttackOutcome::found(0, 3, 1, 0.7, 0.02),
+            AttackOutcome::found(1, 3, 5, 0.9, 0.03),
+            AttackOutcome::failed(2, 3, 3),
+            AttackOutcome::already_misclassified(3, 3, 2),
         ];
         let best = best_of(&[&deepfool, &fgsm], l2);
         let d: Vec<Option<f64>> = best.iter().map(|r| r.distance(l2)).collect();
@@ -1150,12 +1145,12 @@ mod tests {
         // In L∞ image 0's best is FGSM's, not DeepFool's.
         let best_linf = best_of(
             &[
-                &[AttackRecord::found(0, 3, 1, 0.5, 0.1)],
-                &[AttackRecord::found(0, 3, 1, 0.7, 0.02)],
+                &[AttackOutcome::found(0, 3, 1, 0.5, 0.1)],
+                &[AttackOutcome::found(0, 3, 1, 0.7, 0.02)],
             ],
-            DistanceNorm::Linf,
+            Norm::Linf,
         );
-        assert_eq!(best_linf[0].distance(DistanceNorm::Linf), Some(0.02));
+        assert_eq!(best_linf[0].distance(Norm::Linf), Some(0.02));
     }
 
     #[test]
@@ -1212,7 +1207,7 @@ mod tests {
     }
 
     /// A run with bounds for images 0, 1 and 5 (label 3) and two attacks.
-    fn checked_run(pgd: Vec<AttackRecord>) -> RunResult {
+    fn checked_run(pgd: Vec<AttackOutcome>) -> RunResult {
         RunResult {
             name: "baseline".into(),
             setting: "baseline".into(),
@@ -1221,10 +1216,10 @@ mod tests {
                 (
                     "deepfool-l2".into(),
                     vec![
-                        AttackRecord::found(0, 3, 1, 0.5, 0.1),
-                        AttackRecord::failed(1, 3, 3),
-                        AttackRecord::already_misclassified(2, 4, 1),
-                        AttackRecord::found(5, 3, 2, 0.1, 0.01),
+                        AttackOutcome::found(0, 3, 1, 0.5, 0.1),
+                        AttackOutcome::failed(1, 3, 3),
+                        AttackOutcome::already_misclassified(2, 4, 1),
+                        AttackOutcome::found(5, 3, 2, 0.1, 0.01),
                     ],
                 ),
                 ("pgd-linf".into(), pgd),
@@ -1238,8 +1233,8 @@ mod tests {
         // PGD's L2 distance at image 0 (0.25) is the tightest; image 5 sits at its bound
         // exactly, which is not a violation.
         let run = checked_run(vec![
-            AttackRecord::found(0, 3, 1, 0.25, 0.1),
-            AttackRecord::failed(1, 3, 3),
+            AttackOutcome::found(0, 3, 1, 0.25, 0.1),
+            AttackOutcome::failed(1, 3, 3),
         ]);
         let check = check_certificates(&[run, RunResult::default()]).unwrap();
         assert!(check.violations.is_empty());
@@ -1259,8 +1254,8 @@ mod tests {
         // PGD-L∞ misclassified image 1 at L2 distance 0.2, below its bound 0.3; image 0
         // was found already misclassified though certified (distance 0).
         let run = checked_run(vec![
-            AttackRecord::already_misclassified(0, 3, 1),
-            AttackRecord::found(1, 3, 7, 0.2, 0.1),
+            AttackOutcome::already_misclassified(0, 3, 1),
+            AttackOutcome::found(1, 3, 7, 0.2, 0.1),
         ]);
         let check = check_certificates(&[run]).unwrap();
         let v: Vec<(usize, &str, f64, f64)> = check
@@ -1283,7 +1278,7 @@ mod tests {
     #[test]
     fn images_indexed_differently_in_the_two_files_are_an_error() {
         let mut run = checked_run(Vec::new());
-        run.attacks[0].1[0] = AttackRecord::found(0, 8, 1, 0.5, 0.1);
+        run.attacks[0].1[0] = AttackOutcome::found(0, 8, 1, 0.5, 0.1);
         let err = check_certificates(&[run]).unwrap_err().to_string();
         assert!(
             err.contains("image 0 has label 3 in certified.csv but 8"),
@@ -1330,7 +1325,7 @@ mod tests {
 
     /// Writes a finished run: eval.json and certified.csv, then the attacks' CSVs, each
     /// with its marker.
-    fn write_run(dir: &Path, test_error: f64, attacks: &[(&str, Vec<AttackRecord>)]) {
+    fn write_run(dir: &Path, test_error: f64, attacks: &[(&str, Vec<AttackOutcome>)]) {
         std::fs::create_dir_all(dir.join("attacks")).unwrap();
         let mut steps = vec!["train".to_string(), "eval".to_string()];
         std::fs::write(
@@ -1369,17 +1364,17 @@ mod tests {
             "pgd:linf:8/255",
         ]);
         let deepfool = vec![
-            AttackRecord::found(0, 1, 2, 0.5, 0.05),
-            AttackRecord::found(1, 1, 2, 0.7, 0.07),
-            AttackRecord::already_misclassified(2, 1, 2),
-            AttackRecord::found(3, 1, 2, 0.9, 0.09),
+            AttackOutcome::found(0, 1, 2, 0.5, 0.05),
+            AttackOutcome::found(1, 1, 2, 0.7, 0.07),
+            AttackOutcome::already_misclassified(2, 1, 2),
+            AttackOutcome::found(3, 1, 2, 0.9, 0.09),
         ];
         // PGD finds closer points on three images and fails on one (robust: 25 %).
         let pgd = vec![
-            AttackRecord::found(0, 1, 2, 0.1, 0.01),
-            AttackRecord::found(1, 1, 2, 0.1, 0.01),
-            AttackRecord::already_misclassified(2, 1, 2),
-            AttackRecord::failed(3, 1, 1),
+            AttackOutcome::found(0, 1, 2, 0.1, 0.01),
+            AttackOutcome::found(1, 1, 2, 0.1, 0.01),
+            AttackOutcome::already_misclassified(2, 1, 2),
+            AttackOutcome::failed(3, 1, 1),
         ];
         write_run(
             &out.path().join("baseline"),
@@ -1505,8 +1500,8 @@ mod tests {
             &[(
                 "deepfool-l2",
                 vec![
-                    AttackRecord::found(0, 1, 2, 0.5, 0.05),
-                    AttackRecord::found(1, 1, 2, 0.005, 0.001),
+                    AttackOutcome::found(0, 1, 2, 0.5, 0.05),
+                    AttackOutcome::found(1, 1, 2, 0.005, 0.001),
                 ],
             )],
         );

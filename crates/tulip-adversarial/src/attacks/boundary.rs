@@ -7,8 +7,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::iterative::gaussian;
-use super::{host_norms, logits, row_mask, row_scalars, AttackNorm, Ctx, Tracker};
+use super::{host_norms, logits, row_mask, row_scalars, Ctx, Tracker};
 use crate::Result;
+use tulip_penalties::Norm;
 
 /// Uniform-noise draws per image looking for a misclassified starting point.
 const INIT_ATTEMPTS: usize = 100;
@@ -203,7 +204,7 @@ pub(super) fn run(ctx: &Ctx<'_>, tracker: &mut Tracker) -> Result<()> {
             break;
         }
         let source = (x0 - &tracker.best)?;
-        let source_norm = host_norms(&source, AttackNorm::L2)?;
+        let source_norm = host_norms(&source, Norm::L2)?;
         let inv_norm: Vec<f64> = (0..b)
             .map(|i| {
                 if active[i] && source_norm[i] > 0.0 {
@@ -218,7 +219,7 @@ pub(super) fn run(ctx: &Ctx<'_>, tracker: &mut Tracker) -> Result<()> {
         let eta = draw(&mut rngs, &active, &gaussian)?;
         let along = (&eta * &unit)?.flatten_from(1)?.sum(D::Minus1)?;
         let eta = (&eta - unit.broadcast_mul(&row_scalars(&super::host_vec(&along)?, x0)?)?)?;
-        let eta_norm = host_norms(&eta, AttackNorm::L2)?;
+        let eta_norm = host_norms(&eta, Norm::L2)?;
         let (mut eta_scale, mut inv_dist) = (vec![0.0; b], vec![1.0; b]);
         for i in (0..b).filter(|&i| active[i] && eta_norm[i] > 0.0) {
             eta_scale[i] = steps[i].spherical * source_norm[i] / eta_norm[i];
@@ -231,7 +232,7 @@ pub(super) fn run(ctx: &Ctx<'_>, tracker: &mut Tracker) -> Result<()> {
         // Then a step of `source · distance` towards the clean image, corrected for the
         // deviation from the sphere that clipping caused.
         let new_source = (x0 - &spherical)?;
-        let new_norm = host_norms(&new_source, AttackNorm::L2)?;
+        let new_norm = host_norms(&new_source, Norm::L2)?;
         let length: Vec<f64> = (0..b)
             .map(|i| {
                 if active[i] && new_norm[i] > 0.0 {

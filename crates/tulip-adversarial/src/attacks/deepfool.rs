@@ -3,8 +3,9 @@
 use candle_core::{Tensor, Var, D};
 use tulip_models::with_frozen;
 
-use super::{host_vec, logits, step_clip, AttackNorm, Ctx, Tracker};
+use super::{host_vec, logits, norm_not_attacked, step_clip, Ctx, Tracker};
 use crate::Result;
+use tulip_penalties::Norm;
 
 /// Each step linearises every logit difference `f_k − f_y` (true label `y`) at the current
 /// point, takes the class `k` whose linearised boundary is nearest —
@@ -65,7 +66,7 @@ fn linearised_step(
     ctx: &Ctx<'_>,
     x: &Tensor,
     labels: &[u32],
-    norm: AttackNorm,
+    norm: Norm,
     factor: f64,
 ) -> Result<(Tensor, Vec<Option<f64>>)> {
     let (b, n) = (labels.len(), ctx.pixels());
@@ -78,8 +79,9 @@ fn linearised_step(
         .contiguous()?;
     let w = jac.broadcast_sub(&jac.gather(&idx_y, 1)?)?;
     let dual = match norm {
-        AttackNorm::L2 => w.sqr()?.sum(D::Minus1)?.sqrt()?,
-        AttackNorm::Linf => w.abs()?.sum(D::Minus1)?,
+        Norm::L1 => return Err(norm_not_attacked(Norm::L1)),
+        Norm::L2 => w.sqr()?.sum(D::Minus1)?.sqrt()?,
+        Norm::Linf => w.abs()?.sum(D::Minus1)?,
     };
     let dual = host_vec(&dual)?;
     let zv = host_vec(&z)?;
@@ -104,8 +106,8 @@ fn linearised_step(
         scale[i] = Some(
             factor
                 * match norm {
-                    AttackNorm::L2 => gap / (q * q),
-                    AttackNorm::Linf => gap / q,
+                    Norm::L2 => gap / (q * q),
+                    Norm::L1 | Norm::Linf => gap / q,
                 },
         );
     }
@@ -114,8 +116,8 @@ fn linearised_step(
         .contiguous()?;
     let wk = w.gather(&idx_k, 1)?.reshape(x.shape())?;
     let d = match norm {
-        AttackNorm::L2 => wk,
-        AttackNorm::Linf => wk.sign()?,
+        Norm::L2 => wk,
+        Norm::L1 | Norm::Linf => wk.sign()?,
     };
     Ok((d, scale))
 }

@@ -4,12 +4,13 @@
 use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tulip_penalties::{steepest_ascent_direction, Norm};
+use tulip_penalties::{input_gradient, steepest_ascent_direction, Norm};
 
 use super::search::EpsSearch;
 use super::{
-    host_norms, logits, logits_and_loss_gradient, row_scalars, step_clip, AttackNorm, Ctx, Tracker,
+    box_diameter, host_norms, logits, norm_not_attacked, row_scalars, step_clip, Ctx, Tracker,
 };
+use crate::step::linf_ascent_step;
 use crate::Result;
 
 /// Foolbox 1.x's basic-iterative defaults: ε = 0.3 and steps of 0.05, i.e. a step of 1/6 of
@@ -25,7 +26,7 @@ const BIM_GROWTH: f64 = 1.5;
 /// the trial succeeds if one was.
 pub(super) fn run_search(ctx: &Ctx<'_>, tracker: &mut Tracker) -> Result<()> {
     let norm = ctx.cfg.norm;
-    let max_eps = norm.box_diameter(ctx.pixels());
+    let max_eps = box_diameter(norm, ctx.pixels());
     let start = ctx.cfg.epsilon.unwrap_or(0.3 * max_eps);
     let relative = ctx.cfg.step_size.unwrap_or(BIM_RELATIVE_STEP);
     let mut search = EpsSearch::new(
@@ -73,8 +74,9 @@ fn random_start(ctx: &Ctx<'_>, eps: &[f64]) -> Result<Tensor> {
         let mut rng = ChaCha8Rng::seed_from_u64(ctx.cfg.seed);
         rng.set_stream(i as u64);
         match ctx.cfg.norm {
-            AttackNorm::Linf => noise.extend((0..n).map(|_| e * rng.gen_range(-1.0..=1.0))),
-            AttackNorm::L2 => {
+            Norm::L1 => return Err(norm_not_attacked(Norm::L1)),
+            Norm::Linf => noise.extend((0..n).map(|_| e * rng.gen_range(-1.0..=1.0))),
+            Norm::L2 => {
                 // A Gaussian direction and radius ε·u^(1/n): uniform in the ball.
                 let g: Vec<f64> = (0..n).map(|_| gaussian(&mut rng)).collect();
                 let norm = g
@@ -120,8 +122,8 @@ fn projected_run(
         let (z, g) = if last {
             (logits(ctx.model, &x)?, None)
         } else {
-            let (z, g) = logits_and_loss_gradient(ctx.model, &x, ctx.labels)?;
-            (z, Some(g))
+            let pass = input_gradient(ctx.model, &x, ctx.labels, false)?;
+            (pass.logits, Some(pass.gradient))
         };
         let adv = tracker.offer(&x, &z)?;
         for i in 0..b {
@@ -140,35 +142,28 @@ fn projected_run(
         if scale.iter().all(|&s| s == 0.0) {
             break;
         }
-        let d = match norm {
-            AttackNorm::Linf => g.sign()?,
-            AttackNorm::L2 => steepest_ascent_direction(&g, Norm::L2)?,
+        x = match norm {
+            Norm::Linf => linf_ascent_step(ctx.x0, &x, &g, &scale, eps)?,
+            Norm::L2 => {
+                let d = steepest_ascent_direction(&g, Norm::L2)?;
+                project_l2(ctx.x0, &step_clip(&x, &d, &scale)?, eps)?
+            }
+            Norm::L1 => return Err(norm_not_attacked(Norm::L1)),
         };
-        let stepped = step_clip(&x, &d, &scale)?;
-        x = project(ctx.x0, &stepped, eps, norm)?;
     }
     Ok(success)
 }
 
-/// The projection of `x` onto each image's ball of radius `eps[i]` around `x0`, clipped to
-/// `[0, 1]` (for L∞ the clipped projection is the exact projection onto the intersection;
-/// for L2 it stays inside the ball because clipping towards `x0 ∈ [0,1]` only shortens).
-fn project(x0: &Tensor, x: &Tensor, eps: &[f64], norm: AttackNorm) -> Result<Tensor> {
+/// The projection of `x` onto each image's L2 ball of radius `eps[i]` around `x0`, clipped
+/// to `[0, 1]` (it stays inside the ball: clipping towards `x0 ∈ [0, 1]` only shortens).
+fn project_l2(x0: &Tensor, x: &Tensor, eps: &[f64]) -> Result<Tensor> {
     let delta = (x - x0)?;
-    let delta = match norm {
-        AttackNorm::Linf => {
-            let e = row_scalars(eps, x0)?;
-            delta.broadcast_minimum(&e)?.broadcast_maximum(&e.neg()?)?
-        }
-        AttackNorm::L2 => {
-            let norms = host_norms(&delta, AttackNorm::L2)?;
-            let factor: Vec<f64> = norms
-                .iter()
-                .zip(eps)
-                .map(|(&n, &e)| if n > e { e / n } else { 1.0 })
-                .collect();
-            delta.broadcast_mul(&row_scalars(&factor, x0)?)?
-        }
-    };
+    let norms = host_norms(&delta, Norm::L2)?;
+    let factor: Vec<f64> = norms
+        .iter()
+        .zip(eps)
+        .map(|(&n, &e)| if n > e { e / n } else { 1.0 })
+        .collect();
+    let delta = delta.broadcast_mul(&row_scalars(&factor, x0)?)?;
     Ok((x0 + delta)?.clamp(0f64, 1f64)?)
 }

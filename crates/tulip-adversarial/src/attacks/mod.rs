@@ -48,12 +48,13 @@ mod single_step;
 use std::fmt;
 use std::str::FromStr;
 
-use candle_core::{DType, Tensor, Var, D};
+use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
-use tulip_models::loss::cross_entropy_per_example;
-use tulip_models::{with_frozen, Classifier};
+use tulip_models::Classifier;
 use tulip_penalties::{row_norms, Norm};
 
+use crate::budget::check_positive;
+pub(crate) use crate::step::row_scalars;
 use crate::{AdversarialError, Result};
 
 /// Which evaluation attack to run.
@@ -98,13 +99,13 @@ impl AttackKind {
     }
 
     /// The norms this attack is defined for.
-    pub fn valid_norms(self) -> &'static [AttackNorm] {
+    pub fn valid_norms(self) -> &'static [Norm] {
         match self {
             AttackKind::DeepFool | AttackKind::Iterative | AttackKind::Pgd => {
-                &[AttackNorm::L2, AttackNorm::Linf]
+                &[Norm::L2, Norm::Linf]
             }
-            AttackKind::Fgsm => &[AttackNorm::Linf],
-            AttackKind::Gradient | AttackKind::Boundary => &[AttackNorm::L2],
+            AttackKind::Fgsm => &[Norm::Linf],
+            AttackKind::Gradient | AttackKind::Boundary => &[Norm::L2],
         }
     }
 }
@@ -135,61 +136,19 @@ impl FromStr for AttackKind {
     }
 }
 
-/// The norm an attack minimises (or, for PGD, bounds) the perturbation in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AttackNorm {
-    /// Euclidean norm of the flattened perturbation.
-    L2,
-    /// Largest absolute pixel change.
-    Linf,
-}
-
-impl AttackNorm {
-    /// The command-line name: `l2` or `linf`.
-    pub fn name(self) -> &'static str {
-        match self {
-            AttackNorm::L2 => "l2",
-            AttackNorm::Linf => "linf",
-        }
-    }
-
-    fn norm(self) -> Norm {
-        match self {
-            AttackNorm::L2 => Norm::L2,
-            AttackNorm::Linf => Norm::Linf,
-        }
-    }
-
-    /// The largest distance two images in `[0, 1]^n` can have in this norm.
-    fn box_diameter(self, n: usize) -> f64 {
-        match self {
-            AttackNorm::L2 => (n as f64).sqrt(),
-            AttackNorm::Linf => 1.0,
-        }
+/// The largest distance two images in `[0, 1]^n` can have in `norm`.
+fn box_diameter(norm: Norm, n: usize) -> f64 {
+    match norm {
+        Norm::L1 => n as f64,
+        Norm::L2 => (n as f64).sqrt(),
+        Norm::Linf => 1.0,
     }
 }
 
-impl fmt::Display for AttackNorm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for AttackNorm {
-    type Err = AdversarialError;
-
-    /// `l2` or `2`; `linf`, `inf`, `l-inf` or `infinity` (case-insensitive).
-    fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "l2" | "2" => Ok(AttackNorm::L2),
-            "linf" | "inf" | "l-inf" | "infinity" => Ok(AttackNorm::Linf),
-            _ => Err(AdversarialError::Parse {
-                input: s.to_string(),
-                reason: "unknown norm (expected l2 or linf)".into(),
-            }),
-        }
-    }
+/// The error for a norm no attack is defined in: [`AttackConfig::validate`] admits only L2
+/// and L∞, so the attacks' own code meets it only when called without validation.
+fn norm_not_attacked(norm: Norm) -> AdversarialError {
+    AdversarialError::InvalidConfig(format!("no attack is defined in the {norm} norm"))
 }
 
 /// What to run: the attack, its norm and its budget. [`AttackConfig::new`] fills in the
@@ -200,7 +159,7 @@ pub struct AttackConfig {
     /// The attack.
     pub kind: AttackKind,
     /// The norm it minimises (bounds, for PGD).
-    pub norm: AttackNorm,
+    pub norm: Norm,
     /// The iteration budget: DeepFool's maximum number of linearisation steps (default
     /// 50), the gradient steps of each iterative run (10) or of PGD (20), the Boundary
     /// attack's iterations (5000). Unused by the single-step FGSM and gradient attacks.
@@ -232,7 +191,7 @@ pub struct AttackConfig {
 impl AttackConfig {
     /// The reference defaults for `kind` in `norm` (not validated: e.g. PGD still needs
     /// an ε, see [`AttackConfig::pgd`]).
-    pub fn new(kind: AttackKind, norm: AttackNorm) -> Self {
+    pub fn new(kind: AttackKind, norm: Norm) -> Self {
         let steps = match kind {
             AttackKind::DeepFool => 50,
             AttackKind::Iterative => 10,
@@ -254,7 +213,7 @@ impl AttackConfig {
     }
 
     /// PGD at the fixed radius `epsilon` in `norm`, with the defaults otherwise.
-    pub fn pgd(norm: AttackNorm, epsilon: f64) -> Self {
+    pub fn pgd(norm: Norm, epsilon: f64) -> Self {
         Self {
             epsilon: Some(epsilon),
             ..Self::new(AttackKind::Pgd, norm)
@@ -317,18 +276,16 @@ impl AttackConfig {
             (AttackKind::DeepFool | AttackKind::Boundary, Some(_)) => {
                 return bad("takes no epsilon (it is a minimum-distance attack)".into())
             }
-            (_, Some(e)) if !(e.is_finite() && e > 0.0) => {
-                return bad(format!("epsilon must be positive and finite, got {e}"))
-            }
+            (_, Some(e)) => check_positive(&format!("attack {kind}"), "epsilon", e)?,
             _ => {}
         }
         match (kind, self.step_size) {
-            (AttackKind::Iterative | AttackKind::Pgd, Some(s)) if !(s.is_finite() && s > 0.0) => {
-                return bad(format!(
-                    "step size (a fraction of epsilon) must be positive and finite, got {s}"
-                ))
-            }
-            (AttackKind::Iterative | AttackKind::Pgd, _) | (_, None) => {}
+            (AttackKind::Iterative | AttackKind::Pgd, Some(s)) => check_positive(
+                &format!("attack {kind}"),
+                "step size (a fraction of epsilon)",
+                s,
+            )?,
+            (_, None) => {}
             (_, Some(_)) => return bad("takes no step size".into()),
         }
         if !(self.overshoot.is_finite() && self.overshoot >= 0.0) {
@@ -365,9 +322,13 @@ impl AttackStatus {
     }
 }
 
-/// The result of attacking one image.
+/// The result of attacking one image: what [`run_attack`] returns per image, what the
+/// per-image CSV of `tulip attack` holds, and what every report and plot is computed from.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AttackOutcome {
+    /// Position of the image in what was attacked (the batch for [`run_attack`]; the
+    /// split when a whole split is attacked in batches).
+    pub index: usize,
     /// The true label.
     pub label: u32,
     /// The model's prediction on the clean image.
@@ -383,11 +344,58 @@ pub struct AttackOutcome {
 }
 
 impl AttackOutcome {
-    /// The distance in `norm` (`NaN` on failure).
-    pub fn distance(&self, norm: AttackNorm) -> f64 {
-        match norm {
-            AttackNorm::L2 => self.l2,
-            AttackNorm::Linf => self.linf,
+    /// An image the model misclassifies (as `prediction`) before any attack.
+    pub fn already_misclassified(index: usize, label: u32, prediction: u32) -> Self {
+        Self {
+            index,
+            label,
+            clean_prediction: prediction,
+            adversarial_prediction: prediction,
+            l2: 0.0,
+            linf: 0.0,
+            status: AttackStatus::AlreadyMisclassified,
+        }
+    }
+
+    /// An image classified correctly, then as `adversarial_prediction` at distances `l2`
+    /// and `linf`.
+    pub fn found(
+        index: usize,
+        label: u32,
+        adversarial_prediction: u32,
+        l2: f64,
+        linf: f64,
+    ) -> Self {
+        Self {
+            index,
+            label,
+            clean_prediction: label,
+            adversarial_prediction,
+            l2,
+            linf,
+            status: AttackStatus::Found,
+        }
+    }
+
+    /// An image the attack could not fool (`prediction` is the clean prediction).
+    pub fn failed(index: usize, label: u32, prediction: u32) -> Self {
+        Self {
+            index,
+            label,
+            clean_prediction: prediction,
+            adversarial_prediction: prediction,
+            l2: f64::NAN,
+            linf: f64::NAN,
+            status: AttackStatus::Failed,
+        }
+    }
+
+    /// The distance in `norm`; `None` for a failure (and for L1, which is not recorded).
+    pub fn distance(&self, norm: Norm) -> Option<f64> {
+        match (self.status, norm) {
+            (AttackStatus::Failed, _) | (_, Norm::L1) => None,
+            (_, Norm::L2) => Some(self.l2),
+            (_, Norm::Linf) => Some(self.linf),
         }
     }
 
@@ -500,14 +508,14 @@ impl Ctx<'_> {
 pub(crate) struct Tracker {
     x0: Tensor,
     labels: Vec<u32>,
-    norm: AttackNorm,
+    norm: Norm,
     best: Tensor,
     /// Distance of `best` from the clean image; `+∞` while none is misclassified.
     dist: Vec<f64>,
 }
 
 impl Tracker {
-    fn new(x0: &Tensor, labels: Vec<u32>, norm: AttackNorm, clean_logits: &Tensor) -> Result<Self> {
+    fn new(x0: &Tensor, labels: Vec<u32>, norm: Norm, clean_logits: &Tensor) -> Result<Self> {
         let pred = predictions(clean_logits)?;
         let dist = pred
             .iter()
@@ -561,30 +569,16 @@ impl Tracker {
         let pred = predictions(&logits(model, &self.best)?)?;
         let mut ok = vec![false; self.labels.len()];
         let mut outcomes = Vec::with_capacity(self.labels.len());
-        let l2 = host_norms(&(&self.best - &self.x0)?, AttackNorm::L2)?;
-        let linf = host_norms(&(&self.best - &self.x0)?, AttackNorm::Linf)?;
+        let l2 = host_norms(&(&self.best - &self.x0)?, Norm::L2)?;
+        let linf = host_norms(&(&self.best - &self.x0)?, Norm::Linf)?;
         for (i, &label) in self.labels.iter().enumerate() {
             let clean = clean_pred[i];
             let outcome = if clean != label {
                 ok[i] = true;
-                AttackOutcome {
-                    label,
-                    clean_prediction: clean,
-                    adversarial_prediction: clean,
-                    l2: 0.0,
-                    linf: 0.0,
-                    status: AttackStatus::AlreadyMisclassified,
-                }
+                AttackOutcome::already_misclassified(i, label, clean)
             } else if self.dist[i].is_finite() && pred[i] != label {
                 ok[i] = true;
-                AttackOutcome {
-                    label,
-                    clean_prediction: clean,
-                    adversarial_prediction: pred[i],
-                    l2: l2[i],
-                    linf: linf[i],
-                    status: AttackStatus::Found,
-                }
+                AttackOutcome::found(i, label, pred[i], l2[i], linf[i])
             } else {
                 if self.dist[i].is_finite() {
                     tracing::warn!(
@@ -592,14 +586,7 @@ impl Tracker {
                         "attack point no longer misclassified on re-evaluation; counted as failed"
                     );
                 }
-                AttackOutcome {
-                    label,
-                    clean_prediction: clean,
-                    adversarial_prediction: clean,
-                    l2: f64::NAN,
-                    linf: f64::NAN,
-                    status: AttackStatus::Failed,
-                }
+                AttackOutcome::failed(i, label, clean)
             };
             outcomes.push(outcome);
         }
@@ -632,22 +619,12 @@ fn first_non_finite_row(logits: &Tensor) -> Result<Option<usize>> {
 }
 
 /// Per-image norms of `delta`, on the host.
-fn host_norms(delta: &Tensor, norm: AttackNorm) -> Result<Vec<f64>> {
-    host_vec(&row_norms(delta, norm.norm())?)
+fn host_norms(delta: &Tensor, norm: Norm) -> Result<Vec<f64>> {
+    host_vec(&row_norms(delta, norm)?)
 }
 
 fn host_vec(t: &Tensor) -> Result<Vec<f64>> {
     Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
-}
-
-/// `[B, 1, 1, …]` tensor of per-image scalars in the dtype and on the device of `like`, for
-/// broadcasting against it.
-fn row_scalars(v: &[f64], like: &Tensor) -> Result<Tensor> {
-    let mut shape = vec![1usize; like.rank()];
-    shape[0] = v.len();
-    Ok(Tensor::from_vec(v.to_vec(), v.len(), like.device())?
-        .to_dtype(like.dtype())?
-        .reshape(shape)?)
 }
 
 /// `u8` mask of `like`'s shape selecting the images `rows[i]`.
@@ -659,26 +636,6 @@ fn row_mask(rows: &[bool], like: &Tensor) -> Result<Tensor> {
         .reshape(shape)?
         .broadcast_as(like.shape())?
         .contiguous()?)
-}
-
-/// Logits at `x` and the input gradient of the summed per-example cross-entropy (row `i`
-/// is `∇ℓ_i` in evaluation mode), both detached; a zero gradient if the loss ignores `x`.
-fn logits_and_loss_gradient(
-    model: &dyn Classifier,
-    x: &Tensor,
-    labels: &Tensor,
-) -> Result<(Tensor, Tensor)> {
-    let xv = Var::from_tensor(&x.detach())?;
-    // Input gradients only: through the frozen view no parameter gradient is computed.
-    let z = with_frozen(model, |m| m.forward_t(xv.as_tensor(), false))?;
-    let grads = cross_entropy_per_example(&z, labels)?
-        .sum_all()?
-        .backward()?;
-    let g = match grads.get(xv.as_tensor()) {
-        Some(g) => g.detach(),
-        None => x.zeros_like()?,
-    };
-    Ok((z.detach(), g))
 }
 
 /// `x + scale_i · d_i`, clipped to `[0, 1]`.

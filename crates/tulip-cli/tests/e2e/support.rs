@@ -1,29 +1,12 @@
-//! Helpers for the end-to-end tests: find the built `tulip` binary, run it in a
-//! temporary directory, read the run files back.
-//!
-//! The binary is the one cargo built for this test run (`target/<profile>/tulip`, beside
-//! the test executable's `deps/` folder).
+//! Helpers for the end-to-end tests: run the `tulip` binary cargo built for them, in a
+//! temporary directory, and read the run files back.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// Path of the `tulip` binary built alongside these tests.
-///
-/// # Panics
-/// If the binary has not been built (run the tests through `cargo test --workspace`).
+/// Path of the `tulip` binary built for these tests.
 pub fn tulip_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let bin = profile_dir.join(format!("tulip{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} not found: build it with `cargo build -p tulip-cli` or run `cargo test --workspace`",
-        bin.display()
-    );
-    bin
+    PathBuf::from(env!("CARGO_BIN_EXE_tulip"))
 }
 
 /// A `tulip` command with the given arguments, its output captured.

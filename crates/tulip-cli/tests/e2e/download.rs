@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use tulip_e2e::{run, stderr, tulip};
+use crate::support::{run, stderr, tulip};
 
 use tulip_data::download::{MANIFEST_ENV, MIRROR_ENV};
 
@@ -199,7 +199,7 @@ fn train_downloads_a_missing_dataset_from_the_mirror_and_trains() {
         let run_dir = tmp.path().join(run);
         let run_dir = run_dir.to_str().unwrap().to_owned();
         args.extend(["--data", data.to_str().unwrap(), "--log-dir", &run_dir]);
-        let out = tulip_e2e::run(
+        let out = crate::support::run(
             tulip(&args)
                 .env(MIRROR_ENV, &base)
                 .env(MANIFEST_ENV, &manifest),
@@ -218,7 +218,7 @@ fn train_downloads_a_missing_dataset_from_the_mirror_and_trains() {
     let (_, config) = tulip_train::RunDir::open(&tmp.path().join("run1")).unwrap();
     assert_eq!(config.dataset.name(), "mnist");
     assert!(config.download);
-    let test = tulip_e2e::csv(
+    let test = crate::support::csv(
         &tmp.path()
             .join("run1")
             .join(tulip_train::run_dir::files::TEST_CSV),

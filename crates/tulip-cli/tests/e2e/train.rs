@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
+use crate::support::{column, csv, run, stderr, tulip};
 use candle_core::{DType, Device, Tensor};
 use tulip_data::Loader;
-use tulip_e2e::{column, csv, run, stderr, tulip};
 use tulip_models::{Checkpoint, Classifier, Model};
 use tulip_train::run_dir::files;
 use tulip_train::RunDir;
@@ -295,8 +295,9 @@ fn max_input_gradient_norm(dir: &Path) -> f64 {
     let mut max = 0f64;
     for batch in loader.epoch(0) {
         let batch = batch.unwrap();
-        let (_, g) =
-            tulip_penalties::input_gradient(&model, &batch.images, &batch.labels, true).unwrap();
+        let g = tulip_penalties::input_gradient(&model, &batch.images, &batch.labels, true)
+            .unwrap()
+            .gradient;
         let norms: Tensor = tulip_penalties::row_norms(&g, tulip_penalties::Norm::L2).unwrap();
         let m: f32 = norms.max_all().unwrap().to_scalar().unwrap();
         max = max.max(f64::from(m));

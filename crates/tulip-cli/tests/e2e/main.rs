@@ -7,4 +7,5 @@ mod download;
 mod eval;
 mod kill;
 mod resume;
+mod support;
 mod train;

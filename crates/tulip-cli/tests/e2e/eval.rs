@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use crate::support::{run, stderr, tulip};
 use tulip_data::DatasetKind;
-use tulip_e2e::{run, stderr, tulip};
 use tulip_models::Architecture;
 use tulip_train::run_dir::files;
 use tulip_train::RunDir;
@@ -16,7 +16,7 @@ use tulip_train::RunDir;
 fn trained_run() -> &'static Path {
     static RUN: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     #[rustfmt::skip]
-    let run = RUN.get_or_init(|| tulip_e2e::trained_run(&[
+    let run = RUN.get_or_init(|| crate::support::trained_run(&[
         "--epochs", "1", "--limit-train", "64", "--limit-test", "32",
         "--batch-size", "32", "--seed", "2",
     ]));
@@ -233,7 +233,7 @@ fn nn_attack_saves_every_distance_and_matches_brute_force() {
 fn eval_refuses_a_checkpoint_with_nan_weights() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("diverged");
-    let checkpoint = tulip_e2e::run_with_poisoned_checkpoint(&dir, |_| true, f32::NAN);
+    let checkpoint = crate::support::run_with_poisoned_checkpoint(&dir, |_| true, f32::NAN);
     let out = tulip(&["eval", dir.to_str().unwrap(), "--limit", "8"])
         .output()
         .unwrap();

@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::process::Output;
 
+use crate::support::{csv, stderr, tulip};
 use candle_core::{DType, Device};
-use tulip_e2e::{csv, stderr, tulip};
 use tulip_models::{Checkpoint, Classifier, Model};
 use tulip_train::run_dir::files;
 use tulip_train::RunDir;
@@ -66,7 +66,7 @@ fn check_what_was_left(dir: &Path, message: &str) {
     if dir.join(files::TEST_CSV).exists() {
         let test = csv(&dir.join(files::TEST_CSV));
         assert!(
-            tulip_e2e::column(&test, "test_loss")
+            crate::support::column(&test, "test_loss")
                 .iter()
                 .all(|v| v.is_finite()),
             "{test:?}"

@@ -11,8 +11,8 @@
 use std::path::Path;
 use std::process::Output;
 
+use crate::support::{csv, stderr, tulip};
 use candle_core::Device;
-use tulip_e2e::{csv, stderr, tulip};
 use tulip_models::Checkpoint;
 use tulip_train::run_dir::files;
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use tulip_e2e::{stderr, tulip};
+use crate::support::{stderr, tulip};
 use tulip_train::run_dir::files;
 
 /// Two short epochs of ResNet8 (6 steps each), a checkpoint every 2 steps.
@@ -100,7 +100,7 @@ fn resume_refuses_flags_that_change_the_run_and_honours_moved_data() {
         None,
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(tulip_e2e::csv(&dir.join(files::TEST_CSV)).1.len(), 2);
+    assert_eq!(crate::support::csv(&dir.join(files::TEST_CSV)).1.len(), 2);
 }
 
 #[test]
@@ -134,7 +134,7 @@ fn an_edited_config_is_refused_unless_allowed_and_then_logged() {
             && log.contains("+lr = 0.07"),
         "{log}"
     );
-    let lr = tulip_e2e::column(&tulip_e2e::csv(&dir.join(files::TEST_CSV)), "lr");
+    let lr = crate::support::column(&crate::support::csv(&dir.join(files::TEST_CSV)), "lr");
     assert_eq!(lr, [0.07, 0.07], "the edited learning rate applied");
 }
 

@@ -5,14 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use tulip_e2e::{run, stderr, tulip};
+use crate::support::{run, stderr, tulip};
 
 /// One tiny ResNet8 run shared by the tests of this file: a real run directory, not a
 /// good model.
 fn trained_run() -> &'static Path {
     static RUN: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     #[rustfmt::skip]
-    let run = RUN.get_or_init(|| tulip_e2e::trained_run(&[
+    let run = RUN.get_or_init(|| crate::support::trained_run(&[
         "--model", "resnet8", "--epochs", "1", "--limit-train", "256",
         "--limit-test", "32", "--batch-size", "32", "--lr", "0.05",
     ]));
@@ -182,8 +182,11 @@ fn attack_on_a_run_without_a_checkpoint_says_so() {
 fn attack_refuses_a_checkpoint_with_an_infinite_tensor() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("diverged");
-    let checkpoint =
-        tulip_e2e::run_with_poisoned_checkpoint(&dir, |name| name == "fc.weight", f32::INFINITY);
+    let checkpoint = crate::support::run_with_poisoned_checkpoint(
+        &dir,
+        |name| name == "fc.weight",
+        f32::INFINITY,
+    );
     let out = run(&mut tulip(&[
         "attack",
         dir.to_str().unwrap(),
@@ -214,7 +217,7 @@ fn attack_refuses_a_model_whose_clean_logits_overflow() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("overflowing");
     let checkpoint =
-        tulip_e2e::run_with_poisoned_checkpoint(&dir, |name| name == "fc.weight", 1e38);
+        crate::support::run_with_poisoned_checkpoint(&dir, |name| name == "fc.weight", 1e38);
     let out = run(&mut tulip(&[
         "attack",
         dir.to_str().unwrap(),
