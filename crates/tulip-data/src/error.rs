@@ -185,6 +185,7 @@ pub enum DataError {
     },
 
     /// Building a tensor failed.
+    #[cfg(feature = "tensors")]
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 

@@ -1,8 +1,10 @@
 //! Datasets for Tulip-rs: finding them on disk, reading them, augmenting them and cutting
 //! them into reproducible mini-batches on a candle device.
 //!
-//! This is the lowest crate of the workspace; it knows nothing of models. The training
-//! and evaluation crates use it as:
+//! This is the lowest crate of the workspace; it knows nothing of models. Its default
+//! feature `tensors` adds the [`Loader`] of Candle tensors; without it the crate finds,
+//! downloads, verifies and reads datasets and does not build Candle. The training and
+//! evaluation crates use it as:
 //!
 //! ```no_run
 //! # fn main() -> tulip_data::Result<()> {
@@ -58,6 +60,7 @@ mod dataset;
 pub mod download;
 pub mod error;
 pub mod idx;
+#[cfg(feature = "tensors")]
 mod loader;
 mod locate;
 mod sums;
@@ -65,5 +68,6 @@ mod sums;
 pub use augment::{Augmentation, Rect, Transform};
 pub use dataset::{load, Dataset, DatasetKind, Split};
 pub use error::{DataError, Result};
+#[cfg(feature = "tensors")]
 pub use loader::{Batch, Batches, Loader};
 pub use locate::{locate, SearchPaths, SYSTEM_FASHION_MNIST, TULIP_DATA_ENV};

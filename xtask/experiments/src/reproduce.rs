@@ -244,7 +244,7 @@ fn build_tulip(cuda: bool) -> Result<PathBuf> {
     }
     status(&mut cmd, "cargo build --release -p tulip-cli")?;
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
         PathBuf::from,
     );
     Ok(target.join("release").join("tulip"))
@@ -471,7 +471,7 @@ mod tests {
 
     #[test]
     fn the_committed_profiles_and_runs_parse() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/paper");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/paper");
         for profile in ["quick", "standard", "full"] {
             let dir = root.join(profile);
             let p: Profile = read_toml(&dir.join("profile.toml")).unwrap();
