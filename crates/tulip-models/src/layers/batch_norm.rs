@@ -1,10 +1,10 @@
 use candle_core::{Result as CResult, Tensor, Var};
 
-use super::fast_ops::{
+use super::Mode;
+use crate::kernels::{
     batch_norm_train, batch_statistics, channel_affine, channel_affine_relu, channel_dot,
     channel_sum, ChannelStatistics,
 };
-use super::Mode;
 use crate::params::{Init, ParamBuilder};
 use crate::Result;
 
@@ -332,7 +332,7 @@ mod tests {
             }
         }
         assert!(
-            !crate::layers::fast_ops::first_order_only(),
+            !crate::kernels::grad_mode::first_order_only(),
             "the scope is restored"
         );
     }

@@ -1,6 +1,6 @@
 use candle_core::{Result as CResult, Tensor};
 
-use super::fast_ops::{
+use crate::kernels::{
     channel_affine, channel_affine_add_relu, conv2d_affine_relu, conv2d_s1, conv2d_s1_statistics,
     ChannelStatistics,
 };

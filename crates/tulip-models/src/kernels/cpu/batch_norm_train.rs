@@ -5,7 +5,7 @@
 //! Candle's backward pass then made some twenty passes over the activations (each node's
 //! gradient materialised, zero-filled and added). As one op the forward pass reads `x`
 //! once and writes `y` once (the statistics, two more passes, are taken by the convolution
-//! that writes `x`, plane by plane as it writes it; [`batch_statistics`] takes the same of
+//! that writes `x`, plane by plane as it writes it; [`batch_statistics`](super::statistics::batch_statistics) takes the same of
 //! other inputs), and a first-order backward pass
 //! reads `dy` and `x` twice and writes `dx` once, with the closed form
 //!
@@ -14,7 +14,7 @@
 //! ```
 //!
 //! That fused backward returns plain tensors, so it is taken only inside
-//! [`first_order_gradients`](super::first_order_gradients). Everywhere else `dx` is a
+//! [`first_order_gradients`](crate::first_order_gradients). Everywhere else `dx` is a
 //! second op, [`BatchNormInputGradient`] of `dy`, `x` and `γ` (with `σ` recomputed from
 //! `x`), whose own backward is exact; `dγ` and `dβ` are composed from the differentiable
 //! per-channel ops. So gradients of gradients stay exact.
@@ -23,12 +23,11 @@ use candle_core::{
     bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor, WithDType,
 };
 
-use super::direct_conv::{moments_of, Lane};
-use super::{
-    bcs, centre, channel_dot, channel_sum, channel_totals, contiguous, first_order_only,
-    float_dispatch, map_indices, map_planes, parameter_gradients_wanted, plane, planes_on_threads,
-    relu_value, through_relu, zip_planes,
-};
+use super::channel::{centre, channel_dot, channel_sum};
+use super::relu::{relu_value, through_relu};
+use super::storage::{bcs, contiguous, float_dispatch};
+use super::threads::{channel_totals, map_planes, plane, planes_on_threads, zip_planes};
+use crate::kernels::grad_mode::{first_order_only, parameter_gradients_wanted};
 
 /// Per channel `(μ, a, β)` rounded to the data's type, as the forward pass uses them.
 fn in_type<T: WithDType>(affine: &[[f64; 3]]) -> Vec<(T, T, T)> {
@@ -127,60 +126,13 @@ fn eight<T>(chunk: &[T]) -> &[T; 8] {
     chunk.try_into().expect("a chunk of 8")
 }
 
-/// Per channel the batch mean `μ` and biased variance of a `[B, C, sz]` tensor from its
-/// planes' moments `[Σx, Σ(x − m)², m]` (`[B·C]`, image by image; `m` the plane's own mean,
-/// see `direct_conv::plane_moments`), added in image order. A plane
-/// centred on its own `m` contributes `Σ(x − μ)² = Σ(x − m)² + 2(m − μ)·Σ(x − m) +
-/// sz·(m − μ)²` exactly, each term small where the data are (the variance stays accurate
-/// when the mean is large).
-pub(super) fn statistics_from_moments(
-    moments: &[[f64; 3]],
-    (b, c, sz): (usize, usize, usize),
-) -> (Vec<f64>, Vec<f64>) {
-    assert_eq!(moments.len(), b * c, "one summary per plane");
-    let n = (b * sz).max(1) as f64;
-    let channel = |ci: usize| moments.iter().skip(ci).step_by(c.max(1));
-    (0..c)
-        .map(|ci| {
-            let mean = channel(ci).map(|p| p[0]).sum::<f64>() / n;
-            let squares = channel(ci).map(|&[sum, centred, m]| {
-                let (off, sz) = (m - mean, sz as f64);
-                centred + 2.0 * off * (sum - sz * m) + sz * off * off
-            });
-            (mean, squares.sum::<f64>() / n)
-        })
-        .unzip()
-}
-
-/// Per-channel batch mean and biased variance of `x: [B, C, …]` (from its planes'
-/// moments, as a convolution takes them of its output, summed in f64), read straight from
-/// its data: not recorded in any graph.
-///
-/// # Errors
-/// Fails if `x` is not a floating-point CPU tensor of rank ≥ 2.
-pub fn batch_statistics(x: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
-    let (storage, layout) = x.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(s @ CpuStorage::F32(_)) => statistics_cpu::<f32>(s, layout),
-        Storage::Cpu(s @ CpuStorage::F64(_)) => statistics_cpu::<f64>(s, layout),
-        _ => bail!("batch_statistics: f32 or f64 CPU tensors only"),
-    }
-}
-
-fn statistics_cpu<T: WithDType + Lane>(s: &CpuStorage, l: &Layout) -> Result<(Vec<f64>, Vec<f64>)> {
-    let (b, c, sz) = bcs(l.dims())?;
-    let x = contiguous::<T>(s, l)?;
-    let moments = map_indices(b * c, |i| moments_of(plane(&x, sz, i)));
-    Ok(statistics_from_moments(&moments, (b, c, sz)))
-}
-
 /// `y = (x − μ)·σ⁻¹·γ + β` for `x: [B, C, …]`, `weight` (γ) and `bias` (β) of `[C]`, with
-/// `μ`, `σ² = var` the batch statistics of `x` (from [`batch_statistics`]) and
+/// `μ`, `σ² = var` the batch statistics of `x` (from [`batch_statistics`](super::statistics::batch_statistics)) and
 /// `σ = √(var + eps)`; followed by a ReLU if `relu`. CPU only.
 ///
 /// # Errors
 /// Fails on a shape mismatch.
-pub fn batch_norm_train(
+pub(crate) fn batch_norm_train(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
@@ -635,7 +587,7 @@ impl CustomOp3 for BatchNormInputGradient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::fast_ops::tests::randn;
+    use crate::kernels::test_values::randn;
     use candle_core::Var;
 
     /// The op for `x`: its mean as `μ`, and a ReLU mask `(x − μ)·a + β > 0` if `relu`.
