@@ -88,17 +88,11 @@ impl CustomOp1 for AvgPool2Adjoint {
 /// `AvgPool2d(2)`), in one contiguous pass; its backward pass is its adjoint (a quarter of
 /// the gradient on each pixel of the window), whose own backward is the pooling, so it is
 /// differentiable to any order. Candle's strided `mean` over the window goes element by
-/// element with index arithmetic, far slower. Other devices use `reshape` + `mean`.
+/// element with index arithmetic, far slower.
 ///
 /// # Errors
 /// Fails on a tensor that is not 4-D.
 pub(crate) fn avg_pool2x2(x: &Tensor) -> Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    if !x.device().is_cpu() {
-        let (h2, w2) = (h / 2, w / 2);
-        let x = x.narrow(2, 0, 2 * h2)?.narrow(3, 0, 2 * w2)?;
-        return x.reshape((b, c, h2, 2, w2, 2))?.mean((3, 5));
-    }
     x.apply_op1(AvgPool2)
 }
 

@@ -128,7 +128,7 @@ fn eight<T>(chunk: &[T]) -> &[T; 8] {
 
 /// `y = (x − μ)·σ⁻¹·γ + β` for `x: [B, C, …]`, `weight` (γ) and `bias` (β) of `[C]`, with
 /// `μ`, `σ² = var` the batch statistics of `x` (from [`batch_statistics`](super::statistics::batch_statistics)) and
-/// `σ = √(var + eps)`; followed by a ReLU if `relu`. CPU only.
+/// `σ = √(var + eps)`; followed by a ReLU if `relu`.
 ///
 /// # Errors
 /// Fails on a shape mismatch.

@@ -9,7 +9,7 @@ use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType,
 };
 
-use super::relu::{add_relu, relu_value, through_relu};
+use super::relu::{relu_value, through_relu};
 use super::storage::{bcs, contiguous, float_dispatch, same_dims};
 use super::threads::{channel_totals, plane};
 
@@ -287,12 +287,7 @@ impl CustomOp3 for ChannelAffine {
 /// # Errors
 /// Fails on a tensor of rank below 2.
 pub(crate) fn channel_sum(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() {
-        x.apply_op1(ChannelSum)
-    } else {
-        let dims: Vec<usize> = (0..x.rank()).filter(|&d| d != 1).collect();
-        x.sum(dims.as_slice())
-    }
+    x.apply_op1(ChannelSum)
 }
 
 /// `x − mean(x)` per channel of `x: [B, C, …]`, the mean taken over every dimension but 1;
@@ -301,12 +296,7 @@ pub(crate) fn channel_sum(x: &Tensor) -> Result<Tensor> {
 /// # Errors
 /// Fails on a tensor of rank below 2.
 pub(crate) fn centre(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() {
-        x.apply_op1(Centre)
-    } else {
-        let dims: Vec<usize> = (0..x.rank()).filter(|&d| d != 1).collect();
-        x.broadcast_sub(&x.mean_keepdim(dims.as_slice())?)
-    }
+    x.apply_op1(Centre)
 }
 
 /// `Σ x·y` of two `[B, C, …]` tensors over every dimension but 1, as `[C]`, without a
@@ -315,12 +305,7 @@ pub(crate) fn centre(x: &Tensor) -> Result<Tensor> {
 /// # Errors
 /// Fails if the shapes differ or have rank below 2.
 pub(crate) fn channel_dot(x: &Tensor, y: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() {
-        x.apply_op2(y, ChannelDot)
-    } else {
-        let dims: Vec<usize> = (0..x.rank()).filter(|&d| d != 1).collect();
-        (x * y)?.sum(dims.as_slice())
-    }
+    x.apply_op2(y, ChannelDot)
 }
 
 /// Broadcasts `v: [C]` to `dims = [B, C, …]`; differentiable to any order.
@@ -328,13 +313,7 @@ pub(crate) fn channel_dot(x: &Tensor, y: &Tensor) -> Result<Tensor> {
 /// # Errors
 /// Fails if `v` does not have `dims[1]` elements.
 pub(crate) fn channel_expand(v: &Tensor, dims: &[usize]) -> Result<Tensor> {
-    if v.device().is_cpu() {
-        v.apply_op1(ChannelExpand(dims.to_vec()))
-    } else {
-        let mut shape = vec![1; dims.len()];
-        shape[1] = dims[1];
-        v.reshape(shape)?.broadcast_as(dims)?.contiguous()
-    }
+    v.apply_op1(ChannelExpand(dims.to_vec()))
 }
 
 /// `x·a + s` with `a`, `s: [C]` applied along dimension 1 of `x: [B, C, …]`;
@@ -343,44 +322,16 @@ pub(crate) fn channel_expand(v: &Tensor, dims: &[usize]) -> Result<Tensor> {
 /// # Errors
 /// Fails on a shape mismatch.
 pub(crate) fn channel_affine(x: &Tensor, a: &Tensor, s: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() {
-        x.apply_op3(a, s, ChannelAffine { relu: false })
-    } else {
-        let mut shape = vec![1; x.rank()];
-        shape[1] = x.dim(1)?;
-        x.broadcast_mul(&a.reshape(shape.as_slice())?)?
-            .broadcast_add(&s.reshape(shape.as_slice())?)
-    }
+    x.apply_op3(a, s, ChannelAffine { relu: false })
 }
 
 /// `relu(x·a_c + s_c)` in one pass (one node instead of two); differentiable to any
-/// order. Other devices use Candle's ops.
+/// order.
 ///
 /// # Errors
 /// Fails on a shape mismatch.
 pub(crate) fn channel_affine_relu(x: &Tensor, a: &Tensor, s: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() {
-        x.apply_op3(a, s, ChannelAffine { relu: true })
-    } else {
-        channel_affine(x, a, s)?.relu()
-    }
-}
-
-/// `relu(x·a_c + s_c [+ skip])`: [`channel_affine_relu`], or with a residual `skip` the
-/// affine map and [`add_relu`]. The unfused form of `conv2d_affine_relu`'s epilogue.
-///
-/// # Errors
-/// Fails on a shape mismatch.
-pub(crate) fn channel_affine_add_relu(
-    x: &Tensor,
-    a: &Tensor,
-    s: &Tensor,
-    skip: Option<&Tensor>,
-) -> Result<Tensor> {
-    match skip {
-        None => channel_affine_relu(x, a, s),
-        Some(skip) => add_relu(&channel_affine(x, a, s)?, skip),
-    }
+    x.apply_op3(a, s, ChannelAffine { relu: true })
 }
 
 #[cfg(test)]

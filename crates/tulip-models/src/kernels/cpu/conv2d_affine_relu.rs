@@ -5,8 +5,7 @@ use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
 };
 
-use super::channel::channel_affine_add_relu;
-use super::conv2d_s1::{conv2d_grad_input, conv2d_s1};
+use super::conv2d_s1::conv2d_grad_input;
 use super::direct_conv::{self, ConvGeom};
 use super::relu::relu_mask;
 use super::simd::{Isa, Lane};
@@ -149,9 +148,8 @@ impl CustomOp3 for ConvAffineRelu {
 /// and `skip` (the residual connection) of the output's shape: a convolution,
 /// evaluation-mode batch norm, residual add and ReLU in one pass over the output, and one
 /// node that keeps no pre-activation tensor (less memory for an input-gradient pass).
-/// The fused op is used where nothing but `x` and `skip` can need a gradient (the kernel
-/// and coefficients are constants: a frozen view, or inference); otherwise, and on other
-/// devices, this is the separate ops.
+/// For a kernel and coefficients that are constants (a frozen view, or inference): only
+/// `x` and `skip` get gradients.
 ///
 /// # Errors
 /// Fails on a shape mismatch.
@@ -163,10 +161,6 @@ pub(crate) fn conv2d_affine_relu(
     skip: Option<&Tensor>,
     padding: usize,
 ) -> Result<Tensor> {
-    let constants = !(w.track_op() || scale.track_op() || shift.track_op());
-    if !x.device().is_cpu() || !constants {
-        return channel_affine_add_relu(&conv2d_s1(x, w, padding)?, scale, shift, skip);
-    }
     let op = ConvAffineRelu {
         padding,
         scale: scale.to_dtype(DType::F64)?.to_vec1()?,
@@ -184,6 +178,7 @@ mod tests {
     use candle_core::Var;
 
     use super::super::channel::channel_affine;
+    use super::super::conv2d_s1::conv2d_s1;
     use crate::kernels::test_values::randn;
     use crate::layers::{max_abs_diff as max_diff, second_order_on};
 
@@ -213,7 +208,7 @@ mod tests {
                 let skip = Var::from_tensor(&skip0).unwrap();
                 let skip = with_skip.then_some(skip.as_tensor());
                 let z = if fused {
-                    conv2d_affine_relu(x, w, &scale, &shift, skip, p).unwrap()
+                    crate::kernels::conv2d_affine_relu(x, w, &scale, &shift, skip, p).unwrap()
                 } else {
                     let y = channel_affine(&conv2d_s1(x, w, p).unwrap(), &scale, &shift).unwrap();
                     match skip {

@@ -167,9 +167,6 @@ impl CustomOp2 for ConvS1 {
 /// # Errors
 /// Fails on a shape mismatch.
 pub(crate) fn conv2d_s1(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
-    if !x.device().is_cpu() {
-        return x.conv2d(w, padding, 1, 1, 1);
-    }
     x.apply_op2(
         w,
         ConvS1 {
@@ -179,20 +176,17 @@ pub(crate) fn conv2d_s1(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor
     )
 }
 
-/// [`conv2d_s1`] (CPU only) and its output's [`ChannelStatistics`], taken plane by plane
+/// [`conv2d_s1`] and its output's [`ChannelStatistics`], taken plane by plane
 /// as the convolution writes them: training-mode batch norm, which follows most
 /// convolutions, then need not read the output twice more for them.
 ///
 /// # Errors
-/// Fails on a shape mismatch, or off the CPU.
+/// Fails on a shape mismatch.
 pub(crate) fn conv2d_s1_statistics(
     x: &Tensor,
     w: &Tensor,
     padding: usize,
 ) -> Result<(Tensor, ChannelStatistics)> {
-    if !x.device().is_cpu() {
-        bail!("conv2d_s1_statistics: CPU tensors only");
-    }
     // A custom op returns one tensor: the statistics come back through a slot the op
     // shares with this function.
     let slot = Arc::new(Mutex::new(None));

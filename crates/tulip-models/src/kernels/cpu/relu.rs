@@ -99,14 +99,11 @@ impl CustomOp2 for ReluMask {
 
 /// ReLU whose backward pass is one masked copy, `g · [x > 0]` (PyTorch's convention at 0),
 /// instead of the four passes of Candle's (zeros, compare, cast, multiply); differentiable
-/// to any order. Other devices use Candle's `relu`.
+/// to any order.
 ///
 /// # Errors
 /// Only for dtypes other than f32 and f64.
 pub(crate) fn relu(x: &Tensor) -> Result<Tensor> {
-    if !x.device().is_cpu() {
-        return x.relu();
-    }
     x.apply_op1(Relu)
 }
 
@@ -155,14 +152,11 @@ impl CustomOp2 for AddRelu {
 }
 
 /// `relu(x + y)` in one pass (one node instead of two), the end of a residual block;
-/// differentiable to any order. Other devices use Candle's ops.
+/// differentiable to any order.
 ///
 /// # Errors
 /// Fails if the shapes differ.
 pub(crate) fn add_relu(x: &Tensor, y: &Tensor) -> Result<Tensor> {
-    if !x.device().is_cpu() {
-        return (x + y)?.relu();
-    }
     x.apply_op2(y, AddRelu)
 }
 
