@@ -2,8 +2,9 @@
 
 use candle_core::{Device, Tensor};
 
-pub(crate) fn randn(shape: &[usize], seed: u64) -> Tensor {
-    // Deterministic pseudo-random values without relying on the device RNG.
+pub(crate) fn seeded_uniform(shape: &[usize], seed: u64) -> Tensor {
+    // Uniform in [-1, 1), from a linear congruential generator: the same values on every
+    // machine, without the device's generator.
     let n: usize = shape.iter().product();
     let mut s = seed
         .wrapping_mul(6364136223846793005)

@@ -6,7 +6,7 @@ use candle_core::{
 };
 
 use super::conv2d_s1::conv2d_grad_input;
-use super::direct_conv::{self, ConvGeom};
+use super::direct_conv::{self, ConvGeometry};
 use super::relu::relu_mask;
 use super::simd::{Isa, Lane};
 use super::storage::{contiguous, float_dispatch};
@@ -29,7 +29,8 @@ impl ConvAffineRelu {
         (ws, wl): (&CpuStorage, &Layout),
         skip: Option<(&CpuStorage, &Layout)>,
     ) -> Result<(CpuStorage, Shape)> {
-        let (g, o) = ConvGeom::of_forward(xl.dims(), wl.dims(), self.padding, "conv_affine_relu")?;
+        let (g, o) =
+            ConvGeometry::of_forward(xl.dims(), wl.dims(), self.padding, "conv_affine_relu")?;
         if self.scale.len() != o || self.shift.len() != o {
             bail!(
                 "conv_affine_relu: {} scales and {} shifts for {o} output channels",
@@ -179,7 +180,7 @@ mod tests {
 
     use super::super::channel::channel_affine;
     use super::super::conv2d_s1::conv2d_s1;
-    use crate::kernels::test_values::randn;
+    use crate::kernels::test_values::seeded_uniform;
     use crate::layers::{max_abs_diff as max_diff, second_order_on};
 
     /// The fused convolution + affine (+ residual) + ReLU against the separate ops: value,
@@ -195,11 +196,15 @@ mod tests {
             (4, 11, 1, 0, 8, 4),
             (2, 9, 3, 2, 6, 5),
         ] {
-            let x0 = randn(&[2, c, h, width], 71);
-            let w = randn(&[o, c, k, k], 72);
-            let (scale, shift) = (randn(&[o], 73), randn(&[o], 74));
+            let x0 = seeded_uniform(&[2, c, h, width], 71);
+            let w = seeded_uniform(&[o, c, k, k], 72);
+            let (scale, shift) = (seeded_uniform(&[o], 73), seeded_uniform(&[o], 74));
             let dims = conv2d_s1(&x0, &w, p).unwrap().dims().to_vec();
-            let (q, r, skip0) = (randn(&dims, 75), randn(&dims, 76), randn(&dims, 77));
+            let (q, r, skip0) = (
+                seeded_uniform(&dims, 75),
+                seeded_uniform(&dims, 76),
+                seeded_uniform(&dims, 77),
+            );
             // z, then the gradients of ⟨z, q⟩ and of ⟨z, r⟩ + ‖∂⟨z, q⟩/∂x‖² +
             // ‖∂⟨z, q⟩/∂skip‖² for x, the residual and the kernel (those that have one).
             let run = |fused: bool, w: &Tensor, with_skip: bool| -> Vec<Tensor> {

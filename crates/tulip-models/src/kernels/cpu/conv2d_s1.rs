@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 
-use super::direct_conv::{self, ConvGeom};
+use super::direct_conv::{self, ConvGeometry};
 use super::simd::{Isa, Lane};
 use super::statistics::{statistics_from_moments, ChannelStatistics};
 use super::storage::{contiguous, float_dispatch};
@@ -48,7 +48,7 @@ fn conv_s1_cpu<T: WithDType + Lane>(
     let p = op.padding;
     match op.kind {
         ConvKind::Forward => {
-            let (g, o) = ConvGeom::of_forward(d1, d2, p, "conv")?;
+            let (g, o) = ConvGeometry::of_forward(d1, d2, p, "conv")?;
             let y = direct_conv::conv(Isa::Best, &a, &g, &bt, o);
             Ok((
                 T::to_cpu_storage_owned(y),
@@ -71,7 +71,7 @@ fn conv_s1_cpu<T: WithDType + Lane>(
                     }
                 }
             }
-            let g = ConvGeom {
+            let g = ConvGeometry {
                 b: d1[0],
                 c: o,
                 h: d1[2],
@@ -94,7 +94,7 @@ fn conv_s1_cpu<T: WithDType + Lane>(
                 bail!("conv grad-weight: input {d1:?} and gradient {d2:?} do not match");
             }
             let (kh, kw) = (h + 2 * p + 1 - ho, w + 2 * p + 1 - wo);
-            let g = ConvGeom {
+            let g = ConvGeometry {
                 b,
                 c,
                 h,
@@ -216,7 +216,7 @@ impl ConvStatistics {
         (ws, wl): (&CpuStorage, &Layout),
     ) -> Result<(CpuStorage, Shape)> {
         let what = "conv2d_s1_statistics";
-        let (g, o) = ConvGeom::of_forward(xl.dims(), wl.dims(), self.padding, what)?;
+        let (g, o) = ConvGeometry::of_forward(xl.dims(), wl.dims(), self.padding, what)?;
         let (x, w) = (contiguous::<T>(xs, xl)?, contiguous::<T>(ws, wl)?);
         let (y, moments) = direct_conv::conv_then(Isa::Best, &x, &g, &w, o, None, true);
         let (ho, wo) = (g.ho(), g.wo());
@@ -286,7 +286,7 @@ mod tests {
     use candle_core::{DType, Var};
 
     use crate::kernels::grad_mode::input_gradient_only;
-    use crate::kernels::test_values::randn;
+    use crate::kernels::test_values::seeded_uniform;
     use crate::layers::{max_abs_diff as max_diff, second_order_on};
 
     #[test]
@@ -298,9 +298,9 @@ mod tests {
             (1, 1, 1, 4, 4, 3, 0),
             (2, 2, 3, 5, 4, 3, 2),
         ] {
-            let x = Var::from_tensor(&randn(&[b, c, h, w], 1)).unwrap();
-            let wt = Var::from_tensor(&randn(&[o, c, k, k], 2)).unwrap();
-            let r = randn(&[b, o, h + 2 * p + 1 - k, w + 2 * p + 1 - k], 3);
+            let x = Var::from_tensor(&seeded_uniform(&[b, c, h, w], 1)).unwrap();
+            let wt = Var::from_tensor(&seeded_uniform(&[o, c, k, k], 2)).unwrap();
+            let r = seeded_uniform(&[b, o, h + 2 * p + 1 - k, w + 2 * p + 1 - k], 3);
             let ours = conv2d_s1(x.as_tensor(), wt.as_tensor(), p).unwrap();
             let theirs = x.as_tensor().conv2d(wt.as_tensor(), p, 1, 1, 1).unwrap();
             assert_eq!(ours.dims(), theirs.dims());
@@ -333,8 +333,10 @@ mod tests {
             (4, 3, 9, 5, 5, 3, 1, 50.0),
             (2, 3, 4, 8, 8, 1, 0, -20.0),
         ] {
-            let x = randn(&[b, c, h, w], 8).affine(1.0, offset).unwrap();
-            let wt = randn(&[o, c, k, k], 9);
+            let x = seeded_uniform(&[b, c, h, w], 8)
+                .affine(1.0, offset)
+                .unwrap();
+            let wt = seeded_uniform(&[o, c, k, k], 9);
             for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
                 let cast = |t: &Tensor| t.to_dtype(dtype).unwrap();
                 let (y, (mean, var)) = conv2d_s1_statistics(&cast(&x), &cast(&wt), p).unwrap();
@@ -359,8 +361,12 @@ mod tests {
 
     #[test]
     fn conv_handles_strided_inputs_and_f32() {
-        let x = randn(&[2, 6, 5, 5], 4).to_dtype(DType::F32).unwrap();
-        let w = randn(&[3, 3, 3, 3], 5).to_dtype(DType::F32).unwrap();
+        let x = seeded_uniform(&[2, 6, 5, 5], 4)
+            .to_dtype(DType::F32)
+            .unwrap();
+        let w = seeded_uniform(&[3, 3, 3, 3], 5)
+            .to_dtype(DType::F32)
+            .unwrap();
         let xs = x.narrow(1, 2, 3).unwrap();
         let ours = conv2d_s1(&xs, &w, 1).unwrap();
         let theirs = xs.conv2d(&w, 1, 1, 1, 1).unwrap();
@@ -369,9 +375,9 @@ mod tests {
 
     #[test]
     fn input_gradient_only_skips_the_kernel_gradient_and_keeps_the_input_gradient() {
-        let x = Var::from_tensor(&randn(&[2, 3, 5, 4], 51)).unwrap();
-        let w = Var::from_tensor(&randn(&[4, 3, 3, 3], 52)).unwrap();
-        let r = randn(&[2, 4, 5, 4], 53);
+        let x = Var::from_tensor(&seeded_uniform(&[2, 3, 5, 4], 51)).unwrap();
+        let w = Var::from_tensor(&seeded_uniform(&[4, 3, 3, 3], 52)).unwrap();
+        let r = seeded_uniform(&[2, 4, 5, 4], 53);
         let loss = || {
             (conv2d_s1(x.as_tensor(), w.as_tensor(), 1).unwrap() * &r)
                 .unwrap()
@@ -394,9 +400,9 @@ mod tests {
     fn conv_second_order_matches_finite_differences() {
         second_order_on();
         let (b, c, o, h, k, p) = (2, 2, 3, 5, 3, 1);
-        let x0 = randn(&[b, c, h, h], 6);
-        let w0 = randn(&[o, c, k, k], 7);
-        let q = randn(&[b, o, h, h], 8);
+        let x0 = seeded_uniform(&[b, c, h, h], 6);
+        let w0 = seeded_uniform(&[o, c, k, k], 7);
+        let q = seeded_uniform(&[b, o, h, h], 8);
         let loss = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
             let y = conv2d_s1(x, w, p)?;
             let inner = (&y * &q)?.sum_all()?.backward()?;
@@ -416,7 +422,7 @@ mod tests {
         let eps = 1e-5;
         for (dir_seed, which) in [(9u64, 0), (10, 1)] {
             let (base, grad) = if which == 0 { (&x0, gx) } else { (&w0, gw) };
-            let d = randn(base.dims(), dir_seed);
+            let d = seeded_uniform(base.dims(), dir_seed);
             let eval = |s: f64| -> f64 {
                 let moved = (base + (&d * s).unwrap()).unwrap();
                 let xv = Var::from_tensor(if which == 0 { &moved } else { &x0 }).unwrap();

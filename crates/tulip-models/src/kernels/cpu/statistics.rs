@@ -5,7 +5,7 @@ use candle_core::{bail, CpuStorage, Layout, Result, Storage, Tensor, WithDType};
 
 use super::direct_conv::moments_of;
 use super::simd::Lane;
-use super::storage::{bcs, contiguous};
+use super::storage::{batch_channels_positions, contiguous};
 use super::threads::{map_indices, plane};
 
 /// Per-channel batch mean and biased variance of an output, as [`batch_statistics`]
@@ -53,7 +53,7 @@ pub(crate) fn batch_statistics(x: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
 }
 
 fn statistics_cpu<T: WithDType + Lane>(s: &CpuStorage, l: &Layout) -> Result<(Vec<f64>, Vec<f64>)> {
-    let (b, c, sz) = bcs(l.dims())?;
+    let (b, c, sz) = batch_channels_positions(l.dims())?;
     let x = contiguous::<T>(s, l)?;
     let moments = map_indices(b * c, |i| moments_of(plane(&x, sz, i)));
     Ok(statistics_from_moments(&moments, (b, c, sz)))

@@ -53,8 +53,9 @@ pub(super) fn same_dims(what: &str, l1: &Layout, l2: &Layout) -> Result<()> {
     Ok(())
 }
 
-/// `[B, C, S]` view of a `[B, C, …]` shape.
-pub(super) fn bcs(dims: &[usize]) -> Result<(usize, usize, usize)> {
+/// `(B, C, S)` of a `[B, C, …]` shape: images, channels, and positions per plane (the
+/// product of the remaining dimensions).
+pub(super) fn batch_channels_positions(dims: &[usize]) -> Result<(usize, usize, usize)> {
     if dims.len() < 2 {
         bail!("per-channel op needs a [B, C, …] tensor, got {dims:?}");
     }
