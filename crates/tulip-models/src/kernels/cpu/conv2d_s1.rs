@@ -141,7 +141,11 @@ impl CustomOp2 for ConvS1 {
             // ⟨F(x,w), r⟩: ∂x = Gx(r, w), ∂w = Gw(x, r)
             ConvKind::Forward => (
                 arg1.track_op().then(|| conv2d_grad_input(grad, arg2, p)),
-                (arg2.track_op() && parameter_gradients_wanted())
+                // Under `input_gradient_only` a kernel that is a variable gets no gradient.
+                // One computed from a variable (a group's slice of a grouped convolution's
+                // kernel) still does: Candle's backward pass expects a gradient for every
+                // tracked tensor that is not a variable, and stops without one.
+                (arg2.track_op() && (parameter_gradients_wanted() || !arg2.is_variable()))
                     .then(|| conv2d_grad_weight(arg1, grad, p)),
             ),
             // ⟨Gx(g,w), r⟩ = ⟨g, F(r,w)⟩ = ⟨w, Gw(r,g)⟩
