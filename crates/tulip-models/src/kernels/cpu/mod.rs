@@ -17,6 +17,8 @@ mod threads;
 pub(crate) use avg_pool::avg_pool2x2;
 pub(crate) use batch_norm_train::batch_norm_train;
 pub(crate) use channel::{channel_affine, channel_affine_relu};
+#[cfg(test)]
+pub(crate) use channel::{channel_dot, channel_sum};
 pub(crate) use conv2d_affine_relu::conv2d_affine_relu;
 pub(crate) use conv2d_s1::{conv2d_s1, conv2d_s1_statistics};
 pub(crate) use relu::{add_relu, relu};
