@@ -1,7 +1,7 @@
 //! Gradient modes: two thread-local scopes that let a backward pass whose result is never
 //! differentiated again take shortcuts ([`first_order_gradients`]) or skip the parameters'
-//! gradients ([`input_gradient_only`]). The kernels read them through
-//! [`first_order_only`] and [`parameter_gradients_wanted`].
+//! gradients ([`input_gradient_only`]). The kernels read them through two crate-internal
+//! queries, `first_order_only` and `parameter_gradients_wanted`.
 
 use std::cell::Cell;
 use std::thread::LocalKey;

@@ -141,7 +141,7 @@ mod tests {
 
     use crate::layers::{max_abs_diff as max_diff, second_order_on};
 
-    /// The straightforward broadcasting formula the layer used before `fast_ops`.
+    /// The straightforward broadcasting formula, against which the layer is tested.
     fn reference(x: &Tensor, w: &Tensor, b: &Tensor) -> CResult<Tensor> {
         let c = x.dim(1)?;
         let r = [0usize, 2, 3];

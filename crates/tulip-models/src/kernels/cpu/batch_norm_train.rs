@@ -5,9 +5,9 @@
 //! Candle's backward pass then made some twenty passes over the activations (each node's
 //! gradient materialised, zero-filled and added). As one op the forward pass reads `x`
 //! once and writes `y` once (the statistics, two more passes, are taken by the convolution
-//! that writes `x`, plane by plane as it writes it; [`batch_statistics`](super::statistics::batch_statistics) takes the same of
-//! other inputs), and a first-order backward pass
-//! reads `dy` and `x` twice and writes `dx` once, with the closed form
+//! that writes `x`, plane by plane as it writes it; `statistics::batch_statistics` takes
+//! the same of other inputs), and a first-order backward pass reads `dy` and `x` twice and
+//! writes `dx` once, with the closed form
 //!
 //! ```text
 //! dβ = Σ dy,   dγ = Σ dy·x̂,   dx = γσ⁻¹·(dy − dβ/N − x̂·dγ/N),   x̂ = (x − μ)σ⁻¹.
@@ -57,9 +57,10 @@ fn mask_and_centre<T: WithDType>(affine: (T, T, T), relu: bool) -> impl Fn(T, T)
     }
 }
 
-/// `dx = a·dy + k·xc + z` element by element, `(dy, xc) = mask_and_centre(g, x)`: batch norm's input
-/// gradient (a piece of a plane of it) once its channel's coefficients `(a, k, z)` are
-/// known, in the first-order backward pass and in the input-gradient op alike.
+/// `dx = a·dy + k·xc + z` element by element, `(dy, xc) = mask_and_centre(g, x)`: batch
+/// norm's input gradient (a piece of a plane of it) once its channel's coefficients
+/// `(a, k, z)` are known, in the first-order backward pass and in the input-gradient op
+/// alike.
 #[inline(always)]
 fn input_gradient_plane<T: WithDType>(
     dx: &mut [T],
@@ -127,8 +128,8 @@ fn as_array_of_8<T>(chunk: &[T]) -> &[T; 8] {
 }
 
 /// `y = (x − μ)·σ⁻¹·γ + β` for `x: [B, C, …]`, `weight` (γ) and `bias` (β) of `[C]`, with
-/// `μ`, `σ² = var` the batch statistics of `x` (from [`batch_statistics`](super::statistics::batch_statistics)) and
-/// `σ = √(var + eps)`; followed by a ReLU if `relu`.
+/// `μ`, `σ² = var` the batch statistics of `x` (from `statistics::batch_statistics`)
+/// and `σ = √(var + eps)`; followed by a ReLU if `relu`.
 ///
 /// # Errors
 /// Fails on a shape mismatch.
