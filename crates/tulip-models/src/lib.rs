@@ -26,6 +26,11 @@
 //! - Wide ResNets use this crate's residual trunk: a 16-channel stem, stages of width
 //!   `16k, 32k, 64k`, downsampling by average pooling, and the softmax-initialised 1×1
 //!   convolution where the width changes (also at the start of stage 1).
+//! - Layers call the ops of the crate's `kernels` module, and each op chooses its
+//!   implementation: a CPU kernel (a Candle custom op, differentiable to any order) for a
+//!   CPU tensor, else a portable one written with Candle's own ops, which CUDA and Metal
+//!   run. No layer or model looks at the device. The kernels' gradient modes are public as
+//!   [`grad_mode`].
 //! - Dropout uses Candle's random generator, so runs with dropout > 0 are not bit-for-bit
 //!   reproducible; dropout is off by default.
 #![warn(missing_docs)]
@@ -34,6 +39,7 @@ mod allcnn;
 pub mod checkpoint;
 mod error;
 pub mod failpoint;
+mod kernels;
 pub mod layers;
 pub mod loss;
 mod model;
@@ -45,7 +51,9 @@ pub mod testing;
 pub use allcnn::AllCnn;
 pub use checkpoint::Checkpoint;
 pub use error::{ModelError, Result};
-pub use layers::{first_order_gradients, input_gradient_only, Mode};
+pub use kernels::grad_mode;
+pub use kernels::grad_mode::{first_order_gradients, input_gradient_only};
+pub use layers::Mode;
 pub use model::{Architecture, Model, ModelConfig};
 pub use params::{Param, ParamBuilder, ParamKind, Params};
 pub use resnet::{BlockKind, ResNet, ResNetSpec};

@@ -1,10 +1,7 @@
 use candle_core::{Result as CResult, Tensor, Var};
 
-use super::fast_ops::{
-    batch_norm_train, batch_statistics, channel_affine, channel_affine_relu, channel_dot,
-    channel_sum, ChannelStatistics,
-};
 use super::Mode;
+use crate::kernels::{self, ChannelStatistics};
 use crate::params::{Init, ParamBuilder};
 use crate::Result;
 
@@ -47,11 +44,9 @@ impl BatchNorm {
     /// Normalises `x`. In [`Mode::Train`] this also updates the running statistics (with
     /// detached values: they are state, not part of the graph).
     ///
-    /// On the CPU, training mode is one op (`fast_ops::batch_norm_train`, with a fused
-    /// first-order backward pass). Elsewhere, and in evaluation mode, it is written with the
-    /// per-channel ops of `fast_ops` rather than broadcasting, whose backward sums over
-    /// dimensions 0, 2, 3 with Candle's slow strided reduction: two-pass statistics
-    /// (mean, then the mean square of the centred values) and a single scale-and-shift.
+    /// Training mode is [`kernels::batch_norm_train`]; evaluation mode a per-channel
+    /// affine map ([`kernels::channel_affine`]) rather than broadcasting, whose backward
+    /// sums over dimensions 0, 2, 3 with Candle's slow strided reduction on the CPU.
     ///
     /// # Errors
     /// Fails on a shape mismatch.
@@ -60,7 +55,7 @@ impl BatchNorm {
     }
 
     /// `relu(self.forward(x, mode))` (the identity for the ReLU in linearised mode), in one
-    /// pass on the CPU.
+    /// pass where the device's kernels allow it.
     ///
     /// # Errors
     /// Fails on a shape mismatch.
@@ -69,8 +64,8 @@ impl BatchNorm {
     }
 
     /// [`BatchNorm::forward`] (`relu` false) or [`BatchNorm::forward_relu`] (true); in
-    /// training mode on the CPU with `x`'s per-channel batch mean and variance when the
-    /// caller has them (the convolution that made `x` takes them as it writes it).
+    /// training mode with `x`'s per-channel batch mean and variance when the caller has
+    /// them (the convolution that made `x` takes them as it writes it).
     pub(super) fn normalise(
         &self,
         x: &Tensor,
@@ -78,48 +73,18 @@ impl BatchNorm {
         relu: bool,
         statistics: Option<ChannelStatistics>,
     ) -> CResult<Tensor> {
-        let channels = x.dim(1)?;
-        if mode == Mode::Train && x.device().is_cpu() {
-            let (mean, var) = match statistics {
-                Some(statistics) => statistics,
-                None => batch_statistics(x)?,
-            };
-            let n = (x.elem_count() / channels) as f64;
-            let as_tensor =
-                |v: &[f64]| Tensor::from_slice(v, channels, x.device())?.to_dtype(x.dtype());
-            self.update_running(&as_tensor(&mean)?, &as_tensor(&var)?, n)?;
-            let (w, b) = match &self.affine {
-                Some((w, b)) => (w.clone(), b.clone()),
-                None => {
-                    let ones = Tensor::ones(channels, x.dtype(), x.device())?;
-                    (ones.clone(), ones.zeros_like()?)
-                }
-            };
-            return batch_norm_train(x, &w, &b, mean, &var, EPS, relu);
+        if mode == Mode::Train {
+            let n = (x.elem_count() / x.dim(1)?) as f64;
+            let affine = self.affine.as_ref().map(|(w, b)| (w, b));
+            let normalised = kernels::batch_norm_train(x, affine, statistics, EPS, relu)?;
+            self.update_running(&normalised.mean, &normalised.variance, n)?;
+            return Ok(normalised.output);
         }
-        let (scale, shift, input) = match mode {
-            Mode::Train => {
-                let n = (x.elem_count() / channels) as f64;
-                let mean = (channel_sum(x)? / n)?;
-                let ones = mean.ones_like()?;
-                let centred = channel_affine(x, &ones, &mean.neg()?)?;
-                let var = (channel_dot(&centred, &centred)? / n)?;
-                self.update_running(&mean, &var, n)?;
-                let inv_std = (var + EPS)?.sqrt()?.recip()?;
-                match &self.affine {
-                    Some((w, b)) => ((w * inv_std)?, b.clone(), centred),
-                    None => (inv_std.clone(), inv_std.zeros_like()?, centred),
-                }
-            }
-            Mode::Eval | Mode::Linearised => {
-                let (scale, shift) = self.eval_affine()?;
-                (scale, shift, x.clone())
-            }
-        };
+        let (scale, shift) = self.eval_affine()?;
         if relu {
-            channel_affine_relu(&input, &scale, &shift)
+            kernels::channel_affine_relu(x, &scale, &shift)
         } else {
-            channel_affine(&input, &scale, &shift)
+            kernels::channel_affine(x, &scale, &shift)
         }
     }
 
@@ -176,7 +141,7 @@ mod tests {
 
     use crate::layers::{max_abs_diff as max_diff, second_order_on};
 
-    /// The straightforward broadcasting formula the layer used before `fast_ops`.
+    /// The straightforward broadcasting formula, against which the layer is tested.
     fn reference(x: &Tensor, w: &Tensor, b: &Tensor) -> CResult<Tensor> {
         let c = x.dim(1)?;
         let r = [0usize, 2, 3];
@@ -293,17 +258,10 @@ mod tests {
                     Var::from_tensor(&cast(&w)).unwrap(),
                     Var::from_tensor(&cast(&b)).unwrap(),
                 );
-                let stats = batch_statistics(x.as_tensor()).unwrap();
-                let y = batch_norm_train(
-                    x.as_tensor(),
-                    wv.as_tensor(),
-                    bv.as_tensor(),
-                    stats.0,
-                    &stats.1,
-                    EPS,
-                    relu,
-                )
-                .unwrap();
+                let parameters = Some((wv.as_tensor(), bv.as_tensor()));
+                let y = kernels::batch_norm_train(x.as_tensor(), parameters, None, EPS, relu)
+                    .unwrap()
+                    .output;
                 let g = crate::first_order_gradients(|| {
                     (&y * cast(&r64))
                         .unwrap()
@@ -332,7 +290,7 @@ mod tests {
             }
         }
         assert!(
-            !crate::layers::fast_ops::first_order_only(),
+            !crate::kernels::grad_mode::first_order_only(),
             "the scope is restored"
         );
     }

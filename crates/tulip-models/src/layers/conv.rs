@@ -1,9 +1,6 @@
 use candle_core::{Result as CResult, Tensor};
 
-use super::fast_ops::{
-    channel_affine, channel_affine_add_relu, conv2d_affine_relu, conv2d_s1, conv2d_s1_statistics,
-    ChannelStatistics,
-};
+use crate::kernels::{self, ChannelStatistics};
 use crate::params::{Init, ParamBuilder};
 use crate::Result;
 
@@ -108,45 +105,22 @@ impl Conv2d {
         cfg.in_channels / cfg.groups * cfg.kernel_size * cfg.kernel_size
     }
 
-    /// Applies the convolution to `[B, I, H, W]`.
-    ///
-    /// Stride-1 convolutions on the CPU (every Tulip model except AllCNN's downsampling
-    /// layers) run through `fast_ops::conv2d_s1`, whose backward pass avoids Candle's slow CPU
-    /// `conv_transpose2d` and stays differentiable; grouped ones apply it group by group
-    /// (narrow + cat, as Candle does). Other strides use Candle's `conv2d`.
+    /// Applies the convolution to `[B, I, H, W]` ([`kernels::conv2d`], then the bias).
     ///
     /// # Errors
     /// Fails on a shape mismatch.
     pub fn forward(&self, x: &Tensor) -> CResult<Tensor> {
         let cfg = &self.cfg;
-        let y = if cfg.stride == 1 && cfg.padding < cfg.kernel_size && x.device().is_cpu() {
-            if cfg.groups == 1 {
-                conv2d_s1(x, &self.weight, cfg.padding)?
-            } else {
-                let (ig, og) = (cfg.in_channels / cfg.groups, cfg.out_channels / cfg.groups);
-                let parts = (0..cfg.groups)
-                    .map(|g| {
-                        conv2d_s1(
-                            &x.narrow(1, g * ig, ig)?,
-                            &self.weight.narrow(0, g * og, og)?,
-                            cfg.padding,
-                        )
-                    })
-                    .collect::<CResult<Vec<_>>>()?;
-                Tensor::cat(&parts, 1)?
-            }
-        } else {
-            x.conv2d(&self.weight, cfg.padding, cfg.stride, 1, cfg.groups)?
-        };
+        let y = kernels::conv2d(x, &self.weight, cfg.padding, cfg.stride, cfg.groups)?;
         match &self.bias {
-            Some(b) => channel_affine(&y, &b.ones_like()?, b),
+            Some(b) => kernels::channel_affine(&y, &b.ones_like()?, b),
             None => Ok(y),
         }
     }
 
-    /// [`Conv2d::forward`], and where the convolution allows it (CPU, stride 1, one group,
-    /// no bias) its output's per-channel batch mean and variance, taken as it is written
-    /// (for a training-mode batch norm that follows).
+    /// [`Conv2d::forward`], and where the convolution allows it (stride 1, one group, no
+    /// bias, and a device whose kernel takes them) its output's per-channel batch mean and
+    /// variance, taken as it is written (for a training-mode batch norm that follows).
     ///
     /// # Errors
     /// Fails on a shape mismatch.
@@ -154,27 +128,22 @@ impl Conv2d {
         &self,
         x: &Tensor,
     ) -> CResult<(Tensor, Option<ChannelStatistics>)> {
-        if self.fusable(x) {
-            let (y, statistics) = conv2d_s1_statistics(x, &self.weight, self.cfg.padding)?;
-            return Ok((y, Some(statistics)));
+        if self.fusable() {
+            return kernels::conv2d_with_statistics(x, &self.weight, self.cfg.padding);
         }
         Ok((self.forward(x)?, None))
     }
 
     /// Whether one op can run this convolution with something fused into its output.
-    fn fusable(&self, x: &Tensor) -> bool {
+    fn fusable(&self) -> bool {
         let cfg = &self.cfg;
-        cfg.stride == 1
-            && cfg.groups == 1
-            && cfg.padding < cfg.kernel_size
-            && self.bias.is_none()
-            && x.device().is_cpu()
+        cfg.stride == 1 && cfg.groups == 1 && self.bias.is_none()
     }
 
     /// `relu(self.forward(x)·scale_o + shift_o [+ skip])` for `scale`, `shift: [O]` (an
     /// evaluation-mode batch norm) and `skip` (a residual connection, the output's shape),
-    /// in one pass where the convolution allows it (CPU, stride 1, one group, no bias; see
-    /// `fast_ops::conv2d_affine_relu`).
+    /// in one pass where the convolution allows it (stride 1, one group, no bias; see
+    /// [`kernels::conv2d_affine_relu`]).
     ///
     /// # Errors
     /// Fails on a shape mismatch.
@@ -185,10 +154,11 @@ impl Conv2d {
         shift: &Tensor,
         skip: Option<&Tensor>,
     ) -> CResult<Tensor> {
-        if self.fusable(x) {
-            return conv2d_affine_relu(x, &self.weight, scale, shift, skip, self.cfg.padding);
+        if self.fusable() {
+            let padding = self.cfg.padding;
+            return kernels::conv2d_affine_relu(x, &self.weight, scale, shift, skip, padding);
         }
-        channel_affine_add_relu(&self.forward(x)?, scale, shift, skip)
+        kernels::channel_affine_add_relu(&self.forward(x)?, scale, shift, skip)
     }
 }
 

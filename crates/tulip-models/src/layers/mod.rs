@@ -7,17 +7,17 @@
 
 mod batch_norm;
 mod conv;
-mod fast_ops;
 mod linear;
 mod tanh_output;
 
 pub use batch_norm::BatchNorm;
 pub use conv::{Conv2d, Conv2dConfig};
-pub use fast_ops::{first_order_gradients, input_gradient_only};
 pub use linear::Linear;
 pub use tanh_output::TanhOutput;
 
 use candle_core::{Result, Tensor};
+
+use crate::kernels;
 
 /// How a forward pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +48,7 @@ impl Mode {
 pub fn relu(x: &Tensor, mode: Mode) -> Result<Tensor> {
     match mode {
         Mode::Linearised => Ok(x.clone()),
-        Mode::Train | Mode::Eval => fast_ops::relu(x),
+        Mode::Train | Mode::Eval => kernels::relu(x),
     }
 }
 
@@ -93,7 +93,7 @@ pub fn conv_bn_relu(
 pub fn add_relu(x: &Tensor, y: &Tensor, mode: Mode) -> Result<Tensor> {
     match mode {
         Mode::Linearised => x + y,
-        Mode::Train | Mode::Eval => fast_ops::add_relu(x, y),
+        Mode::Train | Mode::Eval => kernels::add_relu(x, y),
     }
 }
 
@@ -117,7 +117,7 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
 /// `avg_pool2d`, whose backward pass is wrong on odd sizes (it spreads gradient over the
 /// dropped last row/column) and slow.
 pub fn avg_pool2x2(x: &Tensor) -> Result<Tensor> {
-    fast_ops::avg_pool2x2(x)
+    kernels::avg_pool2x2(x)
 }
 
 /// Switches on Candle's second-order gradients for a layer test that differentiates a

@@ -21,127 +21,74 @@
 //! `∂w[o,c,t] = Σ_b Σ_q g[b,o,q] · xp[b,c,q + off_t]`, accumulated as `OB × taps` vector
 //! dot products.
 
-use bytemuck::Pod;
+use candle_core::{bail, Result};
 use pulp::{Simd, WithSimd};
 
-use super::conv::ConvGeom;
-use super::{on_threads, relu_value, threads};
+use super::relu::relu_value;
+use super::simd::{lane_total, lanes, load, store, Isa, Lane};
+use super::threads::{on_threads, threads};
 
-/// A float type with SIMD vectors (`f32`, `f64`).
-pub(super) trait Lane:
-    Pod
-    + Copy
-    + Send
-    + Sync
-    + PartialOrd
-    + std::ops::AddAssign
-    + std::ops::Add<Output = Self>
-    + std::ops::Mul<Output = Self>
-    + std::ops::Neg<Output = Self>
-    + 'static
-{
-    /// The SIMD vector of this type for instruction set `S`.
-    type V<S: Simd>: Pod + Copy;
-    const ZERO: Self;
-    const ONE: Self;
-    /// The value in f64 (exact).
-    fn widen(self) -> f64;
-    /// The value of this type nearest `v`.
-    fn rounded(v: f64) -> Self;
-    fn splat<S: Simd>(simd: S, v: Self) -> Self::V<S>;
-    /// `a·b + c`, fused where the hardware has it.
-    fn mul_add<S: Simd>(simd: S, a: Self::V<S>, b: Self::V<S>, c: Self::V<S>) -> Self::V<S>;
-}
-
-impl Lane for f32 {
-    type V<S: Simd> = S::f32s;
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-    #[inline(always)]
-    fn widen(self) -> f64 {
-        f64::from(self)
-    }
-    #[inline(always)]
-    fn rounded(v: f64) -> Self {
-        v as f32
-    }
-    #[inline(always)]
-    fn splat<S: Simd>(simd: S, v: Self) -> Self::V<S> {
-        simd.splat_f32s(v)
-    }
-    #[inline(always)]
-    fn mul_add<S: Simd>(simd: S, a: Self::V<S>, b: Self::V<S>, c: Self::V<S>) -> Self::V<S> {
-        simd.mul_add_e_f32s(a, b, c)
-    }
-}
-
-impl Lane for f64 {
-    type V<S: Simd> = S::f64s;
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-    #[inline(always)]
-    fn widen(self) -> f64 {
-        self
-    }
-    #[inline(always)]
-    fn rounded(v: f64) -> Self {
-        v
-    }
-    #[inline(always)]
-    fn splat<S: Simd>(simd: S, v: Self) -> Self::V<S> {
-        simd.splat_f64s(v)
-    }
-    #[inline(always)]
-    fn mul_add<S: Simd>(simd: S, a: Self::V<S>, b: Self::V<S>, c: Self::V<S>) -> Self::V<S> {
-        simd.mul_add_e_f64s(a, b, c)
-    }
-}
-
-/// The instruction set the kernels run with: the best this CPU has, or (in tests) a
-/// given one, so that every code path is checked on a machine that has AVX-512.
+/// The shape of a stride-1 convolution: `b` images of `c × h × w`, a `kh × kw` kernel,
+/// zero padding `(ph, pw)` on each side.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Isa {
-    Best,
-    #[cfg(test)]
-    Scalar,
-    #[cfg(all(test, target_arch = "x86_64"))]
-    Avx2,
+pub(super) struct ConvGeometry {
+    pub(super) b: usize,
+    pub(super) c: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) kh: usize,
+    pub(super) kw: usize,
+    pub(super) ph: usize,
+    pub(super) pw: usize,
 }
 
-impl Isa {
-    fn dispatch<Op: WithSimd>(self, op: Op) -> Op::Output {
-        match self {
-            Isa::Best => pulp::Arch::new().dispatch(op),
-            #[cfg(test)]
-            Isa::Scalar => Simd::vectorize(pulp::Scalar, op),
-            #[cfg(all(test, target_arch = "x86_64"))]
-            Isa::Avx2 => Simd::vectorize(pulp::x86::V3::try_new().expect("AVX2"), op),
+impl ConvGeometry {
+    pub(super) fn ho(&self) -> usize {
+        self.h + 2 * self.ph + 1 - self.kh
+    }
+    pub(super) fn wo(&self) -> usize {
+        self.w + 2 * self.pw + 1 - self.kw
+    }
+    pub(super) fn k(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+
+    /// The geometry of `conv(x, w)` for `x: [B, C, H, W]`, `w: [O, C, kh, kw]` and
+    /// padding `p` on every side, and `O`; an error naming `what` if they do not fit.
+    pub(super) fn of_forward(
+        x: &[usize],
+        w: &[usize],
+        p: usize,
+        what: &str,
+    ) -> Result<(Self, usize)> {
+        if x.len() != 4
+            || w.len() != 4
+            || x[1] != w[1]
+            || x[2] + 2 * p < w[2]
+            || x[3] + 2 * p < w[3]
+        {
+            bail!("{what}: input {x:?} and kernel {w:?} do not match (padding {p})");
         }
+        let geometry = Self {
+            b: x[0],
+            c: x[1],
+            h: x[2],
+            w: x[3],
+            kh: w[2],
+            kw: w[3],
+            ph: p,
+            pw: p,
+        };
+        Ok((geometry, w[0]))
     }
 }
 
-/// Elements per vector.
-#[inline(always)]
-fn lanes<S: Simd, T: Lane>() -> usize {
-    std::mem::size_of::<T::V<S>>() / std::mem::size_of::<T>()
-}
-
-#[inline(always)]
-fn load<S: Simd, T: Lane>(xs: &[T]) -> T::V<S> {
-    bytemuck::pod_read_unaligned(bytemuck::cast_slice(&xs[..lanes::<S, T>()]))
-}
-
-#[inline(always)]
-fn store<S: Simd, T: Lane>(dst: &mut [T], v: T::V<S>) {
-    dst[..lanes::<S, T>()].copy_from_slice(bytemuck::cast_slice(std::slice::from_ref(&v)));
-}
-
-/// Most elements [`Flat::pad_channel_blocks`] skips to align its output.
+/// Most elements [`PaddedFlat::pad_channel_blocks`] skips to align its output.
 const MAX_LEAD: usize = 16;
 
 /// The padded-flat geometry of one image.
 #[derive(Debug, Clone, Copy)]
-struct Flat {
+struct PaddedFlat {
     /// Padded row length `W + 2p`.
     row: usize,
     /// Padded plane size, plus slack so that the last tile's reads stay in bounds.
@@ -150,8 +97,8 @@ struct Flat {
     positions: usize,
 }
 
-impl Flat {
-    fn new(g: &ConvGeom, tile: usize) -> Self {
+impl PaddedFlat {
+    fn new(g: &ConvGeometry, tile: usize) -> Self {
         let row = g.w + 2 * g.pw;
         let positions = g.ho() * row;
         // Every plane gets room for the last tile's reads: it starts below `positions` and
@@ -166,7 +113,7 @@ impl Flat {
     }
 
     /// Offsets of the taps `(i, j)`, row-major.
-    fn taps(&self, g: &ConvGeom) -> Vec<usize> {
+    fn taps(&self, g: &ConvGeometry) -> Vec<usize> {
         (0..g.kh)
             .flat_map(|i| (0..g.kw).map(move |j| i * self.row + j))
             .collect()
@@ -184,7 +131,7 @@ impl Flat {
     /// position, and the weight gradient's loads never straddle two cache lines.
     fn pad_channel_blocks<T: Lane>(
         &self,
-        g: &ConvGeom,
+        g: &ConvGeometry,
         src: &[T],
         n: usize,
         out: &mut Vec<T>,
@@ -212,15 +159,15 @@ impl Flat {
         lead
     }
 
-    /// A buffer for [`Flat::copy_rows`]: `C` padded planes of zeros.
-    fn zeroed<T: Lane>(&self, g: &ConvGeom) -> Vec<T> {
+    /// A buffer for [`PaddedFlat::copy_rows`]: `C` padded planes of zeros.
+    fn zeroed<T: Lane>(&self, g: &ConvGeometry) -> Vec<T> {
         vec![T::ZERO; g.c * self.plane]
     }
 
     /// Copies the rows of the planes `src: [C, H, W]` into their places in `out`, a
-    /// [`Flat::zeroed`] buffer: the padding is never written, so it stays zero from one
+    /// [`PaddedFlat::zeroed`] buffer: the padding is never written, so it stays zero from one
     /// image to the next.
-    fn copy_rows<T: Lane>(&self, g: &ConvGeom, src: &[T], out: &mut [T]) {
+    fn copy_rows<T: Lane>(&self, g: &ConvGeometry, src: &[T], out: &mut [T]) {
         let planes = src
             .chunks_exact(g.h * g.w)
             .zip(out.chunks_exact_mut(self.plane));
@@ -258,7 +205,7 @@ fn images_per_thread(b: usize) -> usize {
 
 /// `y[b, o] = Σ_c w[o, c] ⋆ x[b, c]` for `x: [B, C, H, W]`, `w: [O, C, kh, kw]`,
 /// zero padding `(ph, pw)`: `[B, O, Ho, Wo]`.
-pub(super) fn conv<T: Lane>(isa: Isa, x: &[T], g: &ConvGeom, w: &[T], o: usize) -> Vec<T> {
+pub(super) fn conv<T: Lane>(isa: Isa, x: &[T], g: &ConvGeometry, w: &[T], o: usize) -> Vec<T> {
     conv_then(isa, x, g, w, o, None, false).0
 }
 
@@ -313,19 +260,6 @@ pub(super) fn moments_of<T: Lane>(plane: &[T]) -> [f64; 3] {
     Isa::Best.dispatch(Moments(plane))
 }
 
-/// The sum of four vectors' lanes: the vectors added first, then the lanes in f64. (A
-/// function, not a closure, so that it is compiled for the caller's instruction set: as a
-/// closure summing all 64 lanes it was not, and showed in a plain step's profile.)
-#[inline(always)]
-fn lane_total<S: Simd, T: Lane>(simd: S, acc: [T::V<S>; 4]) -> f64 {
-    let one = T::splat(simd, T::ONE);
-    let low = T::mul_add(simd, one, acc[0], acc[1]);
-    let high = T::mul_add(simd, one, acc[2], acc[3]);
-    let v = T::mul_add(simd, one, low, high);
-    let lanes: &[T] = bytemuck::cast_slice(std::slice::from_ref(&v));
-    lanes.iter().map(|l| l.widen()).sum()
-}
-
 /// What [`conv_then`] applies to each output channel as it writes it:
 /// `y = relu(v·scale[o] + shift[o] + skip)`, an evaluation-mode batch norm, the residual
 /// connection (if any) and a ReLU.
@@ -365,7 +299,7 @@ impl<T: Lane> AffineRelu<'_, T> {
 pub(super) fn conv_then<T: Lane>(
     isa: Isa,
     x: &[T],
-    g: &ConvGeom,
+    g: &ConvGeometry,
     w: &[T],
     o: usize,
     epilogue: Option<AffineRelu<'_, T>>,
@@ -400,7 +334,7 @@ pub(super) fn conv_then<T: Lane>(
 struct ConvImages<'a, T> {
     /// The first of this job's images.
     x: &'a [T],
-    g: &'a ConvGeom,
+    g: &'a ConvGeometry,
     w: &'a [T],
     o: usize,
     /// Its `skip` starting at this job's first image.
@@ -442,7 +376,7 @@ impl<T: Lane> ConvImages<'_, T> {
         let planes = out.len() / (g.ho() * g.wo()).max(1);
         let mut summaries = Vec::with_capacity(if moments { planes } else { 0 });
         let tile = NV * lanes::<S, T>();
-        let flat = Flat::new(g, tile);
+        let flat = PaddedFlat::new(g, tile);
         let taps = flat.taps(g);
         let rows: Vec<usize> = (0..g.kh).map(|i| i * flat.row).collect();
         let packed = pack_weights::<T, OB>(w, o, g.c, taps.len());
@@ -643,7 +577,13 @@ const IMAGES_PER_PARTIAL: usize = 8;
 
 /// `∂w[o, c, i, j] = Σ_b Σ_(r, s) g[b, o, r, s] · x_padded[b, c, r + i, s + j]` for
 /// `x: [B, C, H, W]`, `gr: [B, O, Ho, Wo]`: `[O, C, kh, kw]`.
-pub(super) fn grad_weight<T: Lane>(isa: Isa, x: &[T], g: &ConvGeom, gr: &[T], o: usize) -> Vec<T> {
+pub(super) fn grad_weight<T: Lane>(
+    isa: Isa,
+    x: &[T],
+    g: &ConvGeometry,
+    gr: &[T],
+    o: usize,
+) -> Vec<T> {
     grad_weight_on(threads(), isa, x, g, gr, o)
 }
 
@@ -651,7 +591,7 @@ fn grad_weight_on<T: Lane>(
     threads: usize,
     isa: Isa,
     x: &[T],
-    g: &ConvGeom,
+    g: &ConvGeometry,
     gr: &[T],
     o: usize,
 ) -> Vec<T> {
@@ -681,7 +621,7 @@ fn grad_weight_on<T: Lane>(
 struct GradWeightImages<'a, T> {
     x: &'a [T],
     gr: &'a [T],
-    g: &'a ConvGeom,
+    g: &'a ConvGeometry,
     o: usize,
 }
 
@@ -727,7 +667,7 @@ impl<T: Lane> GradWeightImages<'_, T> {
     fn partial<S: Simd, const TAPS: usize>(self, simd: S, xt: &mut Vec<T>) -> Vec<T> {
         let Self { x, gr, g, o } = self;
         let n = lanes::<S, T>();
-        let flat = Flat::new(g, 1);
+        let flat = PaddedFlat::new(g, 1);
         let taps = flat.taps(g);
         let cp = g.c.div_ceil(n) * n;
         let (ho, wo) = (g.ho(), g.wo());
@@ -877,7 +817,7 @@ mod tests {
     }
 
     /// `x[b, c, r, s]` of the zero-padded input, by index arithmetic.
-    fn padded(x: &[f64], g: &ConvGeom, b: usize, c: usize, r: usize, s: usize) -> f64 {
+    fn padded(x: &[f64], g: &ConvGeometry, b: usize, c: usize, r: usize, s: usize) -> f64 {
         let (Some(r), Some(s)) = (r.checked_sub(g.ph), s.checked_sub(g.pw)) else {
             return 0.0;
         };
@@ -888,7 +828,7 @@ mod tests {
     }
 
     /// The definition, summed term by term.
-    fn naive_conv(x: &[f64], g: &ConvGeom, w: &[f64], o: usize) -> Vec<f64> {
+    fn naive_conv(x: &[f64], g: &ConvGeometry, w: &[f64], o: usize) -> Vec<f64> {
         let mut y = Vec::new();
         for b in 0..g.b {
             for oo in 0..o {
@@ -911,7 +851,7 @@ mod tests {
         y
     }
 
-    fn naive_grad_weight(x: &[f64], g: &ConvGeom, gr: &[f64], o: usize) -> Vec<f64> {
+    fn naive_grad_weight(x: &[f64], g: &ConvGeometry, gr: &[f64], o: usize) -> Vec<f64> {
         let (ho, wo) = (g.ho(), g.wo());
         let mut dw = Vec::new();
         for oo in 0..o {
@@ -938,8 +878,8 @@ mod tests {
     /// Shapes that leave remainders everywhere: channels that do not fill a vector or a
     /// block of outputs, images smaller than a tile, odd batches, 1×1, 3×1 and 5×5
     /// kernels, paddings 0 to k − 1; and a 1×1 kernel over whole tiles (8×8).
-    fn geometries() -> Vec<(ConvGeom, usize)> {
-        let geom = |b, c, h, w, (kh, kw), (ph, pw)| ConvGeom {
+    fn geometries() -> Vec<(ConvGeometry, usize)> {
+        let geom = |b, c, h, w, (kh, kw), (ph, pw)| ConvGeometry {
             b,
             c,
             h,
@@ -990,7 +930,7 @@ mod tests {
 
     #[test]
     fn weight_gradient_does_not_depend_on_the_thread_count() {
-        let g = ConvGeom {
+        let g = ConvGeometry {
             b: 37,
             c: 5,
             h: 6,
@@ -1023,7 +963,7 @@ mod tests {
     fn plane_moments_of_the_output_on_every_instruction_set() {
         let geometries = [
             (
-                ConvGeom {
+                ConvGeometry {
                     b: 3,
                     c: 5,
                     h: 7,
@@ -1036,7 +976,7 @@ mod tests {
                 9,
             ),
             (
-                ConvGeom {
+                ConvGeometry {
                     b: 2,
                     c: 3,
                     h: 8,
