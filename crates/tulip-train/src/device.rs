@@ -59,8 +59,16 @@ impl DeviceChoice {
                     )));
                 }
                 Device::new_cuda(i).map_err(|e| {
+                    // Candle attaches a backtrace when RUST_BACKTRACE is set: noise in a
+                    // message about the machine, not about this program.
+                    let e = match e {
+                        candle_core::Error::WithBacktrace { inner, .. } => *inner,
+                        e => e,
+                    };
                     TrainError::InvalidConfig(format!(
-                        "--device cuda:{i}: cannot open the GPU: {e}"
+                        "--device cuda:{i}: cannot open the GPU: {e}. Is there an NVIDIA GPU \
+                         with its driver on this machine (`nvidia-smi` lists them), and is \
+                         {i} one of its GPU numbers?"
                     ))
                 })
             }

@@ -2,6 +2,7 @@
 //! `dataset-fashion-mnist`; `.ci/run` installs it).
 
 mod attack;
+mod device;
 mod divergence;
 mod download;
 mod eval;

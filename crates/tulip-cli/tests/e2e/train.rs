@@ -172,26 +172,6 @@ fn invalid_flags_are_rejected_before_any_work() {
     }
 }
 
-#[test]
-fn cuda_without_a_cuda_build_is_an_error_not_a_cpu_fallback() {
-    if cfg!(feature = "cuda") {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("never");
-    let out = tulip(&[
-        "train",
-        "--device",
-        "cuda",
-        "--log-dir",
-        dir.to_str().unwrap(),
-    ])
-    .output()
-    .unwrap();
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("--features cuda"), "{}", stderr(&out));
-}
-
 /// The rows without the wall-clock column, as bit patterns (so NaN, written for the
 /// switched-off train-set columns, compares equal to itself).
 fn without_time(rows: &(Vec<String>, Vec<Vec<f64>>)) -> Vec<Vec<u64>> {
