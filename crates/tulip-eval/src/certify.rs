@@ -7,13 +7,13 @@
 //! [`certificate_violations`] on a real network is a finding about that bound, not
 //! necessarily a bug in the attack.
 
-use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::summary::CertifiedImage;
-use crate::{EvalError, Result};
+use crate::table::{read_table, write_table};
+use crate::Result;
 use tulip_adversarial::{AttackOutcome, Norm};
 
 /// Relative slack of [`certificate_violations`]: an attack distance counts as below the
@@ -76,15 +76,19 @@ pub const CERTIFIED_CSV_HEADER: &str = "index,label,margin,lower_bound";
 /// # Errors
 /// The file cannot be written.
 pub fn write_certified_csv(path: &Path, certified: &[CertifiedImage]) -> Result<()> {
-    let mut text = format!("{CERTIFIED_CSV_HEADER}\n");
-    for c in certified {
-        let _ = writeln!(
-            text,
-            "{},{},{},{}",
-            c.index, c.label, c.margin, c.lower_bound
-        );
-    }
-    crate::error::write_file(path, text.as_bytes())
+    let header: Vec<&str> = CERTIFIED_CSV_HEADER.split(',').collect();
+    write_table(
+        path,
+        &header,
+        certified.iter().map(|c| {
+            [
+                c.index.to_string(),
+                c.label.to_string(),
+                c.margin.to_string(),
+                c.lower_bound.to_string(),
+            ]
+        }),
+    )
 }
 
 /// Reads a file written by [`write_certified_csv`].
@@ -92,29 +96,15 @@ pub fn write_certified_csv(path: &Path, certified: &[CertifiedImage]) -> Result<
 /// # Errors
 /// The file cannot be read, has another header, or a malformed line.
 pub fn read_certified_csv(path: &Path) -> Result<Vec<CertifiedImage>> {
-    let text = std::fs::read_to_string(path).map_err(EvalError::io(path))?;
-    let bad = |reason: String| EvalError::BadFile {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let mut lines = text.lines();
-    if lines.next().map(str::trim) != Some(CERTIFIED_CSV_HEADER) {
-        return Err(bad(format!("expected the header {CERTIFIED_CSV_HEADER:?}")));
-    }
-    lines
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, line)| {
-            let c: Vec<&str> = line.split(',').map(str::trim).collect();
-            let err = || bad(format!("line {}: malformed {line:?}", i + 2));
-            if c.len() != 4 {
-                return Err(err());
-            }
+    let header: Vec<&str> = CERTIFIED_CSV_HEADER.split(',').collect();
+    read_table(path, &header)?
+        .into_iter()
+        .map(|row| {
             Ok(CertifiedImage {
-                index: c[0].parse().map_err(|_| err())?,
-                label: c[1].parse().map_err(|_| err())?,
-                margin: c[2].parse().map_err(|_| err())?,
-                lower_bound: c[3].parse().map_err(|_| err())?,
+                index: row.parse(path, 0)?,
+                label: row.parse(path, 1)?,
+                margin: row.parse(path, 2)?,
+                lower_bound: row.parse(path, 3)?,
             })
         })
         .collect()

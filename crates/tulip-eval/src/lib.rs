@@ -49,6 +49,7 @@ pub mod nn;
 pub mod plot;
 mod report;
 mod summary;
+mod table;
 
 pub use attack_split::{attack_split, write_attack_files, AttackFiles};
 pub use certify::{

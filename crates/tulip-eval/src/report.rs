@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tulip_adversarial::{AttackOutcome, AttackStatus, Norm};
 
 use crate::summary::fmt_num;
+use crate::table::{read_table, write_table};
 use crate::{EvalError, Result};
 
 /// Header of the per-image CSV.
@@ -24,16 +25,22 @@ pub const ATTACK_CSV_HEADER: &str = "index,label,predicted,l2,linf,success";
 /// # Errors
 /// The file cannot be written.
 pub fn write_attack_csv(path: &Path, records: &[AttackOutcome]) -> Result<()> {
-    let mut text = format!("{ATTACK_CSV_HEADER}\n");
-    for r in records {
-        let success = u8::from(r.status != AttackStatus::Failed);
-        let _ = writeln!(
-            text,
-            "{},{},{},{},{},{success}",
-            r.index, r.label, r.adversarial_prediction, r.l2, r.linf
-        );
-    }
-    crate::error::write_file(path, text.as_bytes())
+    let header: Vec<&str> = ATTACK_CSV_HEADER.split(',').collect();
+    write_table(
+        path,
+        &header,
+        records.iter().map(|r| {
+            let success = u8::from(r.status != AttackStatus::Failed);
+            [
+                r.index.to_string(),
+                r.label.to_string(),
+                r.adversarial_prediction.to_string(),
+                r.l2.to_string(),
+                r.linf.to_string(),
+                success.to_string(),
+            ]
+        }),
+    )
 }
 
 /// Reads a CSV written by [`write_attack_csv`]. A success at distance 0 in both norms
@@ -43,52 +50,26 @@ pub fn write_attack_csv(path: &Path, records: &[AttackOutcome]) -> Result<()> {
 /// # Errors
 /// The file cannot be read, has another header, or a malformed line.
 pub fn read_attack_csv(path: &Path) -> Result<Vec<AttackOutcome>> {
-    let text = std::fs::read_to_string(path).map_err(EvalError::io(path))?;
-    let bad = |reason: String| EvalError::BadFile {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let mut lines = text.lines();
-    match lines.next() {
-        Some(h) if h.trim() == ATTACK_CSV_HEADER => {}
-        other => {
-            return Err(bad(format!(
-                "header {:?}, expected {ATTACK_CSV_HEADER:?}",
-                other.unwrap_or("")
-            )))
-        }
-    }
-    lines
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, line)| {
-            let line_no = i + 2;
-            let cells: Vec<&str> = line.split(',').map(str::trim).collect();
-            if cells.len() != 6 {
-                return Err(bad(format!(
-                    "line {line_no}: {} cells, expected 6",
-                    cells.len()
-                )));
-            }
-            let int = |k: usize| {
-                cells[k]
-                    .parse::<u64>()
-                    .map_err(|_| bad(format!("line {line_no}: {:?} is not an integer", cells[k])))
-            };
-            let num = |k: usize| {
-                cells[k]
-                    .parse::<f64>()
-                    .map_err(|_| bad(format!("line {line_no}: {:?} is not a number", cells[k])))
-            };
-            let (index, label, predicted) = (int(0)? as usize, int(1)? as u32, int(2)? as u32);
-            let (l2, linf) = (num(3)?, num(4)?);
-            Ok(match int(5)? {
+    let header: Vec<&str> = ATTACK_CSV_HEADER.split(',').collect();
+    read_table(path, &header)?
+        .into_iter()
+        .map(|row| {
+            let index: usize = row.parse(path, 0)?;
+            let label: u32 = row.parse(path, 1)?;
+            let predicted: u32 = row.parse(path, 2)?;
+            let (l2, linf): (f64, f64) = (row.parse(path, 3)?, row.parse(path, 4)?);
+            Ok(match row.parse::<u8>(path, 5)? {
                 0 => AttackOutcome::failed(index, label, predicted),
                 1 if l2 == 0.0 && linf == 0.0 => {
                     AttackOutcome::already_misclassified(index, label, predicted)
                 }
                 1 => AttackOutcome::found(index, label, predicted, l2, linf),
-                s => return Err(bad(format!("line {line_no}: success {s} is not 0 or 1"))),
+                s => {
+                    return Err(EvalError::BadFile {
+                        path: path.to_path_buf(),
+                        reason: format!("line {}: success {s} is not 0 or 1", row.line()),
+                    })
+                }
             })
         })
         .collect()

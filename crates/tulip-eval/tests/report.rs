@@ -64,8 +64,20 @@ fn attack_csv_round_trips() {
     assert_eq!(back.len(), recs.len());
     for (a, b) in recs.iter().zip(&back) {
         assert_eq!(
-            (a.index, a.label, a.adversarial_prediction, a.status),
-            (b.index, b.label, b.adversarial_prediction, b.status)
+            (
+                a.index,
+                a.label,
+                a.clean_prediction,
+                a.adversarial_prediction,
+                a.status
+            ),
+            (
+                b.index,
+                b.label,
+                b.clean_prediction,
+                b.adversarial_prediction,
+                b.status
+            )
         );
         assert_eq!(a.distance(Norm::L2), b.distance(Norm::L2));
         assert_eq!(a.distance(Norm::Linf), b.distance(Norm::Linf));

@@ -203,7 +203,7 @@ impl RunDir {
 /// Appends rows to a CSV file with a fixed header, flushing each row.
 #[derive(Debug)]
 pub struct CsvWriter {
-    file: File,
+    out: csv::Writer<File>,
     path: PathBuf,
     columns: usize,
 }
@@ -240,19 +240,19 @@ impl CsvWriter {
                 }
                 let file = OpenOptions::new().append(true).open(path).map_err(io)?;
                 return Ok(Self {
-                    file,
+                    out: csv::Writer::from_writer(file),
                     path: path.into(),
                     columns: header.len(),
                 });
             }
         }
-        let mut file = File::create(path).map_err(io)?;
-        writeln!(file, "{header_line}").map_err(io)?;
-        Ok(Self {
-            file,
+        let mut writer = Self {
+            out: csv::Writer::from_writer(File::create(path).map_err(io)?),
             path: path.into(),
             columns: header.len(),
-        })
+        };
+        writer.record(header)?;
+        Ok(writer)
     }
 
     /// Writes one row of numbers (full precision, shortest round-trip form).
@@ -265,9 +265,15 @@ impl CsvWriter {
             self.columns,
             "row width differs from the header"
         );
-        let line: Vec<String> = values.iter().map(|v| v.to_string()).collect();
-        writeln!(self.file, "{}", line.join(","))
-            .and_then(|()| self.file.flush())
+        self.record(values.iter().map(f64::to_string))
+    }
+
+    /// Writes one line of cells and flushes it to the file, so that a crash loses no row.
+    fn record<I: IntoIterator<Item = T>, T: AsRef<[u8]>>(&mut self, cells: I) -> Result<()> {
+        self.out
+            .write_record(cells)
+            .map_err(std::io::Error::from)
+            .and_then(|()| self.out.flush())
             .map_err(|error| TrainError::Io {
                 path: self.path.clone(),
                 error,
@@ -284,21 +290,27 @@ pub fn read_csv(path: &Path) -> Result<(Vec<String>, Vec<Vec<f64>>)> {
         path: path.into(),
         reason,
     };
-    let text = std::fs::read_to_string(path).map_err(|error| TrainError::Io {
+    let file = File::open(path).map_err(|error| TrainError::Io {
         path: path.into(),
         error,
     })?;
-    let mut lines = text.lines();
-    let header: Vec<String> = lines
-        .next()
-        .ok_or_else(|| bad("empty file".into()))?
-        .split(',')
+    let mut reader = csv::ReaderBuilder::new().from_reader(file);
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| bad(e.to_string()))?
+        .iter()
         .map(String::from)
         .collect();
-    let rows = lines
+    if header.iter().all(String::is_empty) {
+        return Err(bad("empty file".into()));
+    }
+    let rows = reader
+        .records()
         .enumerate()
-        .map(|(i, l)| {
-            l.split(',')
+        .map(|(i, record)| {
+            let record = record.map_err(|e| bad(e.to_string()))?;
+            record
+                .iter()
                 .map(|c| {
                     c.parse::<f64>()
                         .map_err(|_| bad(format!("row {}: {c:?} is not a number", i + 1)))
