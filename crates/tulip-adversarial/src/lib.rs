@@ -39,7 +39,7 @@ mod step;
 
 pub use attacks::{
     run_attack, run_attack_with_adversarials, AttackConfig, AttackKind, AttackOutcome, AttackRun,
-    AttackStatus,
+    AttackStatus, DEEPFOOL_BOUNDARY_MARGIN,
 };
 pub use budget::parse_fraction;
 pub use error::{AdversarialError, Result};

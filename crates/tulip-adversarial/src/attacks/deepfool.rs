@@ -11,8 +11,9 @@ use tulip_penalties::Norm;
 /// point, takes the class `k` whose linearised boundary is nearest —
 /// `|f_k − f_y| / ‖∇f_k − ∇f_y‖_q` with `q` the dual norm (2 for L2, 1 for L∞) — and steps
 /// `(1 + overshoot)` times onto it: `w·|f_k − f_y|/‖w‖₂²` (L2) or
-/// `sign(w)·|f_k − f_y|/‖w‖₁` (L∞), `w = ∇f_k − ∇f_y`, clipped to `[0, 1]`. An image stops
-/// as soon as it is misclassified, or after `steps` steps.
+/// `sign(w)·|f_k − f_y|/‖w‖₁` (L∞), `w = ∇f_k − ∇f_y`, clipped to `[0, 1]`, with the gap
+/// `|f_k − f_y|` taken [`BOUNDARY_MARGIN`] larger. An image stops as soon as it is
+/// misclassified, or after `steps` steps.
 ///
 /// The overshoot multiplies each step, as in Foolbox 1.x (the original paper applies it
 /// to the accumulated perturbation); on an affine model both give `(1 + overshoot)` times
@@ -59,6 +60,10 @@ pub(super) fn run(ctx: &Ctx<'_>, tracker: &mut Tracker) -> Result<()> {
     Ok(())
 }
 
+/// How far past the linearised boundary, in logit units, each step aims (Foolbox 3's
+/// choice).
+pub const BOUNDARY_MARGIN: f64 = 1e-4;
+
 /// One DeepFool step for the images `x` (true labels `labels`): the direction towards the
 /// nearest linearised boundary and, per image, its length — `None` where every logit
 /// difference has a zero gradient (the image cannot move).
@@ -98,9 +103,12 @@ fn linearised_step(
             })
             .min_by(|a, b| a.2.total_cmp(&b.2));
         let Some((k, gap, _)) = best else { continue };
-        // A point exactly on the boundary but still labelled y (ties) would not move:
-        // nudge the gap by a relative 1e-9 of the logit scale.
-        let gap = gap + 1e-9 * (1.0 + row[y].abs());
+        // Aim 10⁻⁴ past the boundary, as Foolbox 3 does. Without a floor, a step that the
+        // clip to [0, 1] shortens (on Fashion-MNIST most pixels are 0) leaves a fixed
+        // fraction of the gap every time: the gap shrinks geometrically, reaches 0 — a tie,
+        // which keeps the label — and the image fails although it is easily fooled. The
+        // floor must exceed the rounding of f32 logits, so it is absolute, not relative.
+        let gap = gap + BOUNDARY_MARGIN;
         let q = dual[i * classes + k];
         target[i] = k as u32;
         scale[i] = Some(

@@ -41,6 +41,7 @@
 
 mod boundary;
 mod deepfool;
+pub use deepfool::BOUNDARY_MARGIN as DEEPFOOL_BOUNDARY_MARGIN;
 mod iterative;
 mod search;
 mod single_step;
