@@ -346,10 +346,20 @@ def run_single(model_name, kind, args):
 
     if kind in TRAIN_MODES:
         bsz = args.batch_size
-        x = torch.rand(bsz, *shape)
-        y = torch.randint(0, 10, (bsz,))
+        device = torch.device(args.device)
+        model.to(device)
+        x = torch.rand(bsz, *shape).to(device)
+        y = torch.randint(0, 10, (bsz,)).to(device)
         model.train()
-        step = make_train_step(model, kind, args)
+        inner = make_train_step(model, kind, args)
+
+        def step(x, y):
+            loss = inner(x, y)
+            # A GPU runs asynchronously: wait for the step to finish before timing it.
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return loss
+
         warm = []
         for _ in range(args.warmup):
             t0 = time.perf_counter()
@@ -498,11 +508,11 @@ def run_case(args, m, k, env):
     b0 = busy_cpu_seconds()
     t0 = time.perf_counter()
     # With sched_autogroup, nice only ranks processes inside one autogroup, and
-    # setsid() starts a new one: so the case calls setsid() (Popen's keyword below)
+    # setsid() starts a new one: so the case calls setsid() before it starts
     # and its autogroup is reniced.
     proc = subprocess.Popen(child_argv(args, m, k), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=bool(args.nice))
+                            preexec_fn=os.setsid if args.nice else None)
     if args.nice:
         try:
             with open(f"/proc/{proc.pid}/autogroup", "w") as f:
@@ -542,7 +552,7 @@ def child_argv(args, model_name, kind):
     for key in ("threads", "seed", "batch_size", "eval_batch", "test_images", "warmup",
                 "target_seconds", "min_steps", "max_steps", "lr", "lip", "j2",
                 "decay", "pgd_eps", "pgd_step", "pgd_steps", "fd_h", "fd_penalty",
-                "fd_decay"):
+                "fd_decay", "device"):
         argv += ["--" + key.replace("_", "-"), str(getattr(args, key))]
     return argv
 
@@ -628,6 +638,8 @@ def main():
     p.add_argument("--skip", default="",
                    help="comma list of MODEL:MODE cases to skip, e.g. resnext34:pgd")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--device", default="cpu",
+                   help="device of the training modes: cpu or cuda[:N] (default cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=128, help="training batch (default 128)")
     p.add_argument("--eval-batch", type=int, default=1000,

@@ -53,6 +53,7 @@ pub use checkpoint::Checkpoint;
 pub use error::{ModelError, Result};
 pub use kernels::grad_mode;
 pub use kernels::grad_mode::{first_order_gradients, input_gradient_only};
+pub use kernels::portable_ops;
 pub use layers::Mode;
 pub use model::{Architecture, Model, ModelConfig};
 pub use params::{Param, ParamBuilder, ParamKind, Params};

@@ -31,7 +31,7 @@ use tulip_penalties::{Norm, PenaltyMethod};
 // glibc malloc told to keep the memory it has: the PyTorch script's default, and what the
 // `tulip` binary sets for itself.
 use tulip_train::malloc::RETAIN_FREED_MEMORY;
-use tulip_train::{ObjectiveConfig, TrainConfig, Trainer};
+use tulip_train::{DeviceChoice, ObjectiveConfig, TrainConfig, Trainer};
 
 /// The cases of the default table: every training mode on ResNet22 (CIFAR shape, as the
 /// PyTorch anchor), evaluation throughput, the max-gradient-norm pass, the
@@ -94,9 +94,9 @@ pub struct BenchArgs {
 
 /// One measured case (either side).
 #[derive(Debug, Clone)]
-struct Measured {
+pub(crate) struct Measured {
     /// Seconds: per training step, per eval batch, per 10k-image pass, or per nn-attack.
-    seconds: f64,
+    pub seconds: f64,
     images_per_s: f64,
     peak_rss_mib: f64,
     raw: Value,
@@ -216,19 +216,59 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
 
 /// The PyTorch side of `case` once, if `--torch` is given and the script has the case.
 fn run_torch(args: &BenchArgs, case: &str) -> Result<Option<Measured>> {
-    let (Some(py), Some(single)) = (&args.torch, torch_case(case)) else {
+    let Some(py) = &args.torch else {
         return Ok(None);
     };
-    eprintln!("bench: {case} (pytorch)…");
-    let mut cmd = Command::new(py);
-    cmd.arg(&args.torch_script)
-        .args(["--single", &single, "--threads", "2", "--warmup", "1"])
-        .args(["--min-steps", &args.steps.to_string()])
-        .args(["--max-steps", &args.steps.to_string()])
-        .args(["--test-images", &args.gradpass_images.to_string()]);
-    let measured =
-        run_child(&mut cmd, &args.malloc).with_context(|| format!("PyTorch side of {case}"))?;
-    Ok(Some(measured))
+    let side = TorchSide {
+        python: py,
+        script: &args.torch_script,
+        malloc: &args.malloc,
+        device: DeviceChoice::Cpu,
+    };
+    side.run(case, args.steps, args.gradpass_images)
+}
+
+/// How to run the PyTorch script: which interpreter and script, with which malloc
+/// settings, on which device.
+pub(crate) struct TorchSide<'a> {
+    pub python: &'a Path,
+    pub script: &'a Path,
+    pub malloc: &'a str,
+    pub device: DeviceChoice,
+}
+
+impl TorchSide<'_> {
+    /// Runs `case` once with `steps` timed steps (after one warm-up), or `None` for a case
+    /// the script does not have.
+    pub(crate) fn run(
+        &self,
+        case: &str,
+        steps: usize,
+        test_images: usize,
+    ) -> Result<Option<Measured>> {
+        let Some(single) = torch_case(case) else {
+            return Ok(None);
+        };
+        eprintln!("bench: {case} (pytorch, {})…", self.device);
+        let mut cmd = Command::new(self.python);
+        cmd.arg(self.script)
+            .args(["--single", &single, "--threads", "2", "--warmup", "1"])
+            .args(["--device", &torch_device(self.device)])
+            .args(["--min-steps", &steps.to_string()])
+            .args(["--max-steps", &steps.to_string()])
+            .args(["--test-images", &test_images.to_string()]);
+        let measured =
+            run_child(&mut cmd, self.malloc).with_context(|| format!("PyTorch side of {case}"))?;
+        Ok(Some(measured))
+    }
+}
+
+/// PyTorch's name for a device.
+fn torch_device(device: DeviceChoice) -> String {
+    match device {
+        DeviceChoice::Cpu => "cpu".into(),
+        DeviceChoice::Cuda(n) => format!("cuda:{n}"),
+    }
 }
 
 /// The PyTorch script's name for a case, if it has one.
@@ -237,7 +277,7 @@ fn torch_case(case: &str) -> Option<String> {
     (mode != "nn-attack").then(|| format!("{model}:{mode}"))
 }
 
-fn run_child(cmd: &mut Command, malloc: &str) -> Result<Measured> {
+pub(crate) fn run_child(cmd: &mut Command, malloc: &str) -> Result<Measured> {
     if malloc == "retain" {
         cmd.envs(RETAIN_FREED_MEMORY);
     } else {
@@ -465,7 +505,7 @@ fn write_results(args: &BenchArgs, rows: &[Row]) -> Result<()> {
     Ok(())
 }
 
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -477,7 +517,7 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
-fn chrono_like_date() -> String {
+pub(crate) fn chrono_like_date() -> String {
     Command::new("date")
         .arg("-u")
         .arg("+%Y-%m-%d")
@@ -505,6 +545,9 @@ pub struct CaseArgs {
     /// Fashion-MNIST directory for the nn-attack case.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Device of the model cases (`cpu`, `cuda`, `cuda:N`).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
 }
 
 enum Mode {
@@ -636,14 +679,20 @@ pub fn run_case(args: &CaseArgs) -> Result<()> {
         tulip_penalties::enable_second_order_gradients();
     }
     let (model_name, mode_name) = args.case.split_once(':').unwrap_or_default();
-    let mut result = json!({ "model": model_name, "kind": mode_name, "allocator": ALLOCATOR });
-    let device = Device::Cpu;
+    let mut result = json!({
+        "model": model_name,
+        "kind": mode_name,
+        "allocator": ALLOCATOR,
+        "device": args.device.to_string(),
+    });
+    let device = args.device.open()?;
     match mode {
         Mode::Train(objective, tanh) => {
             let batch = 128;
             let config = TrainConfig {
                 batch_size: batch,
                 objective,
+                device: args.device,
                 ..TrainConfig::new(
                     kind,
                     ModelConfig {

@@ -19,6 +19,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
+mod gpu_check;
 mod reproduce;
 
 use std::process::ExitCode;
@@ -44,7 +45,12 @@ enum Command {
     /// gradient pass, nn-attack, peak memory) as a table and JSON; with --torch, beside
     /// the PyTorch reference run case by case on the same machine.
     Bench(bench::BenchArgs),
-    /// One benchmark case in its own process (used by `bench`).
+    /// The acceptance check of a GPU build (about 5 minutes on a GPU): training on the
+    /// device against the CPU, the exact penalty's gradient against central differences
+    /// on the device, step times beside PyTorch's; writes bench/gpu-check.json.
+    /// `--device cpu` checks the GPU's code path (the portable ops) on the CPU.
+    GpuCheck(gpu_check::GpuCheckArgs),
+    /// One benchmark case in its own process (used by `bench` and `gpu-check`).
     #[command(hide = true)]
     BenchCase(bench::CaseArgs),
 }
@@ -54,6 +60,7 @@ impl Command {
         match self {
             Command::ReproducePaper(args) => reproduce::run(&args),
             Command::Bench(args) => bench::run(&args),
+            Command::GpuCheck(args) => gpu_check::run(&args),
             Command::BenchCase(args) => bench::run_case(&args),
         }
     }

@@ -227,7 +227,7 @@ mod tests {
             let cast: Vec<Tensor> = inputs.iter().map(|t| t.to_dtype(dtype).unwrap()).collect();
             let kernel = value_and_gradients(kernel_op, &cast, constant);
             let portable =
-                force_portable::run(|| value_and_gradients(portable_op, &cast, constant));
+                force_portable::portable_ops(|| value_and_gradients(portable_op, &cast, constant));
             assert_agree(&format!("{case}, {dtype:?}"), &kernel, &portable, tol);
         }
     }
@@ -527,7 +527,7 @@ mod tests {
                 out
             };
             let kernel = run();
-            let portable = force_portable::run(run);
+            let portable = force_portable::portable_ops(run);
             // The output, the input gradient, the evaluation output and two gradients of each of
             // the eight trainable parameters.
             assert_eq!(kernel.len(), 19, "every trainable parameter has gradients");
