@@ -620,7 +620,7 @@ fn parse_case(case: &str) -> Result<(Architecture, DatasetKind, Mode)> {
 }
 
 /// Deterministic synthetic images (the anchor uses uniform noise too).
-fn synthetic(kind: DatasetKind, n: usize) -> Result<Dataset> {
+pub(crate) fn synthetic(kind: DatasetKind, n: usize) -> Result<Dataset> {
     let (c, h, w) = kind.image_shape();
     let images: Vec<u8> = (0..n * c * h * w)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)

@@ -79,7 +79,8 @@ pub struct GpuCheckArgs {
     /// Where to write the JSON.
     #[arg(long, default_value = "bench/gpu-check.json")]
     pub out: PathBuf,
-    /// Fashion-MNIST directory (default: the usual search).
+    /// Fashion-MNIST directory (default: the usual search; where none is found, the
+    /// training comparison uses synthetic images).
     #[arg(long)]
     pub data: Option<PathBuf>,
 }
@@ -189,7 +190,17 @@ fn compare_training(
         batch_size: args.batch,
         ..best_setting(args, DeviceChoice::Cpu)
     };
-    let data = tulip_train::load_dataset(&config)?;
+    // A GPU machine may lack the dataset and the network to fetch it: without `--data`,
+    // synthetic images (the benchmark's) serve as well for comparing two devices.
+    let (data, source) = match tulip_train::load_dataset(&config) {
+        Ok(data) => (data, "fashion-mnist"),
+        Err(e) if args.data.is_none() => {
+            eprintln!("gpu-check: {e}; training on synthetic images instead");
+            let kind = config.dataset;
+            (bench::synthetic(kind, batches * args.batch)?, "synthetic")
+        }
+        Err(e) => return Err(e.into()),
+    };
     let objectives = |device: DeviceChoice| -> Result<Vec<f64>> {
         let config = TrainConfig {
             device,
@@ -227,6 +238,7 @@ fn compare_training(
     Ok(json!({
         "setting": "tanh, decay 5e-4, lip 0.1 (exact, L2, max), J2 0.01",
         "model": args.model.name(),
+        "data": source,
         "steps": args.steps,
         "batch": args.batch,
         "seconds_device": device_seconds,

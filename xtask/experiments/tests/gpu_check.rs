@@ -25,6 +25,7 @@ fn gpu_check_on_the_cpu_agrees_with_the_cpu_kernels_and_writes_its_figures() {
     assert_eq!(report["passed"], true);
 
     let training = &report["training"];
+    assert_eq!(training["data"], "fashion-mnist");
     let on = training["objective_device"].as_array().unwrap();
     let cpu = training["objective_cpu"].as_array().unwrap();
     assert_eq!((on.len(), cpu.len()), (5, 5));
