@@ -21,18 +21,16 @@
 //! kernels: the test suite runs it so, and the script stays ready for a GPU.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use serde_json::{json, Value};
-use tulip_adversarial::PerturbationKind;
 use tulip_models::{Architecture, Classifier, Model, ModelConfig, ParamKind};
 use tulip_penalties::{LipschitzPenalty, Penalty, PenaltyInputs};
-use tulip_train::{DeviceChoice, ObjectiveConfig, TrainConfig, Trainer};
+use tulip_train::{DeviceChoice, TrainConfig, Trainer};
 
-use crate::bench::{self, TorchSide};
+use crate::bench::{self, OurSide, TorchSide};
 
 /// Relative difference allowed between the device's and the CPU's first-step objective.
 pub const FIRST_STEP_TOLERANCE: f64 = 1e-4;
@@ -99,26 +97,20 @@ pub fn run(args: &GpuCheckArgs) -> Result<()> {
         .device
         .open()
         .with_context(|| format!("--device {}", args.device))?;
-    let on_device = |f: &mut dyn FnMut() -> Result<Value>| -> Result<Value> {
-        match args.device {
-            DeviceChoice::Cpu => tulip_models::portable_ops(f),
-            DeviceChoice::Cuda(_) => f(),
-        }
-    };
 
     eprintln!(
         "gpu-check: training {} steps on {} and on the CPU…",
         args.steps, args.device
     );
     let clock = Instant::now();
-    let mut training = compare_training(args, on_device)?;
+    let mut training = compare_training(args)?;
     training["seconds"] = json!(clock.elapsed().as_secs_f64());
     eprintln!(
         "gpu-check: the exact penalty's gradient on {}…",
         args.device
     );
     let clock = Instant::now();
-    let mut gradient = on_device(&mut || gradient_check(&device))?;
+    let mut gradient = on_device(args.device, || gradient_check(&device))?;
     gradient["seconds"] = json!(clock.elapsed().as_secs_f64());
     let timing = time_steps(args)?;
 
@@ -156,8 +148,18 @@ pub fn run(args: &GpuCheckArgs) -> Result<()> {
     Ok(())
 }
 
-/// The best setting of the paper: tanh output, weight decay, exact penalty, J2.
-fn best_setting(args: &GpuCheckArgs, device: DeviceChoice) -> TrainConfig {
+/// Runs `f` on `device`'s code path: on the CPU, through the ops' portable
+/// implementations (what a GPU runs) rather than the CPU kernels.
+fn on_device<R>(device: DeviceChoice, f: impl FnOnce() -> R) -> R {
+    match device {
+        DeviceChoice::Cpu => tulip_models::portable_ops(f),
+        DeviceChoice::Cuda(_) => f(),
+    }
+}
+
+/// The best setting of the paper (tanh output, weight decay, exact penalty, J2), on the
+/// CPU.
+fn best_setting(args: &GpuCheckArgs) -> TrainConfig {
     let kind = tulip_data::DatasetKind::FashionMnist;
     let model = ModelConfig {
         tanh: true,
@@ -166,29 +168,20 @@ fn best_setting(args: &GpuCheckArgs, device: DeviceChoice) -> TrainConfig {
     TrainConfig {
         data_dir: args.data.clone(),
         download: false,
-        device,
-        objective: ObjectiveConfig {
-            lip: 0.1,
-            decay: 5e-4,
-            perturbation: Some(PerturbationKind::J2 { epsilon: 0.01 }),
-            ..ObjectiveConfig::default()
-        },
+        objective: bench::best_objective(),
         ..TrainConfig::new(kind, model)
     }
 }
 
 /// Check 1: the objective of every step, on the device and on the CPU.
-fn compare_training(
-    args: &GpuCheckArgs,
-    on_device: impl Fn(&mut dyn FnMut() -> Result<Value>) -> Result<Value>,
-) -> Result<Value> {
+fn compare_training(args: &GpuCheckArgs) -> Result<Value> {
     // Fifty distinct batches, cycled: enough variety, little loading.
     let batches = args.steps.min(50);
     let config = TrainConfig {
         limit_train: batches * args.batch,
         limit_test: args.batch,
         batch_size: args.batch,
-        ..best_setting(args, DeviceChoice::Cpu)
+        ..best_setting(args)
     };
     // A GPU machine may lack the dataset and the network to fetch it: without `--data`,
     // synthetic images (the benchmark's) serve as well for comparing two devices.
@@ -221,12 +214,8 @@ fn compare_training(
     let clock = Instant::now();
     let cpu = objectives(DeviceChoice::Cpu)?;
     let cpu_seconds = clock.elapsed().as_secs_f64();
-    let mut on = Vec::new();
     let clock = Instant::now();
-    on_device(&mut || {
-        on = objectives(args.device)?;
-        Ok(Value::Null)
-    })?;
+    let on = on_device(args.device, || objectives(args.device))?;
     let device_seconds = clock.elapsed().as_secs_f64();
 
     let relative = |a: f64, b: f64| (a - b).abs() / a.abs().max(b.abs()).max(f64::MIN_POSITIVE);
@@ -293,11 +282,12 @@ fn gradient_check(device: &Device) -> Result<Value> {
     for param in trainable.iter().step_by(3) {
         let original = param.var.as_tensor().flatten_all()?.to_vec1::<f64>()?;
         let shape = param.var.shape().clone();
+        let gradient = match grads.get(param.var.as_tensor()) {
+            Some(g) => g.flatten_all()?.to_vec1::<f64>()?,
+            None => vec![0.0; original.len()],
+        };
         for idx in [0, original.len() / 2] {
-            let auto = match grads.get(param.var.as_tensor()) {
-                Some(g) => g.flatten_all()?.to_vec1::<f64>()?[idx],
-                None => 0.0,
-            };
+            let auto = gradient[idx];
             let at = |delta: f64| -> Result<f64> {
                 let mut v = original.clone();
                 v[idx] += delta;
@@ -366,7 +356,11 @@ fn time_steps(args: &GpuCheckArgs) -> Result<Value> {
     if args.timing_steps == 0 {
         return Ok(json!([]));
     }
-    let exe = std::env::current_exe()?;
+    let ours = OurSide {
+        data: args.data.as_deref(),
+        malloc: "retain",
+        device: args.device,
+    };
     let torch = args.torch.as_deref().map(|python| TorchSide {
         python,
         script: &args.torch_script,
@@ -377,13 +371,7 @@ fn time_steps(args: &GpuCheckArgs) -> Result<Value> {
     for mode in TIMED_MODES {
         let case = format!("{}:{mode}", args.timing_model);
         eprintln!("gpu-check: timing {case} on {}…", args.device);
-        let ours = bench::run_child(
-            Command::new(&exe)
-                .args(["bench-case", &case, "--device", &args.device.to_string()])
-                .args(["--steps", &args.timing_steps.to_string()]),
-            "retain",
-        )
-        .with_context(|| format!("timing {case}"))?;
+        let ours = ours.run(&case, args.timing_steps, 1000)?;
         let theirs = match &torch {
             Some(side) => side.run(&case, args.timing_steps, 1000)?,
             None => None,
