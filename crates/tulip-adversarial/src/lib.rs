@@ -8,8 +8,9 @@
 //! The evaluation attacks of docs/method.md §5 (DeepFool, basic iterative method, FGSM, gradient,
 //! Boundary, and PGD at a fixed ε) are in [`attacks`]; [`run_attack`] runs one on a batch.
 //!
-//! Sits above `tulip-models` (written against the [`Classifier`] trait only) and
-//! `tulip-penalties` (whose [`tulip_penalties::input_gradient`] and
+//! Every perturbation and attack takes any Candle model that implements
+//! [`candle_nn::ModuleT`] (a closure through `candle_nn::func_t` too). Sits above
+//! `tulip-models` and `tulip-penalties` (whose [`tulip_penalties::input_gradient`] and
 //! [`tulip_penalties::steepest_ascent_direction`] it uses), below the trainer.
 //!
 //! ## Design record (choices and deviations)
@@ -49,8 +50,8 @@ pub use single_step::{Fgsm, GradientAscent, MaxEntry};
 pub use tulip_penalties::Norm;
 
 use candle_core::Tensor;
+use candle_nn::ModuleT;
 use serde::{Deserialize, Serialize};
-use tulip_models::Classifier;
 
 /// A training-time perturbation of the input batch.
 pub trait Perturbation: Send + Sync {
@@ -62,7 +63,7 @@ pub trait Perturbation: Send + Sync {
     ///
     /// # Errors
     /// Fails on a shape mismatch between model, images and labels.
-    fn perturb(&self, model: &dyn Classifier, x: &Tensor, labels: &Tensor) -> Result<Tensor>;
+    fn perturb(&self, model: &dyn ModuleT, x: &Tensor, labels: &Tensor) -> Result<Tensor>;
 }
 
 /// Which perturbation adversarial training uses, as stored in a run's configuration.

@@ -5,10 +5,10 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::Tensor;
+use candle_nn::ModuleT;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use tulip_models::Classifier;
 use tulip_penalties::input_gradient;
 
 use crate::budget::{check_positive, parse_fraction};
@@ -263,7 +263,7 @@ impl Perturbation for PgdLinf {
         "pgd-inf"
     }
 
-    fn perturb(&self, model: &dyn Classifier, x: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    fn perturb(&self, model: &dyn ModuleT, x: &Tensor, labels: &Tensor) -> Result<Tensor> {
         let x = x.detach();
         let batch = x.dim(0)?;
         let step = vec![self.cfg.step_size; batch];

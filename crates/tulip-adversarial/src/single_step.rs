@@ -1,7 +1,7 @@
 //! The single-step perturbations J1 (FGSM), J2 (gradient ascent) and J∞ (max-entry).
 
 use candle_core::Tensor;
-use tulip_models::Classifier;
+use candle_nn::ModuleT;
 use tulip_penalties::{input_gradient, steepest_ascent_direction, Norm};
 
 use crate::budget::check_non_negative;
@@ -10,7 +10,7 @@ use crate::{Perturbation, Result};
 /// `x + ε·scale·d` with `d` the steepest-ascent direction of `norm` for the input gradient of
 /// the loss at the clean batch, in evaluation mode.
 fn gradient_step(
-    model: &dyn Classifier,
+    model: &dyn ModuleT,
     x: &Tensor,
     labels: &Tensor,
     epsilon: f64,
@@ -52,7 +52,7 @@ impl Perturbation for Fgsm {
         "j1"
     }
 
-    fn perturb(&self, model: &dyn Classifier, x: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    fn perturb(&self, model: &dyn ModuleT, x: &Tensor, labels: &Tensor) -> Result<Tensor> {
         let scale = 1.0 / (pixels(x)? as f64).sqrt();
         gradient_step(model, x, labels, self.epsilon, Norm::L1, scale)
     }
@@ -60,6 +60,24 @@ impl Perturbation for Fgsm {
 
 /// J2, one step of normalised gradient ascent: `x + ε·d/‖d‖₂` (rows with `d = 0`
 /// unchanged). To first order it adds `ε · ‖∇L‖₂` to the loss. No clipping.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use candle_nn::{Module, VarBuilder, VarMap};
+/// use tulip_adversarial::{GradientAscent, Perturbation};
+///
+/// let vars = VarMap::new();
+/// let vb = VarBuilder::from_varmap(&vars, DType::F64, &Device::Cpu);
+/// let fc = candle_nn::linear(4, 3, vb.pp("fc"))?;
+/// let model = candle_nn::func_t(move |x, _| fc.forward(&x.flatten_from(1)?));
+/// let x = Tensor::rand(0f64, 1., (2, 1, 2, 2), &Device::Cpu)?;
+/// let labels = Tensor::new(&[0u32, 2], &Device::Cpu)?;
+/// let moved = GradientAscent::new(0.5)?.perturb(&model, &x, &labels)?;
+/// // Each image moves by ε in the 2-norm.
+/// let step = (moved - &x)?.sqr()?.sum((1, 2, 3))?.sqrt()?.to_vec1::<f64>()?;
+/// assert!(step.iter().all(|s| (s - 0.5).abs() < 1e-12));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GradientAscent {
     epsilon: f64,
@@ -81,7 +99,7 @@ impl Perturbation for GradientAscent {
         "j2"
     }
 
-    fn perturb(&self, model: &dyn Classifier, x: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    fn perturb(&self, model: &dyn ModuleT, x: &Tensor, labels: &Tensor) -> Result<Tensor> {
         gradient_step(model, x, labels, self.epsilon, Norm::L2, 1.0)
     }
 }
@@ -110,7 +128,7 @@ impl Perturbation for MaxEntry {
         "jinf"
     }
 
-    fn perturb(&self, model: &dyn Classifier, x: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    fn perturb(&self, model: &dyn ModuleT, x: &Tensor, labels: &Tensor) -> Result<Tensor> {
         gradient_step(model, x, labels, self.epsilon, Norm::Linf, 1.0)
     }
 }

@@ -7,6 +7,7 @@
 mod common;
 
 use candle_core::{DType, Result as CResult, Tensor};
+use candle_nn::ModuleT;
 use common::{images, vec1, TinyConv, DEV, TINY_CLASSES, TINY_SHAPE};
 use tulip_adversarial::{
     run_attack, run_attack_with_adversarials, AdversarialError, AttackConfig, AttackKind,
@@ -98,7 +99,7 @@ struct Constant {
     params: Params,
 }
 
-impl Classifier for Constant {
+impl ModuleT for Constant {
     fn forward_t(&self, x: &Tensor, _train: bool) -> CResult<Tensor> {
         let b = x.dim(0)?;
         Tensor::new(&[0.0f64, 1.0, -1.0], x.device())?
@@ -106,9 +107,15 @@ impl Classifier for Constant {
             .unsqueeze(0)?
             .repeat((b, 1))
     }
+}
+
+impl tulip_models::Linearised for Constant {
     fn forward_linearised(&self, x: &Tensor) -> CResult<Tensor> {
         self.forward_t(x, false)
     }
+}
+
+impl Classifier for Constant {
     fn classes(&self) -> usize {
         3
     }
@@ -126,15 +133,21 @@ struct Amplified {
     gain: f64,
 }
 
-impl Classifier for Amplified {
+impl ModuleT for Amplified {
     fn forward_t(&self, x: &Tensor, train: bool) -> CResult<Tensor> {
         self.inner
             .forward_t(&x.affine(self.gain, -self.gain / 2.0)?, train)
     }
+}
+
+impl tulip_models::Linearised for Amplified {
     fn forward_linearised(&self, x: &Tensor) -> CResult<Tensor> {
         self.inner
             .forward_linearised(&x.affine(self.gain, -self.gain / 2.0)?)
     }
+}
+
+impl Classifier for Amplified {
     fn classes(&self) -> usize {
         TINY_CLASSES
     }

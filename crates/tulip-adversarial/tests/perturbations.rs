@@ -4,6 +4,7 @@
 mod common;
 
 use candle_core::Tensor;
+use candle_nn::ModuleT;
 use common::{images, labels, vec1, Affine, Gated, TinyConv, DEV, TINY_CLASSES, TINY_SHAPE};
 use proptest::prelude::*;
 use tulip_adversarial::{

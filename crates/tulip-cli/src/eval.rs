@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use tulip_eval::{summary, write_certified_csv, SummaryOptions};
+use tulip_eval::{summary, write_certified_csv, SummaryModel, SummaryOptions};
 use tulip_train::{DeviceChoice, RunSource};
 
 /// Summary file written into the run directory.
@@ -101,12 +101,17 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         tanh_scale: model.tanh_scale()?,
         jacobian_images: args.jacobian_limit,
     };
-    let report = summary(model, test, &options, &mut |done, _| {
-        bar.set_position(done as u64);
-        if done == test.len() {
-            bar.set_message("weight-product norm…");
-        }
-    })?;
+    let report = summary(
+        &SummaryModel::of_classifier(model)?,
+        test,
+        &options,
+        &mut |done, _| {
+            bar.set_position(done as u64);
+            if done == test.len() {
+                bar.set_message("weight-product norm…");
+            }
+        },
+    )?;
     bar.finish_and_clear();
 
     let mut json = serde_json::to_value(&report.summary)?;

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
+use candle_nn::ModuleT;
 use tulip_adversarial::{run_attack, AdversarialError, AttackConfig, AttackOutcome, Norm};
 use tulip_data::{Loader, Split};
-use tulip_models::Classifier;
 
 use crate::plot::{certified_scatter_for, robustness_curves_for, write_svg, Series, Subject};
 use crate::{
@@ -32,7 +32,7 @@ const BATCH_SEED_STRIDE: u64 = 1_000_003;
 /// [`EvalError::Attack`] from the attack — a
 /// [`AdversarialError::NonFiniteCleanLogits`] names the image's position in the split.
 pub fn attack_split(
-    model: &dyn Classifier,
+    model: &dyn ModuleT,
     split: &Split,
     cfg: &AttackConfig,
     batch_size: usize,

@@ -1,11 +1,13 @@
 //! # tulip-eval
 //!
-//! Evaluation of Tulip-rs models (docs/method.md §5):
+//! Evaluation of Tulip-rs models, and of any Candle model (docs/method.md §5):
 //!
 //! - [`summary`]: test error, loss, the per-example gradient norm, the Jacobian and
 //!   weight-product norms, the smallest softmax margin and the lower bound on the
 //!   adversarial distance it gives, `‖w‖₂` and the tanh scale — plus each correctly
-//!   classified image's own lower bound ([`CertifiedImage`]).
+//!   classified image's own lower bound ([`CertifiedImage`]). A [`SummaryModel`] says
+//!   what the model offers: any `candle_nn::ModuleT`, with its tensors and its linearised
+//!   form where the statistics that need them are wanted.
 //! - [`attack_split`]: an evaluation attack on every image of a split, in batches, and
 //!   [`write_attack_files`]: its per-image CSV, summary, robustness curve and the chart
 //!   against the certified bounds.
@@ -63,6 +65,7 @@ pub use report::{
     write_attack_csv, write_json, AttackSummary, DistanceStats, FractionAt, ATTACK_CSV_HEADER,
 };
 pub use summary::{
-    summary, summary_of_tensors, CertifiedImage, Summary, SummaryOptions, SummaryReport,
+    summary, summary_of_tensors, CertifiedImage, Summary, SummaryModel, SummaryOptions,
+    SummaryReport,
 };
 pub use tulip_adversarial::{AttackOutcome, AttackStatus, Norm};

@@ -3,15 +3,106 @@
 use std::fmt::Write as _;
 
 use candle_core::{DType, Device, Tensor};
+use candle_nn::{ModuleT, VarMap};
 use serde::{Deserialize, Serialize};
 use tulip_data::{Loader, Split};
-use tulip_models::Classifier;
-use tulip_penalties::{
-    input_gradient, jacobian_norm, row_norms, weight_product_norm, Norm, TikhonovPenalty,
-    TikhonovScope,
-};
+use tulip_models::{Classifier, Linearised};
+use tulip_penalties::{input_gradient, jacobian_norm, row_norms, weight_product_norm, Norm};
 
 use crate::{EvalError, Result};
+
+/// The model a [`summary`] describes: its forward pass, and what the statistics beyond the
+/// forward pass need, each optional.
+///
+/// - [`SummaryModel::new`]: any Candle model. Error, loss, the Lipschitz estimate, the
+///   Jacobian norm and the margins.
+/// - [`SummaryModel::with_linearised`]: the model with its nonlinearities replaced by the
+///   identity adds the weight-product norm and the certified lower bounds.
+/// - [`SummaryModel::with_tensors`] / [`SummaryModel::with_varmap`]: the model's named
+///   tensors add the weight norm (over those of rank ≥ 2: convolution and linear
+///   weights) and a check that none holds a NaN or an infinity.
+/// - [`SummaryModel::of_classifier`]: a `tulip-models` model, with all of it.
+#[derive(Clone)]
+pub struct SummaryModel<'a> {
+    forward: &'a dyn ModuleT,
+    dtype: DType,
+    device: Device,
+    linearised: Option<&'a dyn Linearised>,
+    tensors: Vec<(String, Tensor)>,
+}
+
+impl<'a> SummaryModel<'a> {
+    /// A model that takes images of `dtype` on `device` (the split's bytes are converted).
+    pub fn new(model: &'a dyn ModuleT, dtype: DType, device: &Device) -> Self {
+        Self {
+            forward: model,
+            dtype,
+            device: device.clone(),
+            linearised: None,
+            tensors: Vec::new(),
+        }
+    }
+
+    /// Adds the linearised model (every nonlinearity the identity, evaluation mode), for
+    /// the weight-product norm and the certified lower bounds.
+    #[must_use]
+    pub fn with_linearised(self, linearised: &'a dyn Linearised) -> Self {
+        Self {
+            linearised: Some(linearised),
+            ..self
+        }
+    }
+
+    /// Adds the model's named tensors, for the weight norm and the finiteness check.
+    #[must_use]
+    pub fn with_tensors(self, named: impl IntoIterator<Item = (String, Tensor)>) -> Self {
+        Self {
+            tensors: named.into_iter().collect(),
+            ..self
+        }
+    }
+
+    /// Adds the tensors of a candle-nn `VarMap` (in the order of their names).
+    #[must_use]
+    pub fn with_varmap(self, vars: &VarMap) -> Self {
+        let mut named: Vec<(String, Tensor)> = match vars.data().lock() {
+            Ok(data) => data
+                .iter()
+                .map(|(name, v)| (name.clone(), v.as_tensor().clone()))
+                .collect(),
+            // A poisoned lock: a thread panicked while adding a variable; the tensors
+            // themselves are still readable.
+            Err(poisoned) => poisoned
+                .get_ref()
+                .iter()
+                .map(|(name, v)| (name.clone(), v.as_tensor().clone()))
+                .collect(),
+        };
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        self.with_tensors(named)
+    }
+
+    /// A model of `tulip-models`: its forward pass, its linearised mode and its tensors
+    /// (parameters and buffers), its dtype and device those of its tensors.
+    ///
+    /// # Errors
+    /// [`EvalError::InvalidInput`] for a model without tensors (dtype and device unknown).
+    pub fn of_classifier(model: &'a dyn Classifier) -> Result<Self> {
+        let first = model.params().all().first().ok_or_else(|| {
+            EvalError::InvalidInput("the model has no tensors (dtype and device unknown)".into())
+        })?;
+        let (dtype, device) = (first.var.dtype(), first.var.device().clone());
+        Ok(Self::new(model, dtype, &device)
+            .with_linearised(model)
+            .with_tensors(
+                model
+                    .params()
+                    .all()
+                    .iter()
+                    .map(|p| (p.name.clone(), p.var.as_tensor().clone())),
+            ))
+    }
+}
 
 /// How [`summary`] runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -59,17 +150,21 @@ pub struct Summary {
     pub jacobian_norm: f64,
     /// Number of images (the first ones) the Jacobian norm is the maximum over.
     pub jacobian_images: usize,
-    /// Largest row 2-norm of the linearised model's matrix `M` (the "2,∞" norm).
-    pub weight_product_norm: f64,
+    /// Largest row 2-norm of the linearised model's matrix `M` (the "2,∞" norm); `None`
+    /// without a linearised model.
+    pub weight_product_norm: Option<f64>,
     /// Smallest softmax margin (top-1 minus top-2 probability) over the correctly
     /// classified images; `None` if none is.
     pub min_margin: Option<f64>,
     /// `min_margin / (2 · weight_product_norm)`, the reference's lower bound on the
-    /// adversarial L2 distance; `None` if no image is correctly classified.
+    /// adversarial L2 distance; `None` if no image is correctly classified, or without a
+    /// linearised model.
     pub distance_lower_bound: Option<f64>,
-    /// `‖w‖₂` over the convolution and linear weights (the Tikhonov penalty's
-    /// [`TikhonovScope::WeightsOnly`] set: biases, batch-norm terms and `t` excluded).
-    pub weight_norm: f64,
+    /// `‖w‖₂` over the convolution and linear weights: the tensors of rank ≥ 2 (for a
+    /// `tulip-models` model, the Tikhonov penalty's
+    /// [`tulip_penalties::TikhonovScope::WeightsOnly`] set: biases, batch-norm terms and
+    /// `t` excluded); `None` without the model's tensors.
+    pub weight_norm: Option<f64>,
     /// The tanh scale `t`, if the model has the tanh output layer.
     pub tanh_scale: Option<f64>,
 }
@@ -93,7 +188,8 @@ pub struct CertifiedImage {
 pub struct SummaryReport {
     /// The summary statistics.
     pub summary: Summary,
-    /// One entry per correctly classified image, in split order.
+    /// One entry per correctly classified image, in split order; empty without a
+    /// linearised model.
     pub certified: Vec<CertifiedImage>,
 }
 
@@ -126,7 +222,7 @@ impl Summary {
             ),
             (
                 "weight-product norm (2,∞)",
-                fmt_num(self.weight_product_norm),
+                opt(self.weight_product_norm, "— (no linearised model)"),
             ),
             (
                 "min softmax margin (correct images)",
@@ -136,7 +232,10 @@ impl Summary {
                 "distance lower bound margin/(2·wpn)",
                 opt(self.distance_lower_bound, "—"),
             ),
-            ("‖w‖₂ (conv/linear weights)", fmt_num(self.weight_norm)),
+            (
+                "‖w‖₂ (conv/linear weights)",
+                opt(self.weight_norm, "— (no tensors given)"),
+            ),
             ("tanh scale t", opt(self.tanh_scale, "— (no tanh layer)")),
         ];
         let width = rows
@@ -177,14 +276,13 @@ pub(crate) fn fmt_num(v: f64) -> String {
 /// gradients or statistics are not finite: such a summary would be meaningless (NaN
 /// gradient norms read as 0, NaN margins compare as nothing).
 pub fn summary(
-    model: &dyn Classifier,
+    model: &SummaryModel<'_>,
     split: &Split,
     options: &SummaryOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<SummaryReport> {
     check(split.len(), options)?;
-    let (_, device) = model_dtype_device(model)?;
-    let loader = Loader::test(split, options.batch_size.min(split.len()), &device)?;
+    let loader = Loader::test(split, options.batch_size.min(split.len()), &model.device)?;
     let batches = loader
         .epoch(0)
         .map(|b| b.map(|b| (b.images, b.labels)).map_err(EvalError::from));
@@ -194,10 +292,29 @@ pub fn summary(
 /// [`summary`] of in-memory images `[N, C, H, W]` with labels `[N]` (any integer dtype),
 /// for callers (and tests) whose images are not a byte [`Split`].
 ///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use candle_nn::{Module, VarBuilder, VarMap};
+/// use tulip_eval::{summary_of_tensors, SummaryModel, SummaryOptions};
+///
+/// let vars = VarMap::new();
+/// let vb = VarBuilder::from_varmap(&vars, DType::F64, &Device::Cpu);
+/// let fc = candle_nn::linear(4, 3, vb.pp("fc"))?;
+/// let model = candle_nn::func_t(move |x, _| fc.forward(&x.flatten_from(1)?));
+/// let images = Tensor::rand(0f64, 1., (6, 1, 2, 2), &Device::Cpu)?;
+/// let labels = Tensor::new(&[0u32, 1, 2, 0, 1, 2], &Device::Cpu)?;
+/// let subject = SummaryModel::new(&model, DType::F64, &Device::Cpu).with_varmap(&vars);
+/// let report = summary_of_tensors(&subject, &images, &labels, &SummaryOptions::default(), &mut |_, _| {})?;
+/// assert_eq!(report.summary.images, 6);
+/// assert!(report.summary.weight_norm.is_some()); // from the VarMap
+/// assert!(report.summary.weight_product_norm.is_none()); // no linearised model given
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
 /// # Errors
 /// As [`summary`].
 pub fn summary_of_tensors(
-    model: &dyn Classifier,
+    model: &SummaryModel<'_>,
     images: &Tensor,
     labels: &Tensor,
     options: &SummaryOptions,
@@ -238,13 +355,6 @@ fn check(n: usize, options: &SummaryOptions) -> Result<()> {
     Ok(())
 }
 
-fn model_dtype_device(model: &dyn Classifier) -> Result<(DType, Device)> {
-    let p = model.params().all().first().ok_or_else(|| {
-        EvalError::InvalidInput("the model has no tensors (dtype and device unknown)".into())
-    })?;
-    Ok((p.var.dtype(), p.var.device().clone()))
-}
-
 /// Running totals over the batches.
 #[derive(Default)]
 struct Totals {
@@ -258,14 +368,16 @@ struct Totals {
 }
 
 fn run(
-    model: &dyn Classifier,
+    model: &SummaryModel<'_>,
     batches: impl Iterator<Item = Result<(Tensor, Tensor)>>,
     total: usize,
     options: &SummaryOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<SummaryReport> {
-    let (dtype, device) = model_dtype_device(model)?;
-    let bad = model.params().non_finite()?;
+    let (dtype, device) = (model.dtype, &model.device);
+    let bad = tulip_models::params::non_finite_tensors(
+        model.tensors.iter().map(|(name, t)| (name.as_str(), t)),
+    )?;
     if !bad.is_empty() {
         return Err(EvalError::NonFinite(format!(
             "the model's tensors hold NaN or infinite values ({})",
@@ -273,33 +385,40 @@ fn run(
         )));
     }
     let mut t = Totals::default();
+    // One image, for the shape, dtype and device of the weight-product norm's basis.
+    let mut first_image = None;
     for batch in batches {
         let (images, labels) = batch?;
-        let x = images.to_device(&device)?.to_dtype(dtype)?;
-        let labels = labels.to_device(&device)?.to_dtype(DType::U32)?;
+        let x = images.to_device(device)?.to_dtype(dtype)?;
+        if first_image.is_none() {
+            first_image = Some(x.narrow(0, 0, 1)?);
+        }
+        let labels = labels.to_device(device)?.to_dtype(DType::U32)?;
         let jacobian_left = options
             .jacobian_images
             .map_or(usize::MAX, |n| n.saturating_sub(t.jacobian_images));
-        accumulate(model, &x, &labels, jacobian_left, &mut t)?;
+        accumulate(model.forward, &x, &labels, jacobian_left, &mut t)?;
         progress(t.images, total);
     }
-    let wpn = weight_product_norm(model)?;
-    let weight_norm = TikhonovPenalty::new(TikhonovScope::WeightsOnly)
-        .sum_of_squares(model.params())?
-        .to_dtype(DType::F64)?
-        .to_scalar::<f64>()?
-        .sqrt();
-    let certified: Vec<CertifiedImage> = t
-        .certified
-        .iter()
-        .map(|&(index, label, margin)| CertifiedImage {
-            index,
-            label,
-            margin,
-            lower_bound: margin / (2.0 * wpn),
-        })
-        .collect();
-    let min_margin = certified.iter().map(|c| c.margin).reduce(f64::min);
+    let wpn = match (model.linearised, &first_image) {
+        (Some(l), Some(image)) => Some(weight_product_norm(l, image)?),
+        _ => None,
+    };
+    let weight_norm = weight_norm(&model.tensors)?;
+    let certified: Vec<CertifiedImage> = match wpn {
+        Some(wpn) => t
+            .certified
+            .iter()
+            .map(|&(index, label, margin)| CertifiedImage {
+                index,
+                label,
+                margin,
+                lower_bound: margin / (2.0 * wpn),
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let min_margin = t.certified.iter().map(|c| c.2).reduce(f64::min);
     let n = t.images as f64;
     let summary = Summary {
         images: t.images,
@@ -311,12 +430,30 @@ fn run(
         jacobian_images: t.jacobian_images,
         weight_product_norm: wpn,
         min_margin,
-        distance_lower_bound: min_margin.map(|m| m / (2.0 * wpn)),
+        distance_lower_bound: min_margin.zip(wpn).map(|(m, wpn)| m / (2.0 * wpn)),
         weight_norm,
         tanh_scale: options.tanh_scale,
     };
     check_finite(&summary)?;
     Ok(SummaryReport { summary, certified })
+}
+
+/// `‖w‖₂` over the tensors of rank ≥ 2, summed in their dtype in the order given; `None`
+/// for no tensors.
+fn weight_norm(tensors: &[(String, Tensor)]) -> Result<Option<f64>> {
+    let mut total: Option<Tensor> = None;
+    for (_, t) in tensors.iter().filter(|(_, t)| t.rank() >= 2) {
+        let s = t.sqr()?.sum_all()?;
+        total = Some(match total {
+            Some(sum) => (sum + s)?,
+            None => s,
+        });
+    }
+    match total {
+        Some(sum) => Ok(Some(sum.to_dtype(DType::F64)?.to_scalar::<f64>()?.sqrt())),
+        None if tensors.is_empty() => Ok(None),
+        None => Ok(Some(0.0)),
+    }
 }
 
 /// Up to five names, then how many more there are.
@@ -341,10 +478,10 @@ fn check_finite(s: &Summary) -> Result<()> {
         ("mean loss", Some(s.mean_loss)),
         ("Lipschitz estimate", Some(s.lipschitz_estimate)),
         ("Jacobian norm", Some(s.jacobian_norm)),
-        ("weight-product norm", Some(s.weight_product_norm)),
+        ("weight-product norm", s.weight_product_norm),
         ("min margin", s.min_margin),
         ("distance lower bound", s.distance_lower_bound),
-        ("weight norm", Some(s.weight_norm)),
+        ("weight norm", s.weight_norm),
         ("tanh scale", s.tanh_scale),
     ];
     let bad: Vec<String> = values
@@ -379,7 +516,7 @@ fn ensure_finite(t: &Tensor, what: impl FnOnce() -> String) -> Result<()> {
 /// `f64` from the logits (one forward pass); the gradient and Jacobian norms come from
 /// the penalty crate's helpers.
 fn accumulate(
-    model: &dyn Classifier,
+    model: &dyn ModuleT,
     x: &Tensor,
     labels: &Tensor,
     jacobian_left: usize,

@@ -1,8 +1,9 @@
 //! The summary statistics against hand-computed values.
 
 use candle_core::{DType, Tensor};
+use candle_nn::ModuleT;
 use tulip_data::Split;
-use tulip_eval::{summary, summary_of_tensors, SummaryOptions};
+use tulip_eval::{summary, summary_of_tensors, SummaryModel, SummaryOptions};
 use tulip_models::testing::{Affine, TinyConv, DEV, TINY_SHAPE};
 use tulip_models::Classifier;
 
@@ -59,7 +60,7 @@ fn affine_model_norms_margin_and_bound_equal_hand_computed_values() {
     let y = Tensor::new(&Y, &DEV).unwrap();
     let mut progress = Vec::new();
     let r = summary_of_tensors(
-        &model,
+        &SummaryModel::of_classifier(&model).unwrap(),
         &x,
         &y,
         &SummaryOptions {
@@ -113,12 +114,15 @@ fn affine_model_norms_margin_and_bound_equal_hand_computed_values() {
         "{}",
         s.jacobian_norm
     );
-    assert!((s.weight_product_norm - max_row).abs() < 1e-12);
+    assert!((s.weight_product_norm.unwrap() - max_row).abs() < 1e-12);
     let min_margin = margins.iter().copied().fold(f64::INFINITY, f64::min);
     assert!((s.min_margin.unwrap() - min_margin).abs() < 1e-12);
     assert!((s.distance_lower_bound.unwrap() - min_margin / (2.0 * max_row)).abs() < 1e-12);
     let frobenius = W.iter().flatten().map(|v| v * v).sum::<f64>().sqrt();
-    assert!((s.weight_norm - frobenius).abs() < 1e-12, "bias excluded");
+    assert!(
+        (s.weight_norm.unwrap() - frobenius).abs() < 1e-12,
+        "bias excluded"
+    );
     assert_eq!(s.tanh_scale, Some(1.5));
 
     assert_eq!(r.certified.len(), correct);
@@ -151,7 +155,7 @@ fn tiny_model_error_and_loss_match_an_independent_computation() {
     let labels: Vec<u8> = (0..n).map(|i| (i % 3) as u8).collect();
     let split = Split::new(images, labels, TINY_SHAPE).unwrap();
     let r = summary(
-        &model,
+        &SummaryModel::of_classifier(&model).unwrap(),
         &split,
         &SummaryOptions {
             batch_size: 5,
@@ -186,13 +190,13 @@ fn tiny_model_error_and_loss_match_an_independent_computation() {
     assert!((s.test_error_percent - 100.0 * wrong as f64 / n as f64).abs() < 1e-9);
     assert!((s.mean_loss - loss / n as f64).abs() < 1e-9);
     assert!(s.lipschitz_estimate > 0.0 && s.jacobian_norm > 0.0);
-    assert!(s.weight_product_norm > 0.0 && s.weight_norm > 0.0);
+    assert!(s.weight_product_norm.unwrap() > 0.0 && s.weight_norm.unwrap() > 0.0);
     assert_eq!(s.jacobian_images, n);
 
     // The Jacobian norm over the first 7 images only (a limit inside the second batch)
     // is the maximum of the per-image norms over those images.
     let limited = summary(
-        &model,
+        &SummaryModel::of_classifier(&model).unwrap(),
         &split,
         &SummaryOptions {
             batch_size: 5,
@@ -224,12 +228,32 @@ fn bad_input_is_an_error() {
         batch_size: 0,
         ..SummaryOptions::default()
     };
-    assert!(summary_of_tensors(&model, &x, &y, &zero, &mut |_, _| {}).is_err());
+    assert!(summary_of_tensors(
+        &SummaryModel::of_classifier(&model).unwrap(),
+        &x,
+        &y,
+        &zero,
+        &mut |_, _| {}
+    )
+    .is_err());
     let y3 = Tensor::new(&[0u32, 1, 2], &DEV).unwrap();
     let ok = SummaryOptions::default();
-    assert!(summary_of_tensors(&model, &x, &y3, &ok, &mut |_, _| {}).is_err());
+    assert!(summary_of_tensors(
+        &SummaryModel::of_classifier(&model).unwrap(),
+        &x,
+        &y3,
+        &ok,
+        &mut |_, _| {}
+    )
+    .is_err());
     let empty = Split::new(Vec::new(), Vec::new(), (1, 2, 2)).unwrap();
-    assert!(summary(&model, &empty, &ok, &mut |_, _| {}).is_err());
+    assert!(summary(
+        &SummaryModel::of_classifier(&model).unwrap(),
+        &empty,
+        &ok,
+        &mut |_, _| {}
+    )
+    .is_err());
 }
 
 /// A diverged model (one NaN weight) has no summary: the error names the tensor. Without
@@ -244,7 +268,13 @@ fn a_model_with_a_nan_weight_is_refused_by_name() {
         .unwrap();
     let (c, h, wd) = TINY_SHAPE;
     let split = Split::new(vec![100; 4 * c * h * wd], vec![0, 1, 2, 0], TINY_SHAPE).unwrap();
-    let err = summary(&model, &split, &SummaryOptions::default(), &mut |_, _| {}).unwrap_err();
+    let err = summary(
+        &SummaryModel::of_classifier(&model).unwrap(),
+        &split,
+        &SummaryOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap_err();
     assert!(
         matches!(err, tulip_eval::EvalError::NonFinite(_)),
         "{err:?}"
@@ -260,8 +290,14 @@ fn an_overflowing_output_is_an_error() {
     let model = Affine::from_weights(&big, &[0.0, 0.0, 0.0], (1, 2, 2), DType::F64);
     let x = Tensor::ones((2, 1, 2, 2), DType::F64, &DEV).unwrap();
     let y = Tensor::new(&[1u32, 2], &DEV).unwrap();
-    let err =
-        summary_of_tensors(&model, &x, &y, &SummaryOptions::default(), &mut |_, _| {}).unwrap_err();
+    let err = summary_of_tensors(
+        &SummaryModel::of_classifier(&model).unwrap(),
+        &x,
+        &y,
+        &SummaryOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap_err();
     assert!(
         matches!(err, tulip_eval::EvalError::NonFinite(_)),
         "{err:?}"
@@ -285,23 +321,84 @@ fn a_jacobian_limit_of_zero_images_is_an_error() {
     )
     .unwrap();
     let y = Tensor::new(&Y, &DEV).unwrap();
-    let err = summary_of_tensors(&model, &x, &y, &none, &mut |_, _| {}).unwrap_err();
+    let err = summary_of_tensors(
+        &SummaryModel::of_classifier(&model).unwrap(),
+        &x,
+        &y,
+        &none,
+        &mut |_, _| {},
+    )
+    .unwrap_err();
     assert!(
         matches!(err, tulip_eval::EvalError::InvalidInput(_)),
         "{err:?}"
     );
     assert!(err.to_string().contains("Jacobian"), "{err}");
     let split = Split::new(vec![10; 3 * 4], vec![0, 1, 2], (1, 2, 2)).unwrap();
-    let err = summary(&model, &split, &none, &mut |_, _| {}).unwrap_err();
+    let err = summary(
+        &SummaryModel::of_classifier(&model).unwrap(),
+        &split,
+        &none,
+        &mut |_, _| {},
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("Jacobian"), "{err}");
     // One image is the smallest limit, and then the norm is that image's.
     let one = SummaryOptions {
         jacobian_images: Some(1),
         ..SummaryOptions::default()
     };
-    let s = summary(&model, &split, &one, &mut |_, _| {})
-        .unwrap()
-        .summary;
+    let s = summary(
+        &SummaryModel::of_classifier(&model).unwrap(),
+        &split,
+        &one,
+        &mut |_, _| {},
+    )
+    .unwrap()
+    .summary;
     assert_eq!(s.jacobian_images, 1);
     assert!((s.jacobian_norm - 9.25f64.sqrt()).abs() < 1e-12, "{s:?}");
+}
+
+/// A bare `ModuleT` (no tensors, no linearised form) gets the statistics of its forward
+/// pass, the same as the full model's, and none of those that need more; given its
+/// tensors and linearised form one by one, it gets each statistic back.
+#[test]
+fn a_bare_module_gets_the_forward_statistics_and_no_more() {
+    let model = TinyConv::new(3, true, false);
+    let (x, y) = (
+        tulip_models::testing::images(12, TINY_SHAPE, 4),
+        tulip_models::testing::labels(12, 3, 1),
+    );
+    let options = SummaryOptions::default();
+    let run =
+        |m: &SummaryModel<'_>| summary_of_tensors(m, &x, &y, &options, &mut |_, _| {}).unwrap();
+    let full = run(&SummaryModel::of_classifier(&model).unwrap());
+    let bare = run(&SummaryModel::new(&model, DType::F64, &DEV));
+    let (f, b) = (&full.summary, &bare.summary);
+    assert_eq!((b.images, b.correct), (f.images, f.correct));
+    assert_eq!(b.mean_loss, f.mean_loss);
+    assert_eq!(b.lipschitz_estimate, f.lipschitz_estimate);
+    assert_eq!(b.jacobian_norm, f.jacobian_norm);
+    assert_eq!(b.min_margin, f.min_margin);
+    assert!(f.weight_product_norm.is_some() && f.weight_norm.is_some());
+    assert_eq!((b.weight_product_norm, b.weight_norm), (None, None));
+    assert_eq!(b.distance_lower_bound, None);
+    assert!(bare.certified.is_empty() && !full.certified.is_empty());
+
+    let linearised = |x: &Tensor| tulip_models::Linearised::forward_linearised(&model, x);
+    let with_linearised =
+        run(&SummaryModel::new(&model, DType::F64, &DEV).with_linearised(&linearised));
+    assert_eq!(
+        with_linearised.summary.weight_product_norm,
+        f.weight_product_norm
+    );
+    assert_eq!(with_linearised.certified, full.certified);
+    let named = model
+        .params()
+        .all()
+        .iter()
+        .map(|p| (p.name.clone(), p.var.as_tensor().clone()));
+    let with_tensors = run(&SummaryModel::new(&model, DType::F64, &DEV).with_tensors(named));
+    assert_eq!(with_tensors.summary.weight_norm, f.weight_norm);
 }

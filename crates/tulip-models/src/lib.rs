@@ -4,8 +4,10 @@
 //! ResNeXt34 and the Wide ResNets WRN-16-4, 16-8, 22-4, 28-10 and 40-4, with batch norm
 //! on or off, dropout, any odd kernel size, and the optional tanh output layer.
 //!
-//! This is the lowest model-facing crate: penalties, attacks, evaluation and the trainer
-//! program against the [`Classifier`] trait defined here, never against a concrete
+//! This is the lowest model-facing crate. Penalties, perturbations and attacks program
+//! against Candle's [`candle_nn::ModuleT`], so that they take any Candle model; the
+//! [`Classifier`] trait defined here adds what the evaluation summary and the trainer need
+//! of this crate's models (a linearised mode, named tensors), never a concrete
 //! architecture.
 //!
 //! ## Design record
@@ -60,23 +62,33 @@ pub use params::{Param, ParamBuilder, ParamKind, Params};
 pub use resnet::{BlockKind, ResNet, ResNetSpec};
 
 use candle_core::Tensor;
+use candle_nn::ModuleT;
 
-/// What penalties, attacks and evaluation need of a model.
-pub trait Classifier: Send + Sync {
-    /// Logits `[B, classes]` for images `[B, C, H, W]`; `train` selects batch statistics
-    /// (and updates running ones) and enables dropout.
-    ///
-    /// # Errors
-    /// Fails on an input of the wrong shape.
-    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor>;
-
+/// A model whose every nonlinearity can be replaced by the identity: then it is an affine
+/// map of its input, `f(x) = M x + b`, whose matrix the weight-product norm measures
+/// (`tulip_penalties::weight_product_norm`). Any closure `Fn(&Tensor) -> Result<Tensor>`
+/// is one.
+pub trait Linearised {
     /// The model with every nonlinearity replaced by the identity (evaluation mode): an
-    /// affine map of the input.
+    /// affine map of the input, `[B, C, H, W]` → `[B, classes]`.
     ///
     /// # Errors
     /// Fails on an input of the wrong shape.
     fn forward_linearised(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+}
 
+impl<F: Fn(&Tensor) -> candle_core::Result<Tensor>> Linearised for F {
+    fn forward_linearised(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self(x)
+    }
+}
+
+/// The models of this crate: a [`ModuleT`] (logits `[B, classes]` of images `[B, C, H,
+/// W]`; `train` selects batch statistics, updates the running ones and enables dropout)
+/// with a linearised mode and named tensors. Penalties, perturbations and attacks need
+/// only the `ModuleT`; this trait is for what needs more (the evaluation summary, the
+/// trainer, checkpoints).
+pub trait Classifier: ModuleT + Linearised + Send + Sync {
     /// Number of classes.
     fn classes(&self) -> usize;
 
@@ -85,37 +97,15 @@ pub trait Classifier: Send + Sync {
 
     /// The model's named tensors.
     fn params(&self) -> &Params;
-
-    /// A view of this model whose parameters are cut from the autograd graph, for passes
-    /// that need only the gradient with respect to the input (attacks, adversarial
-    /// perturbations, gradient statistics). Candle's backward computes a gradient for every
-    /// variable a result depends on; through this view it skips every parameter gradient
-    /// (a third of the work of a convolution's backward pass, and their memory). Outputs
-    /// and input gradients are the same as the model's own.
-    ///
-    /// `None` (the default) where the model offers no such view; [`with_frozen`] falls
-    /// back to the model itself.
-    fn frozen(&self) -> Option<Box<dyn Classifier>> {
-        None
-    }
 }
 
-/// Calls `f` with `model`'s [frozen view](Classifier::frozen) if it has one, else with
-/// `model` itself: for code that differentiates with respect to the input only.
-pub fn with_frozen<R>(model: &dyn Classifier, f: impl FnOnce(&dyn Classifier) -> R) -> R {
-    match model.frozen() {
-        Some(view) => f(view.as_ref()),
-        None => f(model),
-    }
-}
-
-/// Evaluation-mode logits of `x`, detached, for inference: computed through the frozen
-/// view, so no graph is recorded and each layer's activations are freed as soon as the
-/// next layer has used them (a forward pass through the model itself keeps them all until
-/// the logits are dropped).
+/// Evaluation-mode logits of `x`, detached, for inference: computed inside
+/// [`grad_mode::frozen_parameters`], so a model of this crate records no graph and frees
+/// each layer's activations as soon as the next layer has used them (a forward pass
+/// recording the graph keeps them all until the logits are dropped).
 ///
 /// # Errors
 /// Fails on an input of the wrong shape.
-pub fn predict(model: &dyn Classifier, x: &Tensor) -> candle_core::Result<Tensor> {
-    with_frozen(model, |m| m.forward_t(&x.detach(), false)).map(|z| z.detach())
+pub fn predict(model: &dyn ModuleT, x: &Tensor) -> candle_core::Result<Tensor> {
+    grad_mode::frozen_parameters(|| model.forward_t(&x.detach(), false)).map(|z| z.detach())
 }

@@ -7,7 +7,7 @@ use crate::allcnn::AllCnn;
 use crate::layers::{Mode, TanhOutput};
 use crate::params::{ParamBuilder, Params};
 use crate::resnet::{BlockKind, ResNet, ResNetSpec};
-use crate::{Classifier, ModelError, Result};
+use crate::{Classifier, Linearised, ModelError, Result};
 
 /// The architectures of the reference (docs/method.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -236,9 +236,9 @@ impl Model {
         Self::new(cfg, ParamBuilder::new(seed, dtype, device))
     }
 
-    /// A view of this model whose parameters no gradient reaches (see
-    /// [`Classifier::frozen`]): the same network rebuilt around detached views of the same
-    /// tensors, which costs no copy.
+    /// A view of this model whose parameters no gradient reaches (what a forward pass
+    /// inside [`crate::grad_mode::frozen_parameters`] runs through): the same network
+    /// rebuilt around detached views of the same tensors, which costs no copy.
     ///
     /// # Errors
     /// Only if Candle fails to build the (unused) placeholder of an initial value.
@@ -281,14 +281,6 @@ impl Model {
 }
 
 impl Classifier for Model {
-    fn forward_t(&self, x: &Tensor, train: bool) -> CResult<Tensor> {
-        self.forward_mode(x, Mode::from_train_flag(train))
-    }
-
-    fn forward_linearised(&self, x: &Tensor) -> CResult<Tensor> {
-        self.forward_mode(x, Mode::Linearised)
-    }
-
     fn classes(&self) -> usize {
         self.cfg.classes
     }
@@ -300,18 +292,27 @@ impl Classifier for Model {
     fn params(&self) -> &Params {
         &self.params
     }
+}
 
-    fn frozen(&self) -> Option<Box<dyn Classifier>> {
-        // Rebuilding the same configuration around its own tensors cannot mismatch; if
-        // Candle failed anyway, the unfrozen model gives the same gradients, only slower.
-        self.frozen_view()
-            .ok()
-            .map(|m| Box::new(m) as Box<dyn Classifier>)
+impl Linearised for Model {
+    fn forward_linearised(&self, x: &Tensor) -> CResult<Tensor> {
+        self.forward_mode(x, Mode::Linearised)
     }
 }
 
 impl candle_nn::ModuleT for Model {
+    /// Inside [`crate::grad_mode::frozen_parameters`] the pass runs through the model's
+    /// [frozen view](Model::frozen_view), so no parameter is on its graph.
     fn forward_t(&self, x: &Tensor, train: bool) -> CResult<Tensor> {
-        self.forward_mode(x, Mode::from_train_flag(train))
+        let mode = Mode::from_train_flag(train);
+        if crate::grad_mode::parameters_frozen() {
+            // Rebuilding the same configuration around its own tensors cannot mismatch;
+            // if Candle failed anyway, the model itself gives the same result, only
+            // slower.
+            if let Ok(view) = self.frozen_view() {
+                return view.forward_mode(x, mode);
+            }
+        }
+        self.forward_mode(x, mode)
     }
 }

@@ -10,6 +10,7 @@ use crate::layers::{
 use crate::params::Init;
 use crate::{Classifier, ParamBuilder, Params};
 use candle_core::{DType, Device, Result as CResult, Tensor};
+use candle_nn::ModuleT;
 
 pub const DEV: Device = Device::Cpu;
 
@@ -70,13 +71,19 @@ impl TinyConv {
     }
 }
 
-impl Classifier for TinyConv {
+impl ModuleT for TinyConv {
     fn forward_t(&self, x: &Tensor, train: bool) -> CResult<Tensor> {
         self.forward_mode(x, Mode::from_train_flag(train))
     }
+}
+
+impl crate::Linearised for TinyConv {
     fn forward_linearised(&self, x: &Tensor) -> CResult<Tensor> {
         self.forward_mode(x, Mode::Linearised)
     }
+}
+
+impl Classifier for TinyConv {
     fn classes(&self) -> usize {
         TINY_CLASSES
     }
@@ -152,16 +159,22 @@ impl Affine {
     }
 }
 
-impl Classifier for Affine {
+impl ModuleT for Affine {
     fn forward_t(&self, x: &Tensor, _train: bool) -> CResult<Tensor> {
         let b = x.dim(0)?;
         x.reshape((b, ()))?
             .matmul(&self.weight.t()?)?
             .broadcast_add(&self.bias)
     }
+}
+
+impl crate::Linearised for Affine {
     fn forward_linearised(&self, x: &Tensor) -> CResult<Tensor> {
         self.forward_t(x, false)
     }
+}
+
+impl Classifier for Affine {
     fn classes(&self) -> usize {
         self.classes
     }

@@ -30,6 +30,26 @@ pub const DEFAULT_STEP: f64 = 0.01;
 /// - Variants beyond the paper: [`FiniteDifferencePenalty::with_norm`] takes the
 ///   steepest-ascent direction of another norm (then `q_i ≈ ‖∇ℓ_i‖` in that norm), and
 ///   [`FiniteDifferencePenalty::with_summary`] the max instead of the mean of `q_i²`.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor, Var};
+/// use candle_nn::{Module, ModuleT, VarBuilder, VarMap};
+/// use tulip_penalties::{FiniteDifferencePenalty, Penalty, PenaltyInputs};
+///
+/// let vars = VarMap::new();
+/// let vb = VarBuilder::from_varmap(&vars, DType::F64, &Device::Cpu);
+/// let fc = candle_nn::linear(4, 3, vb.pp("fc"))?;
+/// let model = candle_nn::func_t(move |x, _| fc.forward(&x.flatten_from(1)?));
+/// let x = Var::from_tensor(&Tensor::rand(0f64, 1., (4, 1, 2, 2), &Device::Cpu)?)?;
+/// let labels = Tensor::new(&[0u32, 1, 2, 0], &Device::Cpu)?;
+/// let logits = model.forward_t(x.as_tensor(), true)?;
+/// let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+/// let inputs = PenaltyInputs { model: &model, x: x.as_tensor(), labels: &labels, logits: &logits, loss: &loss };
+/// let value = FiniteDifferencePenalty::new(1e-4)?.value(&inputs)?.to_scalar::<f64>()?;
+/// // ≈ ½·mean_i ‖∇ℓ_i‖²: first-order only, no `enable_second_order_gradients` needed.
+/// assert!(value > 0.0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FiniteDifferencePenalty {
     h: f64,

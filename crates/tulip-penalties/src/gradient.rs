@@ -1,8 +1,9 @@
 //! Per-example input gradients of the cross-entropy loss (first order).
 
 use candle_core::{Tensor, Var};
+use candle_nn::ModuleT;
+use tulip_models::grad_mode::frozen_parameters;
 use tulip_models::loss::cross_entropy_per_example;
-use tulip_models::{with_frozen, Classifier};
 
 use crate::Result;
 
@@ -27,19 +28,37 @@ pub struct InputGradient {
 /// `train` selects the model's mode; in training mode batch norm couples the examples (and
 /// updates its running statistics), so row `i` is then `Σ_j ∇_{x_i} ℓ_j`.
 ///
-/// If the loss does not depend on the input, the gradient is zero. The pass runs through the
-/// model's [frozen view](Classifier::frozen), so no parameter gradient is computed.
+/// If the loss does not depend on the input, the gradient is zero. The forward pass runs
+/// inside [`frozen_parameters`], so the models of `tulip-models` compute no parameter
+/// gradient (any other `ModuleT` computes them too, and they are dropped).
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use candle_nn::{Module, VarBuilder, VarMap};
+///
+/// // Any Candle model: here logits = W x + b on flattened 1×2×2 images.
+/// let vars = VarMap::new();
+/// let vb = VarBuilder::from_varmap(&vars, DType::F64, &Device::Cpu);
+/// let fc = candle_nn::linear(4, 3, vb.pp("fc"))?;
+/// let model = candle_nn::func_t(move |x, _train| fc.forward(&x.flatten_from(1)?));
+/// let x = Tensor::rand(0f64, 1., (2, 1, 2, 2), &Device::Cpu)?;
+/// let labels = Tensor::new(&[0u32, 2], &Device::Cpu)?;
+/// let g = tulip_penalties::input_gradient(&model, &x, &labels, false)?;
+/// assert_eq!(g.gradient.dims(), x.dims());
+/// assert_eq!(g.losses.dims(), [2]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 ///
 /// # Errors
 /// Fails on a shape mismatch between model, images and labels.
 pub fn input_gradient(
-    model: &dyn Classifier,
+    model: &dyn ModuleT,
     x: &Tensor,
     labels: &Tensor,
     train: bool,
 ) -> Result<InputGradient> {
     let xv = Var::from_tensor(&x.detach())?;
-    let logits = with_frozen(model, |m| m.forward_t(xv.as_tensor(), train))?;
+    let logits = frozen_parameters(|| model.forward_t(xv.as_tensor(), train))?;
     let per_example = cross_entropy_per_example(&logits, labels)?;
     // Only this pass's result is used, never differentiated again.
     let grads = tulip_models::first_order_gradients(|| per_example.sum_all()?.backward())?;

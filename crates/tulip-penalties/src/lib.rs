@@ -6,9 +6,38 @@
 //! evaluation-only Jacobian and weight-product norms. Every penalty implements
 //! [`Penalty`]; the trainer adds `weight · value` to its loss and differentiates the sum.
 //!
-//! Sits above `tulip-models` (it is written against the [`Classifier`] trait only) and below
-//! the adversarial, evaluation and training crates; [`input_gradient`] and
-//! [`steepest_ascent_direction`] are shared with the adversarial perturbations.
+//! Every penalty takes any Candle model that implements [`candle_nn::ModuleT`] (a
+//! closure through `candle_nn::func_t` too); only the weight-product norm asks for more
+//! (a [linearised](tulip_models::Linearised) forward pass), and the Tikhonov penalty for
+//! the parameters themselves. Sits above `tulip-models` and below the adversarial,
+//! evaluation and training crates; [`input_gradient`] and [`steepest_ascent_direction`]
+//! are shared with the adversarial perturbations.
+//!
+//! ## In your own training loop
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor, Var};
+//! use candle_nn::{Module, ModuleT, Optimizer, VarBuilder, VarMap};
+//! use tulip_penalties::{LipschitzPenalty, Penalty, PenaltyInputs};
+//!
+//! tulip_penalties::enable_second_order_gradients(); // before any tensor work
+//! let vars = VarMap::new();
+//! let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
+//! let fc = candle_nn::linear(4, 3, vb.pp("fc"))?;
+//! let model = candle_nn::func_t(move |x, _train| fc.forward(&x.flatten_from(1)?)?.tanh());
+//! let mut sgd = candle_nn::SGD::new(vars.all_vars(), 0.1)?;
+//! let lipschitz = LipschitzPenalty::paper()?;
+//!
+//! let x = Var::from_tensor(&Tensor::rand(0f32, 1., (8, 1, 2, 2), &Device::Cpu)?)?;
+//! let labels = Tensor::new(&[0u32, 1, 2, 0, 1, 2, 0, 1], &Device::Cpu)?;
+//! let logits = model.forward_t(x.as_tensor(), true)?;
+//! let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+//! let inputs = PenaltyInputs { model: &model, x: x.as_tensor(), labels: &labels, logits: &logits, loss: &loss };
+//! let penalty = lipschitz.value(&inputs)?;
+//! assert!(penalty.to_scalar::<f32>()? > 0.0);
+//! sgd.backward_step(&(&loss + (penalty * 0.1)?)?)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! ## Second-order gradients
 //! Candle 0.11 computes second-order gradients only if `CANDLE_GRAD_DO_NOT_DETACH=1` is set
@@ -62,14 +91,14 @@ pub use second_order::{
 pub use tikhonov::{TikhonovPenalty, TikhonovScope};
 
 use candle_core::Tensor;
-use tulip_models::Classifier;
+use candle_nn::ModuleT;
 
 /// Inputs a penalty may use, at the training step's clean or perturbed batch, with the model
 /// in training mode.
 #[derive(Clone, Copy)]
 pub struct PenaltyInputs<'a> {
     /// The model.
-    pub model: &'a dyn Classifier,
+    pub model: &'a dyn ModuleT,
     /// The batch the loss was computed on, `[B, C, H, W]`. When any penalty's
     /// [`Penalty::needs_input_graph`] is true, this must be a Candle variable
     /// (`x.is_variable()`) so that the graph from `x` to `loss` exists.

@@ -89,6 +89,17 @@ fn rows(g: &Tensor) -> Result<Tensor> {
 /// A row holding a `NaN` has norm `NaN` in every norm, so that a gradient gone `NaN` shows in
 /// a penalty or a Lipschitz estimate rather than counting as a zero (or smaller) norm.
 ///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use tulip_penalties::{row_norms, Norm};
+///
+/// let g = Tensor::new(&[[3f64, -4.], [0., 0.]], &Device::Cpu)?;
+/// assert_eq!(row_norms(&g, Norm::L2)?.to_vec1::<f64>()?, [5.0, 0.0]);
+/// assert_eq!(row_norms(&g, Norm::L1)?.to_vec1::<f64>()?, [7.0, 0.0]);
+/// assert_eq!(row_norms(&g, Norm::Linf)?.to_vec1::<f64>()?, [4.0, 0.0]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
 /// # Errors
 /// Fails if `g` has rank 0.
 pub fn row_norms(g: &Tensor, norm: Norm) -> Result<Tensor> {
@@ -134,6 +145,20 @@ pub(crate) fn nan_where_nan(x: &Tensor, dim: usize, reduced: &Tensor) -> Result<
 ///   at ties).
 ///
 /// Zero rows give zero directions (and `sign(0) = 0` entry-wise).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use tulip_penalties::{steepest_ascent_direction, Norm};
+///
+/// let g = Tensor::new(&[[3f64, -4.]], &Device::Cpu)?;
+/// let l2 = steepest_ascent_direction(&g, Norm::L2)?;
+/// assert_eq!(l2.to_vec2::<f64>()?, [[0.6, -0.8]]);
+/// let l1 = steepest_ascent_direction(&g, Norm::L1)?;
+/// assert_eq!(l1.to_vec2::<f64>()?, [[1.0, -1.0]]);
+/// let linf = steepest_ascent_direction(&g, Norm::Linf)?;
+/// assert_eq!(linf.to_vec2::<f64>()?, [[0.0, -1.0]]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 ///
 /// # Errors
 /// Fails if `g` has rank 0.

@@ -5,10 +5,11 @@
 mod common;
 
 use candle_core::{DType, Tensor, Var};
+use candle_nn::ModuleT;
 use common::{images, labels, scalar, vec1, Affine, Constant, TinyConv, TINY_CLASSES, TINY_SHAPE};
 use proptest::prelude::*;
 use tulip_models::loss::cross_entropy;
-use tulip_models::{Classifier, ParamKind};
+use tulip_models::{Classifier, Linearised, ParamKind};
 use tulip_penalties::{
     enable_second_order_gradients, input_gradient, jacobian_norm, row_norms,
     steepest_ascent_direction, weight_product_norm, FiniteDifferencePenalty, InputGradient,
@@ -259,8 +260,9 @@ fn input_penalties_need_a_variable_input() {
             other => panic!("{}: expected InputNotVariable, got {other:?}", p.name()),
         }
     }
-    assert!(!TikhonovPenalty::default().needs_input_graph());
-    assert!(TikhonovPenalty::default().value(&inputs).is_ok());
+    let tikhonov = TikhonovPenalty::of_params(model.params(), TikhonovScope::default()).unwrap();
+    assert!(!tikhonov.needs_input_graph());
+    assert!(tikhonov.value(&inputs).is_ok());
 }
 
 #[test]
@@ -324,19 +326,19 @@ fn tikhonov_sums_the_squares_of_its_scope_and_never_buffers() {
         .collect();
     assert_eq!(trainable, all, "test model layout changed");
 
-    let default = TikhonovPenalty::default();
-    assert_eq!(default.scope(), TikhonovScope::AllTrainable);
-    let got = scalar(&default.sum_of_squares(model.params()).unwrap());
+    assert_eq!(TikhonovScope::default(), TikhonovScope::AllTrainable);
+    let default = TikhonovPenalty::of_params(model.params(), TikhonovScope::default()).unwrap();
+    let got = scalar(&default.sum_of_squares().unwrap());
     let want = sum_sq(&model, &all);
     assert!((got - want).abs() < 1e-12 * want, "{got} vs {want}");
 
-    let wo = TikhonovPenalty::new(TikhonovScope::WeightsOnly);
-    let got = scalar(&wo.sum_of_squares(model.params()).unwrap());
+    let wo = TikhonovPenalty::of_params(model.params(), TikhonovScope::WeightsOnly).unwrap();
+    let got = scalar(&wo.sum_of_squares().unwrap());
     let want = sum_sq(&model, &weights);
     assert!((got - want).abs() < 1e-12 * want, "{got} vs {want}");
 
     // The gradient is 2θ on the scope, nothing on buffers.
-    let value = default.sum_of_squares(model.params()).unwrap();
+    let value = default.sum_of_squares().unwrap();
     let grads = value.backward().unwrap();
     for p in model.params().all() {
         match p.kind {
@@ -365,8 +367,9 @@ fn tikhonov_on_a_zoo_model_skips_batch_norm_statistics() {
         .map(|p| vec1(p.var.as_tensor()).iter().map(|v| v * v).sum::<f64>())
         .sum();
     let got = scalar(
-        &TikhonovPenalty::default()
-            .sum_of_squares(model.params())
+        &TikhonovPenalty::of_params(model.params(), TikhonovScope::AllTrainable)
+            .unwrap()
+            .sum_of_squares()
             .unwrap(),
     );
     assert!((got - all).abs() < 1e-10 * all);
@@ -378,8 +381,9 @@ fn tikhonov_on_a_zoo_model_skips_batch_norm_statistics() {
         .map(|p| vec1(p.var.as_tensor()).iter().map(|v| v * v).sum::<f64>())
         .sum();
     let got = scalar(
-        &TikhonovPenalty::new(TikhonovScope::WeightsOnly)
-            .sum_of_squares(model.params())
+        &TikhonovPenalty::of_params(model.params(), TikhonovScope::WeightsOnly)
+            .unwrap()
+            .sum_of_squares()
             .unwrap(),
     );
     assert!((got - weights).abs() < 1e-10 * weights);
@@ -414,7 +418,7 @@ fn evaluation_norms_of_an_affine_model_are_its_largest_row_norm() {
     let want = rows.iter().cloned().fold(0.0, f64::max);
     let j = jacobian_norm(&model, &images(3, shape, 2)).unwrap();
     assert!((j - want).abs() < 1e-12, "{j} vs {want}");
-    let w = weight_product_norm(&model).unwrap();
+    let w = weight_product_norm(&model, &images(1, shape, 0)).unwrap();
     assert!((w - want).abs() < 1e-12, "{w} vs {want}");
 }
 
@@ -461,7 +465,7 @@ fn evaluation_norms_of_a_model_with_a_nan_weight_are_nan() {
     let model = Affine::from_weights(&w, &[0.0, 0.0, 0.0], shape, DType::F64);
     let j = jacobian_norm(&model, &images(2, shape, 1)).unwrap();
     assert!(j.is_nan(), "jacobian norm {j}");
-    let p = weight_product_norm(&model).unwrap();
+    let p = weight_product_norm(&model, &images(1, shape, 0)).unwrap();
     assert!(p.is_nan(), "weight-product norm {p}");
 }
 
@@ -486,7 +490,7 @@ fn weight_product_norm_is_the_jacobian_of_the_linearised_model() {
         let n = vec1(&row_norms(g.get(xv.as_tensor()).unwrap(), Norm::L2).unwrap())[0];
         want = want.max(n);
     }
-    let got = weight_product_norm(&model).unwrap();
+    let got = weight_product_norm(&model, &images(1, TINY_SHAPE, 0)).unwrap();
     assert!((got - want).abs() < 1e-10 * want, "{got} vs {want}");
 }
 

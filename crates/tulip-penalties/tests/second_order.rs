@@ -7,6 +7,7 @@ mod common;
 use std::process::Command;
 
 use candle_core::Var;
+use candle_nn::ModuleT;
 use common::{images, labels, TinyConv, TINY_CLASSES, TINY_SHAPE};
 use tulip_models::loss::cross_entropy;
 use tulip_models::Classifier;

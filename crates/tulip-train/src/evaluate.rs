@@ -1,8 +1,9 @@
 //! Clean loss and error of a model on a split (evaluation mode, no augmentation).
 
 use candle_core::{DType, Device, Tensor, D};
+use candle_nn::ModuleT;
 use tulip_data::{Loader, Split};
-use tulip_models::{loss, Classifier};
+use tulip_models::loss;
 
 use crate::Result;
 
@@ -33,7 +34,7 @@ pub fn count_correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
 /// # Errors
 /// A tensor operation fails.
 pub fn evaluate(
-    model: &dyn Classifier,
+    model: &dyn ModuleT,
     split: &Split,
     batch_size: usize,
     device: &Device,

@@ -9,9 +9,10 @@ use std::time::Instant;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::ModuleT;
 use tulip_adversarial::Perturbation;
 use tulip_data::{Dataset, Loader};
-use tulip_models::{loss, Checkpoint, Classifier, Model};
+use tulip_models::{loss, Checkpoint, Classifier, Model, Params};
 use tulip_penalties::{Penalty, PenaltyInputs, TikhonovPenalty};
 
 use crate::config::{CheckpointEvery, TrainConfig};
@@ -244,7 +245,7 @@ impl Trainer {
         let model = Model::init(&config.model, config.seed, DType::F32, &device)?;
         // Build the objective before creating the directory: a penalty that cannot run
         // here (second-order gradients not live) must fail before anything is written.
-        let (perturbation, penalties, tikhonov) = Self::objective(&config, 0)?;
+        let (perturbation, penalties, tikhonov) = Self::objective(&config, model.params(), 0)?;
         let optimizer = Sgd::new(model.params(), config.momentum, config.nesterov)?;
         let (run, lock) = RunDir::create(run_dir, &config)?;
         tracing::info!(run = %run.path().display(), params = model.params().trainable_count(), "new run");
@@ -331,7 +332,7 @@ impl Trainer {
             run.write_config(&on_disk)?;
         }
         let (perturbation, penalties, tikhonov) =
-            Self::objective(&config, saved.pos.global_step as u64)?;
+            Self::objective(&config, model.params(), saved.pos.global_step as u64)?;
         tracing::info!(run = %run.path().display(), epoch = saved.pos.epoch, step = saved.pos.global_step, "resumed");
         let parts = Parts {
             device,
@@ -408,6 +409,7 @@ impl Trainer {
     /// stream (one call per step) when resuming.
     fn objective(
         config: &TrainConfig,
+        params: &Params,
         steps_done: u64,
     ) -> Result<(
         Option<Box<dyn Perturbation>>,
@@ -425,11 +427,11 @@ impl Trainer {
                 penalty,
             });
         }
-        let tikhonov = TikhonovPenalty::new(o.decay_scope);
+        let tikhonov = TikhonovPenalty::of_params(params, o.decay_scope)?;
         if o.decay > 0.0 {
             penalties.push(WeightedPenalty {
                 weight: o.decay,
-                penalty: Box::new(tikhonov),
+                penalty: Box::new(tikhonov.clone()),
             });
         }
         let perturbation = o
@@ -570,7 +572,7 @@ impl Trainer {
             if !test.loss.is_finite() {
                 return Err(self.diverged(Divergence::TestLoss(test.loss)));
             }
-            let tikhonov = scalar(&self.tikhonov.sum_of_squares(self.model.params())?)?;
+            let tikhonov = scalar(&self.tikhonov.sum_of_squares()?)?;
             let elapsed = started.elapsed().as_secs_f64();
             let best = test.error < self.pos.best_error;
             test_csv.row(&[

@@ -1,7 +1,7 @@
 //! DeepFool (Moosavi-Dezfooli et al. 2016), multi-class, L2 and L∞.
 
 use candle_core::{Tensor, Var, D};
-use tulip_models::with_frozen;
+use tulip_models::grad_mode::frozen_parameters;
 
 use super::{host_vec, logits, norm_not_attacked, step_clip, Ctx, Tracker};
 use crate::Result;
@@ -138,7 +138,7 @@ fn logits_and_jacobian(ctx: &Ctx<'_>, x: &Tensor) -> Result<(Tensor, Tensor)> {
     let n = ctx.pixels();
     let xv = Var::from_tensor(&x.detach())?;
     // Input gradients only: through the frozen view no parameter gradient is computed.
-    let z = with_frozen(ctx.model, |m| m.forward_t(xv.as_tensor(), false))?;
+    let z = frozen_parameters(|| ctx.model.forward_t(xv.as_tensor(), false))?;
     let classes = z.dim(1)?;
     let mut rows = Vec::with_capacity(classes);
     for k in 0..classes {

@@ -50,8 +50,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use candle_core::{DType, Tensor, D};
+use candle_nn::ModuleT;
 use serde::{Deserialize, Serialize};
-use tulip_models::Classifier;
 use tulip_penalties::{row_norms, Norm};
 
 use crate::budget::check_positive;
@@ -417,7 +417,26 @@ pub struct AttackRun {
 }
 
 /// Attacks every image of `images` (`[B, C, H, W]`, in `[0, 1]`) with true `labels` (`[B]`,
-/// integer) and returns one outcome per image.
+/// integer) and returns one outcome per image. `model` is any Candle model.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use tulip_adversarial::{run_attack, AttackConfig, AttackKind, AttackStatus, Norm};
+///
+/// // Logits (x̄ − ½, ½ − x̄) of the mean pixel x̄: class 0 above ½, class 1 below.
+/// let model = candle_nn::func_t(|x, _| {
+///     let m = x.flatten_from(1)?.mean_keepdim(1)?;
+///     Tensor::cat(&[(&m - 0.5)?, (0.5 - &m)?], 1)
+/// });
+/// let x = Tensor::full(0.7f64, (1, 1, 2, 2), &Device::Cpu)?;
+/// let labels = Tensor::new(&[0u32], &Device::Cpu)?;
+/// let cfg = AttackConfig::new(AttackKind::DeepFool, Norm::L2);
+/// let outcome = &run_attack(&model, &x, &labels, &cfg)?[0];
+/// assert_eq!(outcome.status, AttackStatus::Found);
+/// // The boundary x̄ = ½ is 0.2 per pixel away: 0.2·√4 = 0.4 in the 2-norm.
+/// assert!((outcome.l2 - 0.4).abs() < 0.01, "{}", outcome.l2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 ///
 /// # Errors
 /// [`AdversarialError::InvalidConfig`] for an invalid configuration (see
@@ -425,7 +444,7 @@ pub struct AttackRun {
 /// [`AdversarialError::NonFiniteCleanLogits`] naming the first image whose clean logits
 /// are not finite; Candle errors from the model.
 pub fn run_attack(
-    model: &dyn Classifier,
+    model: &dyn ModuleT,
     images: &Tensor,
     labels: &Tensor,
     cfg: &AttackConfig,
@@ -438,7 +457,7 @@ pub fn run_attack(
 /// # Errors
 /// As [`run_attack`].
 pub fn run_attack_with_adversarials(
-    model: &dyn Classifier,
+    model: &dyn ModuleT,
     images: &Tensor,
     labels: &Tensor,
     cfg: &AttackConfig,
@@ -488,7 +507,7 @@ pub fn run_attack_with_adversarials(
 /// What every attack needs: the model, the clean batch, the labels (`u32`, on the images'
 /// device) and the configuration.
 pub(crate) struct Ctx<'a> {
-    model: &'a dyn Classifier,
+    model: &'a dyn ModuleT,
     x0: &'a Tensor,
     labels: &'a Tensor,
     cfg: &'a AttackConfig,
@@ -566,7 +585,7 @@ impl Tracker {
     }
 
     /// The outcomes, after classifying the best points once more.
-    fn finish(self, model: &dyn Classifier, clean_pred: &[u32]) -> Result<AttackRun> {
+    fn finish(self, model: &dyn ModuleT, clean_pred: &[u32]) -> Result<AttackRun> {
         let pred = predictions(&logits(model, &self.best)?)?;
         let mut ok = vec![false; self.labels.len()];
         let mut outcomes = Vec::with_capacity(self.labels.len());
@@ -602,7 +621,7 @@ impl Tracker {
 // ---- shared tensor helpers -------------------------------------------------------------
 
 /// Evaluation-mode logits, detached.
-fn logits(model: &dyn Classifier, x: &Tensor) -> Result<Tensor> {
+fn logits(model: &dyn ModuleT, x: &Tensor) -> Result<Tensor> {
     Ok(tulip_models::predict(model, x)?)
 }
 

@@ -1,7 +1,9 @@
-//! Gradient modes: two thread-local scopes that let a backward pass whose result is never
-//! differentiated again take shortcuts ([`first_order_gradients`]) or skip the parameters'
-//! gradients ([`input_gradient_only`]). The kernels read them through two crate-internal
-//! queries, `first_order_only` and `parameter_gradients_wanted`.
+//! Gradient modes: thread-local scopes that let a backward pass whose result is never
+//! differentiated again take shortcuts ([`first_order_gradients`]), skip the parameters'
+//! gradients ([`input_gradient_only`]), or leave the parameters out of the graph
+//! altogether ([`frozen_parameters`]). The kernels read the first two through two
+//! crate-internal queries, `first_order_only` and `parameter_gradients_wanted`; the
+//! models read the third ([`parameters_frozen`]).
 
 use std::cell::Cell;
 use std::thread::LocalKey;
@@ -9,6 +11,7 @@ use std::thread::LocalKey;
 thread_local! {
     static FIRST_ORDER_ONLY: Cell<bool> = const { Cell::new(false) };
     static INPUT_GRADIENT_ONLY: Cell<bool> = const { Cell::new(false) };
+    static FROZEN_PARAMETERS: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Runs `f` with `flag` set on this thread, restoring it afterwards (also on a panic).
@@ -51,4 +54,23 @@ pub fn input_gradient_only<R>(f: impl FnOnce() -> R) -> R {
 /// [`input_gradient_only`]).
 pub(crate) fn parameter_gradients_wanted() -> bool {
     !INPUT_GRADIENT_ONLY.with(Cell::get)
+}
+
+/// Runs `f` with this crate's models cutting their parameters from the autograd graph: a
+/// forward pass inside it records no path to any parameter, so the backward pass after it
+/// computes the input's gradient only (a third less convolution work, and none of the
+/// parameters' gradient memory). Outputs and input gradients are the same as outside.
+/// For passes that differentiate with respect to the input alone: attacks, adversarial
+/// perturbations, gradient statistics, inference.
+///
+/// Any other [`ModuleT`](candle_nn::ModuleT) is unaffected (its backward pass computes its
+/// parameters' gradients too, which are then dropped): the scope is a speed-up, never a
+/// change of result. Applies to this thread only.
+pub fn frozen_parameters<R>(f: impl FnOnce() -> R) -> R {
+    with_flag(&FROZEN_PARAMETERS, f)
+}
+
+/// Whether this thread is inside [`frozen_parameters`].
+pub fn parameters_frozen() -> bool {
+    FROZEN_PARAMETERS.with(Cell::get)
 }

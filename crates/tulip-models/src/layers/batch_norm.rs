@@ -44,8 +44,8 @@ impl BatchNorm {
     /// Normalises `x`. In [`Mode::Train`] this also updates the running statistics (with
     /// detached values: they are state, not part of the graph).
     ///
-    /// Training mode is [`kernels::batch_norm_train`]; evaluation mode a per-channel
-    /// affine map ([`kernels::channel_affine`]) rather than broadcasting, whose backward
+    /// Training mode is `kernels::batch_norm_train`; evaluation mode a per-channel
+    /// affine map (`kernels::channel_affine`) rather than broadcasting, whose backward
     /// sums over dimensions 0, 2, 3 with Candle's slow strided reduction on the CPU.
     ///
     /// # Errors

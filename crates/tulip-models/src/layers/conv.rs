@@ -105,7 +105,7 @@ impl Conv2d {
         cfg.in_channels / cfg.groups * cfg.kernel_size * cfg.kernel_size
     }
 
-    /// Applies the convolution to `[B, I, H, W]` ([`kernels::conv2d`], then the bias).
+    /// Applies the convolution to `[B, I, H, W]` (`kernels::conv2d`, then the bias).
     ///
     /// # Errors
     /// Fails on a shape mismatch.
@@ -143,7 +143,7 @@ impl Conv2d {
     /// `relu(self.forward(x)·scale_o + shift_o [+ skip])` for `scale`, `shift: [O]` (an
     /// evaluation-mode batch norm) and `skip` (a residual connection, the output's shape),
     /// in one pass where the convolution allows it (stride 1, one group, no bias; see
-    /// [`kernels::conv2d_affine_relu`]).
+    /// `kernels::conv2d_affine_relu`).
     ///
     /// # Errors
     /// Fails on a shape mismatch.

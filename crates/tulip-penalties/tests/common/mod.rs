@@ -4,6 +4,7 @@
 pub use tulip_models::testing::*;
 
 use candle_core::{DType, Result as CResult, Tensor};
+use candle_nn::ModuleT;
 use tulip_models::params::Init;
 use tulip_models::{Classifier, ParamBuilder, Params};
 /// Logits that do not depend on the input. With `touch_input` the input is still on the
@@ -29,7 +30,7 @@ impl Constant {
     }
 }
 
-impl Classifier for Constant {
+impl ModuleT for Constant {
     fn forward_t(&self, x: &Tensor, _train: bool) -> CResult<Tensor> {
         let b = x.dim(0)?;
         let z = self.bias.unsqueeze(0)?.broadcast_as((b, TINY_CLASSES))?;
@@ -41,9 +42,15 @@ impl Classifier for Constant {
             Ok(z.contiguous()?)
         }
     }
+}
+
+impl tulip_models::Linearised for Constant {
     fn forward_linearised(&self, x: &Tensor) -> CResult<Tensor> {
         self.forward_t(x, false)
     }
+}
+
+impl Classifier for Constant {
     fn classes(&self) -> usize {
         TINY_CLASSES
     }
