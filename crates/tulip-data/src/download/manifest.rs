@@ -1,4 +1,5 @@
-//! The list of downloadable files: `data/manifest.toml`.
+//! The list of downloadable files: `data/manifest.toml` (a link to this crate's own
+//! `manifest.toml`, which is packaged with it).
 
 use std::path::{Component, Path};
 
@@ -8,7 +9,7 @@ use crate::{DataError, DatasetKind, Result};
 
 /// The committed manifest, compiled in so that the binary verifies downloads against the
 /// digests reviewed in the repository, wherever it runs from.
-const COMMITTED: &str = include_str!("../../../../data/manifest.toml");
+const COMMITTED: &str = include_str!("../../manifest.toml");
 
 /// How a downloaded file becomes the dataset's files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
