@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::ModuleT;
 use serde_json::{json, Value};
 use tulip_models::{Architecture, Classifier, Model, ModelConfig, ParamKind};
 use tulip_penalties::{LipschitzPenalty, Penalty, PenaltyInputs};
