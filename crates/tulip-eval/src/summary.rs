@@ -65,19 +65,16 @@ impl<'a> SummaryModel<'a> {
     /// Adds the tensors of a candle-nn `VarMap` (in the order of their names).
     #[must_use]
     pub fn with_varmap(self, vars: &VarMap) -> Self {
-        let mut named: Vec<(String, Tensor)> = match vars.data().lock() {
-            Ok(data) => data
-                .iter()
-                .map(|(name, v)| (name.clone(), v.as_tensor().clone()))
-                .collect(),
-            // A poisoned lock: a thread panicked while adding a variable; the tensors
-            // themselves are still readable.
-            Err(poisoned) => poisoned
-                .get_ref()
-                .iter()
-                .map(|(name, v)| (name.clone(), v.as_tensor().clone()))
-                .collect(),
-        };
+        // A poisoned lock (a thread panicked while adding a variable) leaves the tensors
+        // themselves readable.
+        let data = vars
+            .data()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut named: Vec<(String, Tensor)> = data
+            .iter()
+            .map(|(name, v)| (name.clone(), v.as_tensor().clone()))
+            .collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         self.with_tensors(named)
     }
