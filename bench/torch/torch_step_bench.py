@@ -432,6 +432,7 @@ def run_single(model_name, kind, args):
 
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     canary.append(canary_gflops())
+    result.update(aten_cpu_capability=torch.backends.cpu.get_cpu_capability())
     result.update(peak_rss_mib=peak_rss_mib(), canary_gflops=canary,
                   user_s=ru1.ru_utime - ru0.ru_utime, sys_s=ru1.ru_stime - ru0.ru_stime,
                   minor_faults=ru1.ru_minflt - ru0.ru_minflt)
@@ -695,7 +696,23 @@ def main():
                         "(default: the best canary seen in this run)")
     p.add_argument("--single", default=None, metavar="MODEL:MODE",
                    help="internal: run one case in-process and print its JSON")
+    p.add_argument("--probe-isa", action="store_true",
+                   help="run one small convolution and matrix product and print the "
+                        "instruction set ATen reports (run it with ONEDNN_VERBOSE=1 and "
+                        "MKL_VERBOSE=1 to see oneDNN's and MKL's choices too)")
     args = p.parse_args()
+
+    if args.probe_isa:
+        import torch
+        torch.set_num_threads(1)
+        x, w = torch.rand(2, 16, 8, 8), torch.rand(16, 16, 3, 3)
+        torch.nn.functional.conv2d(x, w, padding=1).sum().item()
+        a = torch.rand(64, 64)
+        (a @ a).sum().item()
+        print("PROBE " + json.dumps({
+            "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__}), flush=True)
+        return
 
     if args.single:
         model_name, kind = args.single.split(":")

@@ -21,6 +21,11 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Instruction set of the CPU kernels: `native` (the best this CPU has), `avx512`,
+    /// `avx2` or `scalar`. A run is bit-for-bit repeatable for one instruction set; from
+    /// one to another results may differ in the last bits. An error if the CPU lacks it.
+    #[arg(long, global = true, env = "TULIP_CPU_ISA", default_value = "native")]
+    cpu_isa: tulip_models::CpuIsa,
 }
 
 #[derive(Subcommand)]
@@ -45,6 +50,10 @@ fn main() -> std::process::ExitCode {
     // The matches are kept: `train --resume` needs to know which flags were given.
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Err(e) = tulip_models::set_cpu_isa(cli.cpu_isa) {
+        eprintln!("error: --cpu-isa (or TULIP_CPU_ISA) {}: {e}", cli.cpu_isa);
+        return std::process::ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Train(args) => {
             let given = matches

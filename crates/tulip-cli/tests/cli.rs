@@ -73,3 +73,30 @@ fn unknown_commands_fail() {
     assert!(!ok);
     assert!(text.contains("frobnicate"));
 }
+
+#[test]
+fn an_unknown_instruction_set_is_refused_by_name() {
+    // (`--help` would be answered before the value is checked.)
+    let (ok, text) = tulip(&["--cpu-isa", "sse9", "eval", "no-such-run"]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("sse9") && text.contains("avx2"), "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_tulip"))
+        .args(["eval", "no-such-run"])
+        .env("TULIP_CPU_ISA", "neon9")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("neon9"), "{text}");
+}
+
+#[test]
+fn the_instruction_set_is_a_flag_of_every_command() {
+    let (ok, text) = tulip(&["train", "--help"]);
+    assert!(ok);
+    assert!(
+        text.contains("--cpu-isa") && text.contains("TULIP_CPU_ISA"),
+        "{text}"
+    );
+    let (ok, _) = tulip(&["--cpu-isa", "scalar", "eval", "--help"]);
+    assert!(ok);
+}

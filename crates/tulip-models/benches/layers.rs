@@ -2,9 +2,10 @@
 //! Candle's built-ins (`conv2d`, broadcast batch norm), forward and forward+backward,
 //! at the ResNet22 sizes (batch 128). Median of 5 runs after a warm-up.
 //!
-//!     cargo bench -p tulip-models --bench layers [conv|bn|loss|mm] [cifar]
+//!     cargo bench -p tulip-models --bench layers [conv|bn|loss|mm] [cifar] [avx2|avx512|scalar]
 //!
-//! The sizes are Fashion-MNIST's (28, 14, 7); `cifar` takes CIFAR's (32, 16, 8). Run it
+//! The sizes are Fashion-MNIST's (28, 14, 7); `cifar` takes CIFAR's (32, 16, 8). An
+//! instruction set's name runs the kernels with it (`tulip_models::set_cpu_isa`). Run it
 //! with glibc told to keep freed memory (`MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736
 //! MALLOC_TOP_PAD_=1073741824`, as `tulip` and `cargo xtask bench` do): otherwise every
 //! large output is a fresh `mmap` whose page faults swamp the kernels' time.
@@ -12,7 +13,7 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::time::Instant;
 use tulip_models::layers::{BatchNorm, Conv2d, Conv2dConfig};
-use tulip_models::{Mode, ParamBuilder};
+use tulip_models::{cpu_isa, set_cpu_isa, CpuIsa, Mode, ParamBuilder};
 
 /// Prints and returns the median time of `f` in milliseconds.
 fn t<F: FnMut() -> Tensor>(name: &str, mut f: F) -> f64 {
@@ -42,8 +43,19 @@ fn old_bn(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 fn main() -> Result<()> {
     let d = Device::Cpu;
-    let what = std::env::args().nth(1).unwrap_or_default();
-    let cifar = std::env::args().nth(2).as_deref() == Some("cifar");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let isa = args.iter().find_map(|a| a.parse::<CpuIsa>().ok());
+    let args: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| a.parse::<CpuIsa>().is_err())
+        .collect();
+    if let Some(isa) = isa {
+        set_cpu_isa(isa).expect("an instruction set this CPU has");
+    }
+    println!("kernels: {}", cpu_isa().resolved());
+    let what = args.first().copied().unwrap_or_default().to_string();
+    let cifar = args.get(1).copied() == Some("cifar");
     let sizes = if cifar {
         [(16usize, 32usize), (32, 16), (64, 8)]
     } else {

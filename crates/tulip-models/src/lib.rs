@@ -53,6 +53,7 @@ pub mod testing;
 pub use allcnn::AllCnn;
 pub use checkpoint::Checkpoint;
 pub use error::{ModelError, Result};
+pub use kernels::cpu_isa::{cpu_isa, set_cpu_isa, CpuIsa, CpuIsaUnavailable, UnknownCpuIsa};
 pub use kernels::grad_mode;
 pub use kernels::grad_mode::{first_order_gradients, input_gradient_only};
 pub use kernels::portable_ops;

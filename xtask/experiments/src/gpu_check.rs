@@ -361,12 +361,14 @@ fn time_steps(args: &GpuCheckArgs) -> Result<Value> {
         data: args.data.as_deref(),
         malloc: "retain",
         device: args.device,
+        isa: tulip_models::CpuIsa::Native,
     };
     let torch = args.torch.as_deref().map(|python| TorchSide {
         python,
         script: &args.torch_script,
         malloc: "retain",
         device: args.device,
+        isa: tulip_models::CpuIsa::Native,
     });
     let mut rows = Vec::new();
     for mode in TIMED_MODES {

@@ -24,6 +24,7 @@
 //! pass whose result is never differentiated again take shortcuts.
 
 mod cpu;
+pub mod cpu_isa;
 mod force_portable;
 pub mod grad_mode;
 mod portable;

@@ -55,7 +55,7 @@ impl ConvAffineRelu {
             shift: &shift,
             skip: skip.as_deref(),
         };
-        let (y, _) = direct_conv::conv_then(Isa::Best, &x, &g, &w, o, Some(epilogue), false);
+        let (y, _) = direct_conv::conv_then(Isa::Chosen, &x, &g, &w, o, Some(epilogue), false);
         Ok((T::to_cpu_storage_owned(y), Shape::from(&out_dims[..])))
     }
 

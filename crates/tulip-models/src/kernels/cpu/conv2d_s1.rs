@@ -49,7 +49,7 @@ fn conv_s1_cpu<T: WithDType + Lane>(
     match op.kind {
         ConvKind::Forward => {
             let (g, o) = ConvGeometry::of_forward(d1, d2, p, "conv")?;
-            let y = direct_conv::conv(Isa::Best, &a, &g, &bt, o);
+            let y = direct_conv::conv(Isa::Chosen, &a, &g, &bt, o);
             Ok((
                 T::to_cpu_storage_owned(y),
                 Shape::from((g.b, o, g.ho(), g.wo())),
@@ -81,7 +81,7 @@ fn conv_s1_cpu<T: WithDType + Lane>(
                 ph: kh - 1 - p,
                 pw: kw - 1 - p,
             };
-            let y = direct_conv::conv(Isa::Best, &a, &g, &wf, c);
+            let y = direct_conv::conv(Isa::Chosen, &a, &g, &wf, c);
             Ok((
                 T::to_cpu_storage_owned(y),
                 Shape::from((g.b, c, g.ho(), g.wo())),
@@ -104,7 +104,7 @@ fn conv_s1_cpu<T: WithDType + Lane>(
                 ph: p,
                 pw: p,
             };
-            let y = direct_conv::grad_weight(Isa::Best, &a, &g, &bt, o);
+            let y = direct_conv::grad_weight(Isa::Chosen, &a, &g, &bt, o);
             Ok((T::to_cpu_storage_owned(y), Shape::from((o, c, kh, kw))))
         }
     }
@@ -222,7 +222,7 @@ impl ConvStatistics {
         let what = "conv2d_s1_statistics";
         let (g, o) = ConvGeometry::of_forward(xl.dims(), wl.dims(), self.padding, what)?;
         let (x, w) = (contiguous::<T>(xs, xl)?, contiguous::<T>(ws, wl)?);
-        let (y, moments) = direct_conv::conv_then(Isa::Best, &x, &g, &w, o, None, true);
+        let (y, moments) = direct_conv::conv_then(Isa::Chosen, &x, &g, &w, o, None, true);
         let (ho, wo) = (g.ho(), g.wo());
         *self.statistics.lock().expect("statistics lock") =
             Some(statistics_from_moments(&moments, (g.b, o, ho * wo)));

@@ -25,7 +25,7 @@ use candle_core::{bail, Result};
 use pulp::{Simd, WithSimd};
 
 use super::relu::relu_value;
-use super::simd::{lane_total, lanes, load, store, Isa, Lane};
+use super::simd::{lane_total, lanes, load, registers, store, Isa, Lane};
 use super::threads::{on_threads, threads};
 
 /// The shape of a stride-1 convolution: `b` images of `c × h × w`, a `kh × kw` kernel,
@@ -257,7 +257,7 @@ pub(super) fn moments_of<T: Lane>(plane: &[T]) -> [f64; 3] {
             plane_moments::<S, T>(simd, self.0)
         }
     }
-    Isa::Best.dispatch(Moments(plane))
+    Isa::Chosen.dispatch(Moments(plane))
 }
 
 /// What [`conv_then`] applies to each output channel as it writes it:
@@ -351,9 +351,10 @@ impl<T: Lane> WithSimd for ConvImages<'_, T> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) -> Vec<[f64; 3]> {
-        // 8 × 2 accumulators fill AVX-512's 32 registers well; with 16 registers (AVX2),
-        // or few output channels, 4 × 2.
-        if self.o > 4 && std::mem::size_of::<T::V<S>>() >= 64 {
+        // 8 × 2 accumulators fill AVX-512's 32 registers well. With 16 registers (AVX2),
+        // or few output channels, 4 × 2: 4 × 3, 3 × 3, 2 × 4, 5 × 2 and 6 × 2 were all
+        // slower (the first spills; `bench/RESULTS.md` has the measurements).
+        if self.o > 4 && registers::<S, T>() >= 32 {
             self.run::<S, 8, 2>(simd)
         } else {
             self.run::<S, 4, 2>(simd)
@@ -631,10 +632,15 @@ impl<T: Lane> WithSimd for GradWeightImages<'_, T> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) -> Vec<Vec<T>> {
-        match self.g.kh * self.g.kw {
-            9 => self.run::<S, 9>(simd),
+        match (self.g.kh * self.g.kw, registers::<S, T>()) {
+            // 9 taps × 2 outputs: 18 accumulators, with room to spare in AVX-512's 32
+            // registers.
+            (9, 32..) => self.run::<S, 9, 2>(simd),
+            // In 16 registers 18 accumulators spill; a kernel row (3 taps) × 3 outputs
+            // keeps 9 accumulators, 3 broadcasts and an input vector in registers.
+            (9, _) => self.run::<S, 3, 3>(simd),
             // Other kernels one tap at a time.
-            _ => self.run::<S, 1>(simd),
+            _ => self.run::<S, 1, 2>(simd),
         }
     }
 }
@@ -642,10 +648,10 @@ impl<T: Lane> WithSimd for GradWeightImages<'_, T> {
 impl<T: Lane> GradWeightImages<'_, T> {
     /// Vectorised over input channels, so that no horizontal sums are needed: the input
     /// is transposed to channels-last (padded-flat, channels padded to whole vectors),
-    /// and `TAPS` taps × 2 output channels of one channel vector are accumulated in
+    /// and `TAPS` taps × `OB` output channels of one channel vector are accumulated in
     /// registers over a whole image.
     #[inline(always)]
-    fn run<S: Simd, const TAPS: usize>(self, simd: S) -> Vec<Vec<T>> {
+    fn run<S: Simd, const TAPS: usize, const OB: usize>(self, simd: S) -> Vec<Vec<T>> {
         let Self { x, gr, g, o } = self;
         let (per_in, per_out) = (g.c * g.h * g.w, o * g.ho() * g.wo());
         let mut xt = Vec::new();
@@ -657,14 +663,18 @@ impl<T: Lane> GradWeightImages<'_, T> {
             .chunks(IMAGES_PER_PARTIAL * per_in)
             .zip(gr.chunks(IMAGES_PER_PARTIAL * per_out))
         {
-            partials.push(Self { x, gr, g, o }.partial::<S, TAPS>(simd, &mut xt));
+            partials.push(Self { x, gr, g, o }.partial::<S, TAPS, OB>(simd, &mut xt));
         }
         partials
     }
 
     /// The weight gradient of these images, `xt` a scratch buffer.
     #[inline(always)]
-    fn partial<S: Simd, const TAPS: usize>(self, simd: S, xt: &mut Vec<T>) -> Vec<T> {
+    fn partial<S: Simd, const TAPS: usize, const OB: usize>(
+        self,
+        simd: S,
+        xt: &mut Vec<T>,
+    ) -> Vec<T> {
         let Self { x, gr, g, o } = self;
         let n = lanes::<S, T>();
         let flat = PaddedFlat::new(g, 1);
@@ -695,15 +705,9 @@ impl<T: Lane> GradWeightImages<'_, T> {
                     let mut oo = 0;
                     while oo < o {
                         let at = |k: usize| ((oo + k) * taps.len()) * cp + cb;
-                        // Two outputs × nine taps: 18 accumulators (three spill to
-                        // memory, which slows the kernel).
-                        oo += if o - oo >= 2 {
-                            dots.accumulate(
-                                simd,
-                                [plane(oo), plane(oo + 1)],
-                                [at(0), at(1)],
-                                &mut sums,
-                            )
+                        oo += if o - oo >= OB {
+                            let planes: [&[T]; OB] = std::array::from_fn(|k| plane(oo + k));
+                            dots.accumulate(simd, planes, std::array::from_fn(at), &mut sums)
                         } else {
                             dots.accumulate(simd, [plane(oo)], [at(0)], &mut sums)
                         };
@@ -796,7 +800,7 @@ mod tests {
 
     /// Every instruction set this CPU can run.
     fn isas() -> Vec<Isa> {
-        let mut isas = vec![Isa::Best, Isa::Scalar];
+        let mut isas = vec![Isa::Chosen, Isa::Scalar];
         #[cfg(target_arch = "x86_64")]
         if pulp::x86::V3::try_new().is_some() {
             isas.push(Isa::Avx2);
@@ -929,6 +933,52 @@ mod tests {
     }
 
     #[test]
+    fn weight_gradient_does_not_depend_on_its_register_tile() {
+        // Each accumulator sums over the image's positions in one order whatever the tile,
+        // so the tile chosen for an instruction set's registers changes no bit.
+        struct Tiled<'a, const TAPS: usize, const OB: usize>(GradWeightImages<'a, f32>);
+        impl<const TAPS: usize, const OB: usize> WithSimd for Tiled<'_, TAPS, OB> {
+            type Output = Vec<Vec<f32>>;
+            fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
+                self.0.run::<S, TAPS, OB>(simd)
+            }
+        }
+        let g = ConvGeometry {
+            b: 11,
+            c: 13,
+            h: 6,
+            w: 7,
+            kh: 3,
+            kw: 3,
+            ph: 1,
+            pw: 1,
+        };
+        let o = 7;
+        let to_f32 = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect::<Vec<f32>>();
+        let x = to_f32(values(g.b * g.c * g.h * g.w, 17));
+        let gr = to_f32(values(g.b * o * g.ho() * g.wo(), 18));
+        let job = || GradWeightImages {
+            x: &x,
+            gr: &gr,
+            g: &g,
+            o,
+        };
+        for isa in isas() {
+            let wide = isa.dispatch(Tiled::<9, 2>(job()));
+            for other in [
+                isa.dispatch(Tiled::<3, 3>(job())),
+                isa.dispatch(Tiled::<9, 1>(job())),
+                isa.dispatch(Tiled::<1, 2>(job())),
+            ] {
+                let bits = |v: &Vec<Vec<f32>>| -> Vec<u32> {
+                    v.iter().flatten().map(|a| a.to_bits()).collect()
+                };
+                assert_eq!(bits(&wide), bits(&other), "{isa:?}");
+            }
+        }
+    }
+
+    #[test]
     fn weight_gradient_does_not_depend_on_the_thread_count() {
         let g = ConvGeometry {
             b: 37,
@@ -943,9 +993,9 @@ mod tests {
         let to_f32 = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect::<Vec<f32>>();
         let x = to_f32(values(g.b * g.c * g.h * g.w, 7));
         let gr = to_f32(values(g.b * 4 * g.ho() * g.wo(), 8));
-        let one = grad_weight_on(1, Isa::Best, &x, &g, &gr, 4);
+        let one = grad_weight_on(1, Isa::Chosen, &x, &g, &gr, 4);
         for threads in [2, 3, 8] {
-            let many = grad_weight_on(threads, Isa::Best, &x, &g, &gr, 4);
+            let many = grad_weight_on(threads, Isa::Chosen, &x, &g, &gr, 4);
             assert!(
                 one.iter()
                     .zip(&many)

@@ -4,6 +4,8 @@
 use bytemuck::Pod;
 use pulp::{Simd, WithSimd};
 
+use crate::kernels::cpu_isa::{cpu_isa, CpuIsa};
+
 /// A float type with SIMD vectors (`f32`, `f64`).
 pub(super) trait Lane:
     Pod
@@ -74,11 +76,12 @@ impl Lane for f64 {
     }
 }
 
-/// The instruction set the kernels run with: the best this CPU has, or (in tests) a
-/// given one, so that every code path is checked on a machine that has AVX-512.
+/// The instruction set a kernel runs with: the process's choice ([`cpu_isa`]: the best this
+/// CPU has unless capped), or (in tests) a given one, so that every code path is checked
+/// on a machine that has AVX-512.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Isa {
-    Best,
+    Chosen,
     #[cfg(test)]
     Scalar,
     #[cfg(all(test, target_arch = "x86_64"))]
@@ -88,12 +91,33 @@ pub(super) enum Isa {
 impl Isa {
     pub(super) fn dispatch<Op: WithSimd>(self, op: Op) -> Op::Output {
         match self {
-            Isa::Best => pulp::Arch::new().dispatch(op),
+            Isa::Chosen => match cpu_isa() {
+                CpuIsa::Native => pulp::Arch::new().dispatch(op),
+                CpuIsa::Scalar => Simd::vectorize(pulp::Scalar, op),
+                // `set_cpu_isa` let these through only on a CPU that has them.
+                #[cfg(target_arch = "x86_64")]
+                CpuIsa::Avx512 => Simd::vectorize(pulp::x86::V4::try_new().expect("AVX-512"), op),
+                #[cfg(target_arch = "x86_64")]
+                CpuIsa::Avx2 => Simd::vectorize(pulp::x86::V3::try_new().expect("AVX2"), op),
+                #[cfg(not(target_arch = "x86_64"))]
+                CpuIsa::Avx512 | CpuIsa::Avx2 => unreachable!("no x86 instruction sets here"),
+            },
             #[cfg(test)]
             Isa::Scalar => Simd::vectorize(pulp::Scalar, op),
             #[cfg(all(test, target_arch = "x86_64"))]
             Isa::Avx2 => Simd::vectorize(pulp::x86::V3::try_new().expect("AVX2"), op),
         }
+    }
+}
+
+/// Vector registers of instruction set `S` (16 for AVX2 and scalar code, 32 for AVX-512):
+/// the kernels size their register tiles by it.
+#[inline(always)]
+pub(super) fn registers<S: Simd, T: Lane>() -> usize {
+    if std::mem::size_of::<T::V<S>>() >= 64 {
+        32
+    } else {
+        16
     }
 }
 
