@@ -29,7 +29,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
-use tulip_adversarial::{PerturbationKind, PgdConfig};
+use tulip_adversarial::{AttackConfig, AttackKind, PerturbationKind, PgdConfig};
 use tulip_data::{Dataset, DatasetKind, Split};
 use tulip_models::{Architecture, CpuIsa, Model, ModelConfig};
 use tulip_penalties::{Norm, PenaltyMethod};
@@ -96,6 +96,18 @@ pub struct BenchArgs {
     /// `MKL_ENABLE_INSTRUCTIONS`, checked by a probe run before the cases).
     #[arg(long, default_value = "native")]
     pub isa: CpuIsa,
+    /// The trained run (a `tulip train` directory) whose weights the attack cases
+    /// (`run:deepfool-l2`, `run:deepfool-linf`, `run:pgd-l2`, `run:pgd-linf`) attack, on
+    /// both sides.
+    #[arg(long, value_name = "DIR")]
+    pub run: Option<PathBuf>,
+    /// Test images of an attack case (the first ones; one pass over them is timed, after
+    /// an untimed batch).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub attack_images: u64,
+    /// The PyTorch side of the attack cases (Foolbox 3 on the run's weights).
+    #[arg(long, default_value = "bench/torch/attack_bench.py")]
+    pub attack_script: PathBuf,
     /// Where to write `RESULTS.md` and `results.json`.
     #[arg(long, default_value = "bench")]
     pub out: PathBuf,
@@ -124,7 +136,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .filter(|c| !c.is_empty())
         .collect();
     for case in &cases {
-        parse_case(case)?;
+        if matches!(parse_case(case)?.2, Mode::Attack(_)) && args.run.is_none() {
+            bail!("bench case {case}: the attack cases need --run DIR (a trained run)");
+        }
     }
     if let Some(py) = &args.torch {
         if !args.torch_script.exists() {
@@ -153,6 +167,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         malloc: &args.malloc,
         device: DeviceChoice::Cpu,
         isa: args.isa,
+        run: args.run.as_deref(),
+        attack_images: args.attack_images,
     };
     let mut rows = Vec::new();
     for case in &cases {
@@ -241,6 +257,12 @@ fn run_torch(args: &BenchArgs, case: &str) -> Result<Option<Measured>> {
         malloc: &args.malloc,
         device: DeviceChoice::Cpu,
         isa: args.isa,
+        attack: args.run.as_deref().map(|run| TorchAttack {
+            script: &args.attack_script,
+            run,
+            images: args.attack_images,
+            data: args.data.as_deref(),
+        }),
     };
     side.run(case, args.steps, args.gradpass_images)
 }
@@ -252,6 +274,9 @@ pub(crate) struct OurSide<'a> {
     pub malloc: &'a str,
     pub device: DeviceChoice,
     pub isa: CpuIsa,
+    /// The run of the attack cases, and their image count.
+    pub run: Option<&'a Path>,
+    pub attack_images: u64,
 }
 
 impl OurSide<'_> {
@@ -262,6 +287,12 @@ impl OurSide<'_> {
             .args(["--gradpass-images", &gradpass_images.to_string()])
             .args(["--device", &self.device.to_string()])
             .args(["--isa", self.isa.name()])
+            .args(["--attack-images", &self.attack_images.to_string()])
+            .args(
+                self.run
+                    .iter()
+                    .flat_map(|r| ["--run".as_ref(), r.as_os_str()]),
+            )
             .args(
                 self.data
                     .iter()
@@ -280,6 +311,16 @@ pub(crate) struct TorchSide<'a> {
     pub device: DeviceChoice,
     /// The instruction set PyTorch is pinned to on the CPU.
     pub isa: CpuIsa,
+    /// The attack cases' script and run, if any.
+    pub attack: Option<TorchAttack<'a>>,
+}
+
+/// How the PyTorch side runs an attack case: Foolbox 3 on a run's weights.
+pub(crate) struct TorchAttack<'a> {
+    pub script: &'a Path,
+    pub run: &'a Path,
+    pub images: u64,
+    pub data: Option<&'a Path>,
 }
 
 impl TorchSide<'_> {
@@ -291,6 +332,26 @@ impl TorchSide<'_> {
         steps: usize,
         test_images: usize,
     ) -> Result<Option<Measured>> {
+        if let Some(attack) = case.strip_prefix("run:") {
+            let Some(run) = &self.attack else {
+                return Ok(None);
+            };
+            eprintln!("bench: {case} (pytorch + foolbox, {})…", self.device);
+            let mut cmd = Command::new(self.python);
+            cmd.arg(run.script)
+                .arg(run.run)
+                .args(["--attack", attack, "--images", &run.images.to_string()])
+                .args(["--threads", "2", "--device", &torch_device(self.device)])
+                .args(
+                    run.data
+                        .iter()
+                        .flat_map(|d| ["--data".as_ref(), d.as_os_str()]),
+                )
+                .envs(isa::torch_env(self.isa));
+            let measured = run_child(&mut cmd, self.malloc)
+                .with_context(|| format!("PyTorch side of {case}"))?;
+            return Ok(Some(measured));
+        }
         let Some(single) = torch_case(case) else {
             return Ok(None);
         };
@@ -363,6 +424,7 @@ fn unit(case: &str) -> &'static str {
         Some("infer") => "s/batch 1000",
         Some("gradpass") => "s/10k images",
         Some("nn-attack") => "s",
+        _ if case.starts_with("run:") => "s/pass",
         _ => "s/step",
     }
 }
@@ -578,16 +640,29 @@ fn isa_description(isa: CpuIsa) -> String {
     }
 }
 
+/// The CPU's model name with its family and model numbers, which tell its generation
+/// where the name does not (a VM's "AMD EPYC": family 25 model 1 is Zen 3, model 17 Zen 4;
+/// family 26 is Zen 5).
 pub(crate) fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    cpu_model_of(&info)
+}
+
+fn cpu_model_of(cpuinfo: &str) -> String {
+    let field = |name: &str| {
+        cpuinfo
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == name)
+            .map(|(_, v)| v.trim().to_string())
+    };
+    match (field("model name"), field("cpu family"), field("model")) {
+        (Some(name), Some(family), Some(model)) => {
+            format!("{name} (family {family}, model {model})")
+        }
+        (Some(name), _, _) => name,
+        _ => "unknown CPU".into(),
+    }
 }
 
 pub(crate) fn chrono_like_date() -> String {
@@ -624,6 +699,12 @@ pub struct CaseArgs {
     /// Instruction set of the CPU kernels.
     #[arg(long, default_value = "native")]
     pub isa: CpuIsa,
+    /// The trained run of an attack case.
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// Test images of an attack case.
+    #[arg(long, default_value_t = 200)]
+    pub attack_images: u64,
 }
 
 enum Mode {
@@ -631,6 +712,21 @@ enum Mode {
     Infer,
     GradPass,
     NnAttack,
+    /// An evaluation attack on a trained run's test images.
+    Attack(AttackConfig),
+}
+
+/// The attack cases: `tulip attack`'s defaults, PGD at the reproduction's radii.
+fn attack_case(case: &str, attack: &str) -> Result<AttackConfig> {
+    Ok(match attack {
+        "deepfool-l2" => AttackConfig::new(AttackKind::DeepFool, Norm::L2),
+        "deepfool-linf" => AttackConfig::new(AttackKind::DeepFool, Norm::Linf),
+        "pgd-l2" => AttackConfig::pgd(Norm::L2, 0.5),
+        "pgd-linf" => AttackConfig::pgd(Norm::Linf, 0.1),
+        other => bail!(
+            "bench case {case:?}: unknown attack {other:?} (deepfool-l2, deepfool-linf, pgd-l2, pgd-linf)"
+        ),
+    })
 }
 
 fn parse_case(case: &str) -> Result<(Architecture, DatasetKind, Mode)> {
@@ -642,6 +738,15 @@ fn parse_case(case: &str) -> Result<(Architecture, DatasetKind, Mode)> {
             Architecture::ResNet22,
             DatasetKind::FashionMnist,
             Mode::NnAttack,
+        ));
+    }
+    if model == "run" {
+        // The model and data are the run's.
+        let attack = attack_case(case, mode)?;
+        return Ok((
+            Architecture::ResNet22,
+            DatasetKind::FashionMnist,
+            Mode::Attack(attack),
         ));
     }
     let (arch, kind) = match model {
@@ -838,6 +943,7 @@ pub fn run_case(args: &CaseArgs) -> Result<()> {
             result["max_grad_norm"] = json!(gmax);
         }
         Mode::NnAttack => nn_attack_case(args.data.as_deref(), &mut result)?,
+        Mode::Attack(cfg) => attack_run_case(args, &cfg, &mut result)?,
     }
     result["peak_rss_mib"] = json!(peak_rss_mib());
     println!("RESULT {result}");
@@ -864,6 +970,50 @@ fn synthetic_batch(kind: DatasetKind, n: usize, device: &Device) -> Result<Tenso
     let b = loader.epoch(0).next().context("empty loader")??;
     debug_assert_eq!(b.images.dims(), [n, c, h, w]);
     Ok(b.images)
+}
+
+/// Images attacked together (`tulip attack`'s default; the PyTorch side uses it too).
+const ATTACK_BATCH: usize = 100;
+
+/// One attack over a run's first test images: one batch untimed, then one timed pass
+/// over all of them, as `tulip attack` runs it.
+fn attack_run_case(args: &CaseArgs, cfg: &AttackConfig, result: &mut Value) -> Result<()> {
+    let dir = args
+        .run
+        .as_deref()
+        .context("an attack case needs --run DIR")?;
+    let images = usize::try_from(args.attack_images)?;
+    let loaded = tulip_train::load_run(&tulip_train::RunSource {
+        dir,
+        checkpoint: None,
+        data: args.data.as_deref(),
+        device: args.device,
+        test_limit: Some(images),
+    })
+    .with_context(|| format!("--run {}", dir.display()))?;
+    let mut warm_up = loaded.test.clone();
+    warm_up.truncate(ATTACK_BATCH.min(images));
+    let attack = |split| {
+        tulip_eval::attack_split(
+            &loaded.model,
+            split,
+            cfg,
+            ATTACK_BATCH,
+            &loaded.device,
+            |_| {},
+        )
+    };
+    attack(&warm_up)?;
+    let start = Instant::now();
+    let outcomes = attack(&loaded.test)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let failed = outcomes.iter().filter(|o| !o.is_misclassified()).count();
+    result["run"] = json!(dir.display().to_string());
+    result["images"] = json!(outcomes.len());
+    result["failed"] = json!(failed);
+    result["median_s"] = json!(seconds);
+    result["images_per_s"] = json!(outcomes.len() as f64 / seconds);
+    Ok(())
 }
 
 /// The nearest-different-neighbour attack over the real 10k × 60k Fashion-MNIST, beside
@@ -904,6 +1054,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn attack_cases_take_the_reproductions_settings_and_refuse_unknown_attacks() {
+        let Mode::Attack(cfg) = parse_case("run:pgd-linf").unwrap().2 else {
+            panic!("run:pgd-linf is an attack case");
+        };
+        assert_eq!(
+            (cfg.kind, cfg.norm, cfg.epsilon),
+            (AttackKind::Pgd, Norm::Linf, Some(0.1))
+        );
+        let Mode::Attack(cfg) = parse_case("run:deepfool-l2").unwrap().2 else {
+            panic!("run:deepfool-l2 is an attack case");
+        };
+        assert_eq!(
+            (cfg.kind, cfg.norm, cfg.steps),
+            (AttackKind::DeepFool, Norm::L2, 50)
+        );
+        let err = parse_case("run:boundary-l2").err().unwrap().to_string();
+        assert!(
+            err.contains("boundary-l2") && err.contains("deepfool-l2"),
+            "{err}"
+        );
+        assert_eq!(unit("run:pgd-l2"), "s/pass");
+    }
+
+    #[test]
+    fn the_cpu_is_named_with_its_family_and_model() {
+        let info = "processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n";
+        assert_eq!(cpu_model_of(info), "AMD EPYC (family 25, model 17)");
+        assert_eq!(cpu_model_of("model name\t: Some CPU\n"), "Some CPU");
+        assert_eq!(cpu_model_of(""), "unknown CPU");
+    }
+
+    #[test]
     fn median_of_odd_even_and_no_values() {
         assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
         assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.5);
@@ -935,6 +1117,9 @@ mod tests {
             out: out.clone(),
             data: None,
             isa: CpuIsa::Avx2,
+            run: None,
+            attack_images: 200,
+            attack_script: "attack.py".into(),
         };
         let torch_isa = isa::TorchIsa {
             aten: "AVX2".into(),

@@ -362,6 +362,8 @@ fn time_steps(args: &GpuCheckArgs) -> Result<Value> {
         malloc: "retain",
         device: args.device,
         isa: tulip_models::CpuIsa::Native,
+        run: None,
+        attack_images: 0,
     };
     let torch = args.torch.as_deref().map(|python| TorchSide {
         python,
@@ -369,6 +371,7 @@ fn time_steps(args: &GpuCheckArgs) -> Result<Value> {
         malloc: "retain",
         device: args.device,
         isa: tulip_models::CpuIsa::Native,
+        attack: None,
     });
     let mut rows = Vec::new();
     for mode in TIMED_MODES {

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -1076,7 +1076,7 @@ pub(super) fn write(grid: &Grid, profile: &str, out: &Path) -> Result<()> {
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(Value::Null);
-    let md = grid.markdown(&Provenance::here(profile), &check, &nn);
+    let md = grid.markdown(&Provenance::here(profile), &check, &nn) + &reference_checks(out)?;
     for (file, svg) in grid.plots(profile) {
         write_svg(&out.join(file), &svg)?;
     }
@@ -1091,6 +1091,37 @@ pub(super) fn write(grid: &Grid, profile: &str, out: &Path) -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// The outputs of `bench/torch/reference_check.py` saved beside the runs as
+/// `reference-check-<run>.txt`, as a section of results.md (empty without any).
+fn reference_checks(out: &Path) -> Result<String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(out)
+        .with_context(|| format!("could not list {}", out.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("reference-check-") && n.ends_with(".txt"))
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Ok(String::new());
+    }
+    let mut md = String::from(
+        "\n## Reference check: PyTorch and Foolbox 3 on the same weights\n\n\
+         `python bench/torch/reference_check.py RUN_DIR` loads the run's checkpoint into a \
+         PyTorch model with the reference's module names and recomputes the test error, the \
+         Lipschitz estimate and Foolbox's DeepFool L2 distances beside the project's own \
+         eval.json and attack files:\n",
+    );
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("could not read {}", file.display()))?;
+        md += &format!("\n```\n{}\n```\n", text.trim_end());
+    }
+    Ok(md)
 }
 
 #[cfg(test)]
@@ -1151,6 +1182,22 @@ mod tests {
             Norm::Linf,
         );
         assert_eq!(best_linf[0].distance(Norm::Linf), Some(0.02));
+    }
+
+    #[test]
+    fn saved_reference_checks_become_a_section_and_none_adds_nothing() {
+        let dir = std::env::temp_dir().join(format!("tulip-refcheck-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(reference_checks(&dir).unwrap(), "");
+        std::fs::write(dir.join("reference-check-best.txt"), "verdict: AGREE\n").unwrap();
+        std::fs::write(dir.join("other.txt"), "not this\n").unwrap();
+        let md = reference_checks(&dir).unwrap();
+        assert!(
+            md.contains("## Reference check") && md.contains("verdict: AGREE"),
+            "{md}"
+        );
+        assert!(!md.contains("not this"), "{md}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
