@@ -820,6 +820,11 @@ mod tests {
             .collect()
     }
 
+    /// [`values`] rounded to f32.
+    fn values_f32(n: usize, seed: u64) -> Vec<f32> {
+        values(n, seed).into_iter().map(|a| a as f32).collect()
+    }
+
     /// `x[b, c, r, s]` of the zero-padded input, by index arithmetic.
     fn padded(x: &[f64], g: &ConvGeometry, b: usize, c: usize, r: usize, s: usize) -> f64 {
         let (Some(r), Some(s)) = (r.checked_sub(g.ph), s.checked_sub(g.pw)) else {
@@ -954,9 +959,8 @@ mod tests {
             pw: 1,
         };
         let o = 7;
-        let to_f32 = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect::<Vec<f32>>();
-        let x = to_f32(values(g.b * g.c * g.h * g.w, 17));
-        let gr = to_f32(values(g.b * o * g.ho() * g.wo(), 18));
+        let x = values_f32(g.b * g.c * g.h * g.w, 17);
+        let gr = values_f32(g.b * o * g.ho() * g.wo(), 18);
         let job = || GradWeightImages {
             x: &x,
             gr: &gr,
@@ -990,9 +994,8 @@ mod tests {
             ph: 1,
             pw: 1,
         };
-        let to_f32 = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect::<Vec<f32>>();
-        let x = to_f32(values(g.b * g.c * g.h * g.w, 7));
-        let gr = to_f32(values(g.b * 4 * g.ho() * g.wo(), 8));
+        let x = values_f32(g.b * g.c * g.h * g.w, 7);
+        let gr = values_f32(g.b * 4 * g.ho() * g.wo(), 8);
         let one = grad_weight_on(1, Isa::Chosen, &x, &g, &gr, 4);
         for threads in [2, 3, 8] {
             let many = grad_weight_on(threads, Isa::Chosen, &x, &g, &gr, 4);
