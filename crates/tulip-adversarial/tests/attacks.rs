@@ -528,6 +528,47 @@ fn batching_does_not_change_deepfool() {
 }
 
 #[test]
+fn batching_does_not_change_the_iterative_attacks() {
+    // In a batch, the images a step has fooled drop out of the next steps' passes: each
+    // image's iterates must be those it has when attacked alone.
+    let model = Amplified {
+        inner: TinyConv::new(4, true, false),
+        gain: 50.0,
+    };
+    let x = images(8, TINY_SHAPE, 4);
+    let y = model.forward_t(&x, false).unwrap().argmax(1).unwrap();
+    let configs = [
+        AttackConfig::pgd(Norm::L2, 1.0),
+        AttackConfig::pgd(Norm::Linf, 0.1),
+        AttackConfig::new(AttackKind::Iterative, Norm::L2),
+        AttackConfig::new(AttackKind::Iterative, Norm::Linf),
+    ];
+    for cfg in configs {
+        // Alone, each image would draw the random start of image 0.
+        let cfg = AttackConfig {
+            random_start: false,
+            ..cfg
+        };
+        let together = run_attack(&model, &x, &y, &cfg).unwrap();
+        let found = together
+            .iter()
+            .filter(|o| o.status == AttackStatus::Found)
+            .count();
+        assert!(found > 0, "{} {}: nothing found", cfg.kind, cfg.norm);
+        for (i, t) in together.iter().enumerate() {
+            let (xi, yi) = (x.narrow(0, i, 1).unwrap(), y.narrow(0, i, 1).unwrap());
+            let alone = run_attack(&model, &xi, &yi, &cfg).unwrap()[0];
+            let case = format!("{} {} image {i}", cfg.kind, cfg.norm);
+            assert_eq!(alone.status, t.status, "{case}");
+            if t.status == AttackStatus::Found {
+                assert!((alone.l2 - t.l2).abs() < 1e-9, "{case}: {alone:?} {t:?}");
+                assert!((alone.linf - t.linf).abs() < 1e-9, "{case}");
+            }
+        }
+    }
+}
+
+#[test]
 fn attacks_on_a_conv_net_return_misclassified_images_in_the_unit_box() {
     // As initialised, TinyConv's logits hardly depend on the input; amplifying the input
     // makes its nonlinearity (ReLU kinks, pooling) matter within the unit box.

@@ -8,7 +8,7 @@ use tulip_penalties::{input_gradient, steepest_ascent_direction, Norm};
 
 use super::search::EpsSearch;
 use super::{
-    box_diameter, host_norms, logits, norm_not_attacked, row_scalars, step_clip, Ctx, Tracker,
+    box_diameter, host_norms, logits, norm_not_attacked, row_scalars, step_clip, Ctx, Rows, Tracker,
 };
 use crate::step::linf_ascent_step;
 use crate::Result;
@@ -105,6 +105,10 @@ pub(super) fn gaussian(rng: &mut ChaCha8Rng) -> f64 {
 /// Runs projected steps from `start` with per-image radius `eps[i]` (images with 0 do not
 /// move) and step `relative·eps[i]`, offering every iterate to the tracker. An image stops
 /// at its first misclassified iterate; returns which images had one.
+///
+/// Only the images still moving go through the model: once most are misclassified, a step
+/// costs what is left of the batch (each image's iterates are the same as in a whole-batch
+/// pass: evaluation mode treats images independently).
 fn projected_run(
     ctx: &Ctx<'_>,
     tracker: &mut Tracker,
@@ -118,38 +122,42 @@ fn projected_run(
     let mut success = vec![false; b];
     for step in 0..=ctx.cfg.steps {
         let last = step == ctx.cfg.steps;
-        let moving: Vec<bool> = (0..b).map(|i| eps[i] > 0.0 && !success[i]).collect();
+        let moving: Vec<usize> = (0..b).filter(|&i| eps[i] > 0.0 && !success[i]).collect();
+        if moving.is_empty() {
+            break;
+        }
+        let rows = Rows::select(&moving, b, ctx.x0.device())?;
+        let xs = rows.of(&x)?;
         let (z, g) = if last {
-            (logits(ctx.model, &x)?, None)
+            (logits(ctx.model, &xs)?, None)
         } else {
-            let pass = input_gradient(ctx.model, &x, ctx.labels, false)?;
+            let pass = input_gradient(ctx.model, &xs, &rows.of(ctx.labels)?, false)?;
             (pass.logits, Some(pass.gradient))
         };
-        let adv = tracker.offer(&x, &z)?;
-        for i in 0..b {
-            success[i] |= moving[i] && adv[i];
+        let adv = tracker.offer_rows(&rows, &xs, &z)?;
+        for (&i, &a) in moving.iter().zip(&adv) {
+            success[i] |= a;
         }
         let Some(g) = g else { break };
-        let scale: Vec<f64> = (0..b)
-            .map(|i| {
-                if moving[i] && !success[i] {
-                    relative * eps[i]
-                } else {
-                    0.0
-                }
-            })
+        let scale: Vec<f64> = moving
+            .iter()
+            .zip(&adv)
+            .map(|(&i, &a)| if a { 0.0 } else { relative * eps[i] })
             .collect();
         if scale.iter().all(|&s| s == 0.0) {
             break;
         }
-        x = match norm {
-            Norm::Linf => linf_ascent_step(ctx.x0, &x, &g, &scale, eps)?,
+        let x0s = rows.of(ctx.x0)?;
+        let radius: Vec<f64> = moving.iter().map(|&i| eps[i]).collect();
+        let stepped = match norm {
+            Norm::Linf => linf_ascent_step(&x0s, &xs, &g, &scale, &radius)?,
             Norm::L2 => {
                 let d = steepest_ascent_direction(&g, Norm::L2)?;
-                project_l2(ctx.x0, &step_clip(&x, &d, &scale)?, eps)?
+                project_l2(&x0s, &step_clip(&xs, &d, &scale)?, &radius)?
             }
             Norm::L1 => return Err(norm_not_attacked(Norm::L1)),
         };
+        x = rows.put(&stepped, &x)?;
     }
     Ok(success)
 }

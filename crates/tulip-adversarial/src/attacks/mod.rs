@@ -584,6 +584,36 @@ impl Tracker {
         Ok(adv)
     }
 
+    /// [`Tracker::offer`] for the images `rows` only: `cand` and `logits` hold their rows;
+    /// returns, per selected image, whether its candidate is misclassified.
+    fn offer_rows(&mut self, rows: &Rows, cand: &Tensor, logits: &Tensor) -> Result<Vec<bool>> {
+        let Some(index) = &rows.index else {
+            return self.offer(cand, logits);
+        };
+        let pred = predictions(logits)?;
+        let adv: Vec<bool> = pred
+            .iter()
+            .zip(&rows.rows)
+            .map(|(p, &i)| *p != self.labels[i])
+            .collect();
+        if !adv.iter().any(|&a| a) {
+            return Ok(adv);
+        }
+        let d = host_norms(&(cand - self.x0.index_select(index, 0)?)?, self.norm)?;
+        let mut better = vec![false; self.dist.len()];
+        for (k, &i) in rows.rows.iter().enumerate() {
+            if adv[k] && d[k] < self.dist[i] {
+                better[i] = true;
+                self.dist[i] = d[k];
+            }
+        }
+        if better.iter().any(|&m| m) {
+            let mask = row_mask(&better, &self.best)?;
+            self.best = mask.where_cond(&rows.put(&cand.detach(), &self.best)?, &self.best)?;
+        }
+        Ok(adv)
+    }
+
     /// The outcomes, after classifying the best points once more.
     fn finish(self, model: &dyn ModuleT, clean_pred: &[u32]) -> Result<AttackRun> {
         let pred = predictions(&logits(model, &self.best)?)?;
@@ -619,6 +649,50 @@ impl Tracker {
 }
 
 // ---- shared tensor helpers -------------------------------------------------------------
+
+/// A selection of a batch's images (rows of dimension 0), in increasing order.
+pub(crate) struct Rows {
+    rows: Vec<usize>,
+    /// `None` when every image is selected (no gathering needed).
+    index: Option<Tensor>,
+}
+
+impl Rows {
+    /// The images `rows` of a batch of `b`.
+    fn select(rows: &[usize], b: usize, device: &candle_core::Device) -> Result<Self> {
+        let index = if rows.len() == b {
+            None
+        } else {
+            let ids: Vec<u32> = rows.iter().map(|&i| i as u32).collect();
+            Some(Tensor::new(ids.as_slice(), device)?)
+        };
+        Ok(Self {
+            rows: rows.to_vec(),
+            index,
+        })
+    }
+
+    /// The selected rows of `t`.
+    fn of(&self, t: &Tensor) -> Result<Tensor> {
+        Ok(match &self.index {
+            None => t.clone(),
+            Some(index) => t.index_select(index, 0)?,
+        })
+    }
+
+    /// `into` with its selected rows replaced by `values` (one row per selected image).
+    fn put(&self, values: &Tensor, into: &Tensor) -> Result<Tensor> {
+        let Some(index) = &self.index else {
+            return Ok(values.clone());
+        };
+        let mut selected = vec![false; into.dim(0)?];
+        for &i in &self.rows {
+            selected[i] = true;
+        }
+        let spread = into.zeros_like()?.index_add(index, values, 0)?;
+        Ok(row_mask(&selected, into)?.where_cond(&spread, into)?)
+    }
+}
 
 /// Evaluation-mode logits, detached.
 fn logits(model: &dyn ModuleT, x: &Tensor) -> Result<Tensor> {
