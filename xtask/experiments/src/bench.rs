@@ -43,6 +43,9 @@ mod isa;
 /// The cases of the default table: every training mode on ResNet22 (CIFAR shape, as the
 /// PyTorch anchor), evaluation throughput, the max-gradient-norm pass, the
 /// nearest-neighbour attack.
+/// Test images an attack case attacks unless told otherwise.
+const ATTACK_IMAGES: u64 = 200;
+
 pub const DEFAULT_CASES: &str = "resnet22:plain,resnet22:lip,resnet22:fd,resnet22:j2,\
 resnet22:lipj2,resnet22:pgd,resnet22:infer,resnet22:gradpass,fashion:nn-attack";
 
@@ -103,7 +106,7 @@ pub struct BenchArgs {
     pub run: Option<PathBuf>,
     /// Test images of an attack case (the first ones; one pass over them is timed, after
     /// an untimed batch).
-    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = ATTACK_IMAGES, value_parser = clap::value_parser!(u64).range(1..))]
     pub attack_images: u64,
     /// The PyTorch side of the attack cases (Foolbox 3 on the run's weights).
     #[arg(long, default_value = "bench/torch/attack_bench.py")]
@@ -447,6 +450,22 @@ fn print_row(row: &Row) {
     }
 }
 
+/// The flags that chose the cases, as given (none for the default cases), so that the
+/// command at the head of the results reruns the same cases.
+fn case_flags(args: &BenchArgs) -> String {
+    let mut flags = String::new();
+    if args.cases != DEFAULT_CASES {
+        flags += &format!(" --cases {}", args.cases);
+    }
+    if let Some(run) = &args.run {
+        flags += &format!(" --run {}", run.display());
+        if args.attack_images != ATTACK_IMAGES {
+            flags += &format!(" --attack-images {}", args.attack_images);
+        }
+    }
+    flags
+}
+
 fn write_results(args: &BenchArgs, rows: &[Row], torch_isa: Option<&isa::TorchIsa>) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("could not create {}", args.out.display()))?;
@@ -454,7 +473,8 @@ fn write_results(args: &BenchArgs, rows: &[Row], torch_isa: Option<&isa::TorchIs
     let rounds = args.rounds > 1;
     let mut md = String::from("# Tulip-rs performance figures\n\n");
     md += &format!(
-        "    cargo xtask bench --isa {} --steps {}{}{}{}\n\n",
+        "    cargo xtask bench{} --isa {} --steps {}{}{}{}\n\n",
+        case_flags(args),
         args.isa,
         args.steps,
         match args.gradpass_images {
@@ -589,12 +609,16 @@ fn write_results(args: &BenchArgs, rows: &[Row], torch_isa: Option<&isa::TorchIs
             .flatten()
             .filter_map(Value::as_f64)
             .collect();
-        let (lo, hi) = range(&canaries);
-        md += &format!(
-            "\nThe PyTorch side times a 1024×1024 sgemm \"canary\" (GFLOPS) before and after \
-             each case (results.json); in this run it ranged {lo:.0}–{hi:.0}. Its level depends on \
-             the CPU; a case whose canary sags well below the others was slowed by the host.\n"
-        );
+        // The attack cases' script times none.
+        if !canaries.is_empty() {
+            let (lo, hi) = range(&canaries);
+            md += &format!(
+                "\nThe PyTorch side times a 1024×1024 sgemm \"canary\" (GFLOPS) before and \
+                 after each case (results.json); in this run it ranged {lo:.0}–{hi:.0}. Its level \
+                 depends on the CPU; a case whose canary sags well below the others was slowed \
+                 by the host.\n"
+            );
+        }
     }
     if args.gradpass_images != GRADPASS_IMAGES {
         md += &format!(
@@ -703,7 +727,7 @@ pub struct CaseArgs {
     #[arg(long)]
     pub run: Option<PathBuf>,
     /// Test images of an attack case.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = ATTACK_IMAGES)]
     pub attack_images: u64,
 }
 
@@ -1075,6 +1099,28 @@ mod tests {
             "{err}"
         );
         assert_eq!(unit("run:pgd-l2"), "s/pass");
+    }
+
+    #[test]
+    fn the_results_command_line_names_the_cases_it_ran() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        let flags = |argv: &[&str]| {
+            let cli = <Cli as clap::Parser>::try_parse_from(argv).unwrap();
+            case_flags(&cli.bench)
+        };
+        assert_eq!(flags(&["bench"]), "");
+        assert_eq!(
+            flags(&["bench", "--cases", "run:pgd-l2", "--run", "r", "--attack-images", "100"]),
+            " --cases run:pgd-l2 --run r --attack-images 100"
+        );
+        assert_eq!(
+            flags(&["bench", "--cases", "run:pgd-l2", "--run", "r"]),
+            " --cases run:pgd-l2 --run r"
+        );
     }
 
     #[test]
