@@ -527,16 +527,24 @@ fn batching_does_not_change_deepfool() {
     }
 }
 
-#[test]
-fn batching_does_not_change_the_iterative_attacks() {
-    // In a batch, the images a step has fooled drop out of the next steps' passes: each
-    // image's iterates must be those it has when attacked alone.
+/// A small conv net, 8 images and its own predictions as their labels. As initialised,
+/// TinyConv's logits hardly depend on the input; amplifying the input makes its
+/// nonlinearity (ReLU kinks, pooling) matter within the unit box.
+fn conv_net_and_images() -> (Amplified, Tensor, Tensor) {
     let model = Amplified {
         inner: TinyConv::new(4, true, false),
         gain: 50.0,
     };
     let x = images(8, TINY_SHAPE, 4);
     let y = model.forward_t(&x, false).unwrap().argmax(1).unwrap();
+    (model, x, y)
+}
+
+#[test]
+fn batching_does_not_change_the_iterative_attacks() {
+    // In a batch, the images a step has fooled drop out of the next steps' passes: each
+    // image's iterates must be those it has when attacked alone.
+    let (model, x, y) = conv_net_and_images();
     let configs = [
         AttackConfig::pgd(Norm::L2, 1.0),
         AttackConfig::pgd(Norm::Linf, 0.1),
@@ -570,14 +578,7 @@ fn batching_does_not_change_the_iterative_attacks() {
 
 #[test]
 fn attacks_on_a_conv_net_return_misclassified_images_in_the_unit_box() {
-    // As initialised, TinyConv's logits hardly depend on the input; amplifying the input
-    // makes its nonlinearity (ReLU kinks, pooling) matter within the unit box.
-    let model = Amplified {
-        inner: TinyConv::new(4, true, false),
-        gain: 50.0,
-    };
-    let x = images(8, TINY_SHAPE, 4);
-    let y = model.forward_t(&x, false).unwrap().argmax(1).unwrap();
+    let (model, x, y) = conv_net_and_images();
     let mut found = 0;
     for cfg in all_configs(1.0, 0.3) {
         let run = run_attack_with_adversarials(&model, &x, &y, &cfg).unwrap();
