@@ -16,6 +16,9 @@
 //! measures its rate (`cargo bench -p tulip-models --bench layers conv`); the figures,
 //! against the im2col + GEMM it replaced, are in `bench/RESULTS.md`.
 //!
+//! 3×3 kernels with padding 1, every 3×3 layer of the models, go to [`winograd`] where it
+//! saves multiply-adds: it runs this file's register tile over transformed rows.
+//!
 //! The weight gradient is the same sum read the other way round: with the output
 //! gradient laid out padded-flat too (zeros in the garbage columns),
 //! `∂w[o,c,t] = Σ_b Σ_q g[b,o,q] · xp[b,c,q + off_t]`, accumulated as `OB × taps` vector
@@ -27,6 +30,7 @@ use pulp::{Simd, WithSimd};
 use super::relu::relu_value;
 use super::simd::{lane_total, lanes, load, registers, store, Isa, Lane};
 use super::threads::{on_threads, threads};
+use super::winograd;
 
 /// The shape of a stride-1 convolution: `b` images of `c × h × w`, a `kh × kw` kernel,
 /// zero padding `(ph, pw)` on each side.
@@ -185,7 +189,7 @@ impl PaddedFlat {
 /// millions of those calls for rows of 8 to 32 values (with as many `memset`s for the
 /// zero padding).
 #[inline(always)]
-fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
+pub(super) fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
     assert_eq!(dst.len(), src.len(), "copy_row: lengths differ");
     let mut d8 = dst.chunks_exact_mut(8);
     let mut s8 = src.chunks_exact(8);
@@ -195,6 +199,24 @@ fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
     }
     for (d, &s) in d8.into_remainder().iter_mut().zip(s8.remainder()) {
         *d = s;
+    }
+}
+
+/// How a convolution is computed: [`Algorithm::Fastest`] takes [`winograd`] where it pays
+/// (3×3 kernels with padding 1) and the direct kernel elsewhere; [`Algorithm::Direct`]
+/// always the direct kernel (the tests compare the two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Algorithm {
+    Fastest,
+    #[cfg(test)]
+    Direct,
+}
+
+impl Algorithm {
+    /// Whether this convolution goes to [`winograd`], for register tiles of `tile`
+    /// positions.
+    fn winograd(self, g: &ConvGeometry, tile: usize) -> bool {
+        self == Algorithm::Fastest && winograd::pays(g, tile)
     }
 }
 
@@ -214,7 +236,7 @@ pub(super) fn conv<T: Lane>(isa: Isa, x: &[T], g: &ConvGeometry, w: &[T], o: usi
 /// [`conv_then`] takes them of each output plane as it writes it, while the plane is in
 /// cache; [`moments_of`] of a plane no convolution wrote.
 #[inline(always)]
-fn plane_moments<S: Simd, T: Lane>(simd: S, plane: &[T]) -> [f64; 3] {
+pub(super) fn plane_moments<S: Simd, T: Lane>(simd: S, plane: &[T]) -> [f64; 3] {
     let n = lanes::<S, T>();
     let one = T::splat(simd, T::ONE);
     let blocks = plane.chunks_exact(4 * n);
@@ -275,7 +297,7 @@ impl<T: Lane> AffineRelu<'_, T> {
     /// Writes `relu(v·scale[o] + shift[o] + skip)` to `dst`, for `skip` the residual's
     /// values at `dst`'s place (`at`: its offset in the output).
     #[inline(always)]
-    fn write(&self, o: usize, at: usize, dst: &mut [T], v: &[T]) {
+    pub(super) fn write(&self, o: usize, at: usize, dst: &mut [T], v: &[T]) {
         let (a, s) = (self.scale[o], self.shift[o]);
         match self.skip {
             None => {
@@ -305,6 +327,21 @@ pub(super) fn conv_then<T: Lane>(
     epilogue: Option<AffineRelu<'_, T>>,
     moments: bool,
 ) -> (Vec<T>, Vec<[f64; 3]>) {
+    conv_by(Algorithm::Fastest, isa, x, g, w, o, epilogue, moments)
+}
+
+/// [`conv_then`] by the given algorithm.
+#[allow(clippy::too_many_arguments)]
+fn conv_by<T: Lane>(
+    algorithm: Algorithm,
+    isa: Isa,
+    x: &[T],
+    g: &ConvGeometry,
+    w: &[T],
+    o: usize,
+    epilogue: Option<AffineRelu<'_, T>>,
+    moments: bool,
+) -> (Vec<T>, Vec<[f64; 3]>) {
     let per_image = o * g.ho() * g.wo();
     let mut out = vec![T::ZERO; g.b * per_image];
     let per_thread = images_per_thread(g.b);
@@ -318,6 +355,7 @@ pub(super) fn conv_then<T: Lane>(
                 ..e
             });
             isa.dispatch(ConvImages {
+                algorithm,
                 x: &x[b0 * g.c * g.h * g.w..],
                 g,
                 w,
@@ -332,6 +370,7 @@ pub(super) fn conv_then<T: Lane>(
 }
 
 struct ConvImages<'a, T> {
+    algorithm: Algorithm,
     /// The first of this job's images.
     x: &'a [T],
     g: &'a ConvGeometry,
@@ -366,6 +405,7 @@ impl<T: Lane> ConvImages<'_, T> {
     #[inline(always)]
     fn run<S: Simd, const OB: usize, const NV: usize>(self, simd: S) -> Vec<[f64; 3]> {
         let Self {
+            algorithm,
             x,
             g,
             w,
@@ -374,6 +414,18 @@ impl<T: Lane> ConvImages<'_, T> {
             moments,
             out,
         } = self;
+        if algorithm.winograd(g, NV * lanes::<S, T>()) {
+            let job = winograd::Job {
+                x,
+                g,
+                w,
+                o,
+                epilogue,
+                moments,
+                out,
+            };
+            return winograd::conv_images::<S, T, OB, NV>(simd, job);
+        }
         let planes = out.len() / (g.ho() * g.wo()).max(1);
         let mut summaries = Vec::with_capacity(if moments { planes } else { 0 });
         let tile = NV * lanes::<S, T>();
@@ -473,7 +525,12 @@ impl<T: Lane> ConvImages<'_, T> {
 }
 
 /// `w: [O, C, taps]` as `[⌈O/OB⌉, C, taps, OB]`, the missing output channels zero.
-fn pack_weights<T: Lane, const OB: usize>(w: &[T], o: usize, c: usize, taps: usize) -> Vec<T> {
+pub(super) fn pack_weights<T: Lane, const OB: usize>(
+    w: &[T],
+    o: usize,
+    c: usize,
+    taps: usize,
+) -> Vec<T> {
     let blocks = o.div_ceil(OB);
     let mut packed = Vec::with_capacity(blocks * c * taps * OB);
     for block in 0..blocks {
@@ -495,13 +552,13 @@ fn pack_weights<T: Lane, const OB: usize>(w: &[T], o: usize, c: usize, taps: usi
 
 /// One tile of the forward kernel: positions `p0..p0 + NV·lanes` of one block of `OB`
 /// output channels, summed over every input channel and tap.
-struct Tile<'a, T> {
+pub(super) struct Tile<'a, T> {
     /// The padded-flat image, `plane` elements per input channel.
-    xp: &'a [T],
+    pub(super) xp: &'a [T],
     /// The block's weights, `[C, taps, OB]`.
-    wb: &'a [T],
-    plane: usize,
-    p0: usize,
+    pub(super) wb: &'a [T],
+    pub(super) plane: usize,
+    pub(super) p0: usize,
 }
 
 impl<T: Lane> Tile<'_, T> {
@@ -527,7 +584,7 @@ impl<T: Lane> Tile<'_, T> {
     /// With the taps taken a kernel row at a time (`rows`: each row's offset), `KW` taps
     /// a row: one bounds check per row instead of one per tap.
     #[inline(always)]
-    fn by_rows<S: Simd, const OB: usize, const NV: usize, const KW: usize>(
+    pub(super) fn by_rows<S: Simd, const OB: usize, const NV: usize, const KW: usize>(
         &self,
         simd: S,
         rows: &[usize],
@@ -928,9 +985,12 @@ mod tests {
             let gr64 = values(g.b * o * g.ho() * g.wo(), 200 + i as u64);
             let cast = |v: &[f64]| v.iter().map(|&a| to(a)).collect::<Vec<T>>();
             let back = |v: Vec<T>| v.into_iter().map(from).collect::<Vec<f64>>();
-            let y = back(conv(isa, &cast(&x64), &g, &cast(&w64), o));
-            let err = max_rel_err(&y, &naive_conv(&x64, &g, &w64, o));
-            assert!(err < tol, "{isa:?} conv {g:?} o={o}: error {err:e}");
+            for a in [Algorithm::Fastest, Algorithm::Direct] {
+                let (x, w) = (cast(&x64), cast(&w64));
+                let y = back(conv_by(a, isa, &x, &g, &w, o, None, false).0);
+                let err = max_rel_err(&y, &naive_conv(&x64, &g, &w64, o));
+                assert!(err < tol, "{isa:?} {a:?} conv {g:?} o={o}: error {err:e}");
+            }
             let dw = back(grad_weight(isa, &cast(&x64), &g, &cast(&gr64), o));
             let err = max_rel_err(&dw, &naive_grad_weight(&x64, &g, &gr64, o));
             assert!(err < tol, "{isa:?} grad_weight {g:?} o={o}: error {err:e}");

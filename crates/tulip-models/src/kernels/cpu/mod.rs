@@ -13,6 +13,7 @@ mod simd;
 mod statistics;
 mod storage;
 mod threads;
+mod winograd;
 
 pub(crate) use avg_pool::avg_pool2x2;
 pub(crate) use batch_norm_train::batch_norm_train;

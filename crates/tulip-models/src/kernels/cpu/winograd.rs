@@ -1,0 +1,300 @@
+//! The 3×3 convolutions with padding 1 (every 3×3 layer of the models, and their input
+//! gradients) by Winograd's F(2, 3) down the columns and the direct kernel along the
+//! rows: two output rows from four input rows with 4 multiplies per kernel column
+//! instead of 6, so 6 multiply-adds per output and input channel instead of 9.
+//!
+//! For output rows `2t` and `2t + 1`, column `s`, and one kernel column `j`, the 1-D
+//! F(2, 3) (Lavin and Gray, *Fast Algorithms for Convolutional Neural Networks*, 2016)
+//! with `d` the padded input rows `2t … 2t + 3` at column `s + j`:
+//!
+//! `[y₀, y₁] = Aᵀ [(G g) ⊙ (Bᵀ d)]`, `Bᵀ d = (d₀ − d₂, d₁ + d₂, d₂ − d₁, d₁ − d₃)`,
+//! `G g = (g₀, (g₀ + g₁ + g₂)/2, (g₀ − g₁ + g₂)/2, g₂)`, `Aᵀ m = (m₀ + m₁ + m₂, m₁ − m₂ − m₃)`.
+//!
+//! Summed over kernel columns and input channels, each of the four products `mᵢ` is a
+//! 1×3 convolution of the transformed rows `Vᵢ = (Bᵀ d)ᵢ` (one row per pair of output
+//! rows, the padded width long) with the transformed weights `Uᵢ = (G g)ᵢ`: the direct
+//! kernel's register tile over `Vᵢ` laid out like its padded-flat planes. Every transform
+//! runs along rows, on whole vectors; nothing is gathered or shuffled. (The 2-D
+//! F(2×2, 3×3), 4 multiplies per output, needs the columns split by parity, a shuffle the
+//! compiler leaves scalar here, and was slower than the direct kernel.)
+//!
+//! Rounding: the input transform adds two inputs, the weights are transformed in f64,
+//! and the output adds three products, so the result differs from the direct sum by a
+//! few units in the last place (the kernel tests hold it to the direct kernel's
+//! tolerance).
+
+use pulp::Simd;
+
+use super::direct_conv::{copy_row, pack_weights, plane_moments, AffineRelu, ConvGeometry, Tile};
+use super::simd::{lanes, load, store, Lane};
+
+/// Whether [`conv_images`] computes this convolution (a 3×3 kernel with padding 1) with
+/// fewer multiply-adds than the direct kernel, for register tiles of `tile` positions.
+/// Both compute whole tiles of padded rows: the direct kernel `H` rows of 9 taps, this one
+/// `⌈H/2⌉` rows of 4 × 3, so small planes, where tiles round up a larger share, are left
+/// to the direct kernel (7×7: the same count), with a tenth for the transforms.
+pub(super) fn pays(g: &ConvGeometry, tile: usize) -> bool {
+    let row = g.w + 2;
+    let direct = (g.h * row).div_ceil(tile) * tile * 9;
+    let winograd = (g.h.div_ceil(2) * row).div_ceil(tile) * tile * 12;
+    fits(g) && 11 * winograd < 10 * direct
+}
+
+/// Whether this is a convolution these kernels compute: a 3×3 kernel with padding 1.
+fn fits(g: &ConvGeometry) -> bool {
+    g.kh == 3 && g.kw == 3 && g.ph == 1 && g.pw == 1
+}
+
+/// Additions on vectors, as multiply-adds by ±1 (exact: `1·a + b` rounds once, like
+/// `a + b`), the SIMD layer's one arithmetic operation.
+#[derive(Clone, Copy)]
+struct Adds<S: Simd, T: Lane> {
+    simd: S,
+    one: T::V<S>,
+    minus_one: T::V<S>,
+}
+
+impl<S: Simd, T: Lane> Adds<S, T> {
+    #[inline(always)]
+    fn new(simd: S) -> Self {
+        Self {
+            simd,
+            one: T::splat(simd, T::ONE),
+            minus_one: T::splat(simd, -T::ONE),
+        }
+    }
+    #[inline(always)]
+    fn add(self, a: T::V<S>, b: T::V<S>) -> T::V<S> {
+        T::mul_add(self.simd, self.one, a, b)
+    }
+    /// `a − b`.
+    #[inline(always)]
+    fn sub(self, a: T::V<S>, b: T::V<S>) -> T::V<S> {
+        T::mul_add(self.simd, self.minus_one, b, a)
+    }
+}
+
+/// The layout of one image's transformed rows.
+#[derive(Debug, Clone, Copy)]
+struct Rows {
+    /// Padded row length `W + 2`.
+    row: usize,
+    /// Pairs of output rows `⌈H/2⌉`.
+    pairs: usize,
+    /// Output positions `pairs · row` (the last two of each row are garbage).
+    positions: usize,
+    /// `positions` rounded up to whole register tiles.
+    stride: usize,
+    /// One transformed plane: room for the tiles' reads two past `stride`, and for the
+    /// transform's last vector.
+    plane: usize,
+}
+
+impl Rows {
+    fn new(g: &ConvGeometry, tile: usize, lanes: usize) -> Self {
+        let row = g.w + 2;
+        let pairs = g.h.div_ceil(2);
+        let positions = pairs * row;
+        let stride = positions.div_ceil(tile) * tile;
+        Self {
+            row,
+            pairs,
+            positions,
+            stride,
+            plane: stride + row + lanes,
+        }
+    }
+
+    /// Length of the zero-padded input plane: rows `0 ..= 2·pairs + 1` (padded row `r + 1`
+    /// holds input row `r`), and room for the transform's last vector.
+    fn padded(&self, lanes: usize) -> usize {
+        (2 * self.pairs + 2) * self.row + lanes
+    }
+}
+
+/// `Uᵢ = (G g)ᵢ` of every kernel column of every `w[o, c]`, in f64: four `[O, C, 3]`.
+fn transform_weights<T: Lane>(w: &[T], o: usize, c: usize) -> [Vec<T>; 4] {
+    let mut u: [Vec<T>; 4] = std::array::from_fn(|_| Vec::with_capacity(o * c * 3));
+    for k in w.chunks_exact(9) {
+        for j in 0..3 {
+            let (g0, g1, g2) = (k[j].widen(), k[3 + j].widen(), k[6 + j].widen());
+            let gg = [g0, (g0 + g1 + g2) / 2.0, (g0 - g1 + g2) / 2.0, g2];
+            for (u, &v) in u.iter_mut().zip(&gg) {
+                u.push(T::rounded(v));
+            }
+        }
+    }
+    u
+}
+
+/// What the forward kernel is given for its job's images (see `ConvImages` in
+/// [`super::direct_conv`]).
+pub(super) struct Job<'a, T> {
+    pub(super) x: &'a [T],
+    pub(super) g: &'a ConvGeometry,
+    pub(super) w: &'a [T],
+    pub(super) o: usize,
+    pub(super) epilogue: Option<AffineRelu<'a, T>>,
+    pub(super) moments: bool,
+    pub(super) out: &'a mut [T],
+}
+
+/// The convolution of the job's images (a 3×3 kernel, padding 1) with `OB × NV` register
+/// tiles; the moments of each output plane if asked, image by image.
+#[inline(always)]
+pub(super) fn conv_images<S: Simd, T: Lane, const OB: usize, const NV: usize>(
+    simd: S,
+    job: Job<'_, T>,
+) -> Vec<[f64; 3]> {
+    let Job {
+        x,
+        g,
+        w,
+        o,
+        epilogue,
+        moments,
+        out,
+    } = job;
+    let (c, h, wd) = (g.c, g.h, g.w);
+    let n = lanes::<S, T>();
+    let tile = NV * n;
+    let rows = Rows::new(g, tile, n);
+    let ops = Adds::<S, T>::new(simd);
+    let images = out.len() / (o * h * wd).max(1);
+    let packed = transform_weights(w, o, c).map(|u| pack_weights::<T, OB>(&u, o, c, 3));
+    let mut xp = vec![T::ZERO; rows.padded(n)];
+    // V₀ … V₃, each [C, plane].
+    let mut v: [Vec<T>; 4] = std::array::from_fn(|_| vec![T::ZERO; c * rows.plane]);
+    // The two output rows of each pair, [OB, stride] each.
+    let mut even = vec![T::ZERO; OB * rows.stride];
+    let mut odd = vec![T::ZERO; OB * rows.stride];
+    let mut summaries = Vec::with_capacity(if moments { images * o } else { 0 });
+    for (image, y) in out.chunks_exact_mut(o * h * wd).enumerate() {
+        let xi = &x[image * c * h * wd..][..c * h * wd];
+        for (ci, plane) in xi.chunks_exact(h * wd).enumerate() {
+            for (r, line) in plane.chunks_exact(wd).enumerate() {
+                copy_row(&mut xp[(r + 1) * rows.row + 1..][..wd], line);
+            }
+            transform_input(ops, &rows, &xp, &mut v, ci * rows.plane);
+        }
+        for block in 0..o.div_ceil(OB) {
+            let weights = [0, 1, 2, 3].map(|i| &packed[i][block * c * 3 * OB..][..c * 3 * OB]);
+            for p0 in (0..rows.positions).step_by(tile) {
+                let mut m = [[[T::splat(simd, T::ZERO); NV]; OB]; 4];
+                for ((m, v), wb) in m.iter_mut().zip(&v).zip(weights) {
+                    *m = Tile {
+                        xp: v,
+                        wb,
+                        plane: rows.plane,
+                        p0,
+                    }
+                    .by_rows::<S, OB, NV, 3>(simd, &[0]);
+                }
+                // Aᵀ m: rows 2t and 2t + 1.
+                let [m0, m1, m2, m3] = m;
+                let products = m0.iter().zip(&m1).zip(&m2).zip(&m3);
+                for (k, (((m0, m1), m2), m3)) in products.enumerate() {
+                    let vectors = m0.iter().zip(m1).zip(m2).zip(m3);
+                    for (l, (((&m0, &m1), &m2), &m3)) in vectors.enumerate() {
+                        let at = k * rows.stride + p0 + l * n;
+                        store::<S, T>(&mut even[at..], ops.add(ops.add(m0, m1), m2));
+                        store::<S, T>(&mut odd[at..], ops.sub(ops.sub(m1, m2), m3));
+                    }
+                }
+            }
+            for k in 0..OB.min(o - block * OB) {
+                let oo = block * OB + k;
+                let channel = &mut y[oo * h * wd..][..h * wd];
+                for (r, line) in channel.chunks_exact_mut(wd).enumerate() {
+                    let pair = if r % 2 == 0 { &even } else { &odd };
+                    let src = &pair[k * rows.stride + (r / 2) * rows.row..][..wd];
+                    match &epilogue {
+                        None => copy_row(line, src),
+                        Some(e) => e.write(oo, ((image * o + oo) * h + r) * wd, line, src),
+                    }
+                }
+                if moments {
+                    summaries.push(plane_moments::<S, T>(simd, channel));
+                }
+            }
+        }
+    }
+    summaries
+}
+
+/// `Vᵢ = (Bᵀ d)ᵢ` of one channel's padded plane `xp`, written at `at` of each `v[i]`:
+/// row `t` of `Vᵢ` from padded rows `2t … 2t + 3`, the whole row in vectors (the last
+/// one spills into the next row, which is written after it, or the plane's slack).
+#[inline(always)]
+fn transform_input<S: Simd, T: Lane>(
+    ops: Adds<S, T>,
+    rows: &Rows,
+    xp: &[T],
+    v: &mut [Vec<T>; 4],
+    at: usize,
+) {
+    let n = lanes::<S, T>();
+    let row = rows.row;
+    for t in 0..rows.pairs {
+        for s in (0..row).step_by(n) {
+            let top = 2 * t * row + s;
+            let d = [
+                load::<S, T>(&xp[top..]),
+                load::<S, T>(&xp[top + row..]),
+                load::<S, T>(&xp[top + 2 * row..]),
+                load::<S, T>(&xp[top + 3 * row..]),
+            ];
+            let values = [
+                ops.sub(d[0], d[2]),
+                ops.add(d[1], d[2]),
+                ops.sub(d[2], d[1]),
+                ops.sub(d[1], d[3]),
+            ];
+            for (v, value) in v.iter_mut().zip(values) {
+                store::<S, T>(&mut v[at + t * row + s..], value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geometry(c: usize, h: usize, w: usize, k: usize, p: usize) -> ConvGeometry {
+        ConvGeometry {
+            b: 1,
+            c,
+            h,
+            w,
+            kh: k,
+            kw: k,
+            ph: p,
+            pw: p,
+        }
+    }
+
+    #[test]
+    fn it_takes_the_planes_where_it_saves_multiply_adds() {
+        // Register tiles of 2 (scalar) to 32 (AVX-512, f32) positions.
+        for tile in [2, 4, 8, 16, 32] {
+            for (h, w) in [(32, 32), (28, 28), (16, 16), (14, 14), (10, 12), (5, 7)] {
+                assert!(
+                    pays(&geometry(16, h, w, 3, 1), tile),
+                    "{h}×{w}, tile {tile}"
+                );
+            }
+            assert!(!pays(&geometry(16, 8, 8, 1, 0), tile), "1×1, tile {tile}");
+            assert!(
+                !pays(&geometry(16, 8, 8, 3, 0), tile),
+                "no padding, tile {tile}"
+            );
+            assert!(!pays(&geometry(16, 8, 8, 5, 2), tile), "5×5, tile {tile}");
+        }
+        // 7×7: four pairs of 9-wide rows (36 positions) round up to as many multiply-adds
+        // as seven rows (63), or more.
+        for tile in [16, 32] {
+            assert!(!pays(&geometry(64, 7, 7, 3, 1), tile), "7×7, tile {tile}");
+        }
+    }
+}
