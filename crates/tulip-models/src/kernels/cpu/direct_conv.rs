@@ -16,8 +16,9 @@
 //! measures its rate (`cargo bench -p tulip-models --bench layers conv`); the figures,
 //! against the im2col + GEMM it replaced, are in `bench/RESULTS.md`.
 //!
-//! 3×3 kernels with padding 1, every 3×3 layer of the models, go to [`winograd`] where it
-//! saves multiply-adds: it runs this file's register tile over transformed rows.
+//! 3×3 kernels with padding 1, every 3×3 layer of the models, go to [`winograd`] (the
+//! forward kernel where it saves multiply-adds after tile rounding): it runs this file's
+//! register tile and dot products over transformed rows.
 //!
 //! The weight gradient is the same sum read the other way round: with the output
 //! gradient laid out padded-flat too (zeros in the garbage columns),
@@ -92,17 +93,17 @@ const MAX_LEAD: usize = 16;
 
 /// The padded-flat geometry of one image.
 #[derive(Debug, Clone, Copy)]
-struct PaddedFlat {
+pub(super) struct PaddedFlat {
     /// Padded row length `W + 2p`.
     row: usize,
     /// Padded plane size, plus slack so that the last tile's reads stay in bounds.
-    plane: usize,
+    pub(super) plane: usize,
     /// Output positions `Ho · row` (garbage columns included).
     positions: usize,
 }
 
 impl PaddedFlat {
-    fn new(g: &ConvGeometry, tile: usize) -> Self {
+    pub(super) fn new(g: &ConvGeometry, tile: usize) -> Self {
         let row = g.w + 2 * g.pw;
         let positions = g.ho() * row;
         // Every plane gets room for the last tile's reads: it starts below `positions` and
@@ -133,7 +134,7 @@ impl PaddedFlat {
     /// line): block `b` is `[plane, n]`, position `q` of the padded plane holding channels
     /// `b·n ..` `+ n` (zeros past `C`). A block is then a slice of whole vectors, one per
     /// position, and the weight gradient's loads never straddle two cache lines.
-    fn pad_channel_blocks<T: Lane>(
+    pub(super) fn pad_channel_blocks<T: Lane>(
         &self,
         g: &ConvGeometry,
         src: &[T],
@@ -202,9 +203,10 @@ pub(super) fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
     }
 }
 
-/// How a convolution is computed: [`Algorithm::Fastest`] takes [`winograd`] where it pays
-/// (3×3 kernels with padding 1) and the direct kernel elsewhere; [`Algorithm::Direct`]
-/// always the direct kernel (the tests compare the two).
+/// How a convolution is computed: [`Algorithm::Fastest`] takes [`winograd`] for 3×3
+/// kernels with padding 1 (the forward kernel where it saves multiply-adds, the weight
+/// gradient always) and the direct kernel elsewhere; [`Algorithm::Direct`] always the
+/// direct kernel (the tests compare the two).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Algorithm {
     Fastest,
@@ -642,11 +644,12 @@ pub(super) fn grad_weight<T: Lane>(
     gr: &[T],
     o: usize,
 ) -> Vec<T> {
-    grad_weight_on(threads(), isa, x, g, gr, o)
+    grad_weight_on(threads(), Algorithm::Fastest, isa, x, g, gr, o)
 }
 
 fn grad_weight_on<T: Lane>(
     threads: usize,
+    algorithm: Algorithm,
     isa: Isa,
     x: &[T],
     g: &ConvGeometry,
@@ -661,6 +664,7 @@ fn grad_weight_on<T: Lane>(
         .map(|b0| (b0 + per_thread).min(g.b) - b0);
     let partials = on_threads(per_thread, images, |b0, n| {
         isa.dispatch(GradWeightImages {
+            winograd: algorithm == Algorithm::Fastest && winograd::fits(g),
             x: &x[b0 * per_in..][..n * per_in],
             gr: &gr[b0 * per_out..][..n * per_out],
             g,
@@ -677,6 +681,8 @@ fn grad_weight_on<T: Lane>(
 }
 
 struct GradWeightImages<'a, T> {
+    /// Whether the images go to [`winograd`] (which must fit the geometry).
+    winograd: bool,
     x: &'a [T],
     gr: &'a [T],
     g: &'a ConvGeometry,
@@ -689,6 +695,15 @@ impl<T: Lane> WithSimd for GradWeightImages<'_, T> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) -> Vec<Vec<T>> {
+        if self.winograd {
+            // 3 taps (a kernel row of the transformed problem) × 6 or 3 outputs: 18 or
+            // 9 accumulators, as below.
+            return if registers::<S, T>() >= 32 {
+                self.run_winograd::<S, 6>(simd)
+            } else {
+                self.run_winograd::<S, 3>(simd)
+            };
+        }
         match (self.g.kh * self.g.kw, registers::<S, T>()) {
             // 9 taps × 2 outputs: 18 accumulators, with room to spare in AVX-512's 32
             // registers.
@@ -703,13 +718,37 @@ impl<T: Lane> WithSimd for GradWeightImages<'_, T> {
 }
 
 impl<T: Lane> GradWeightImages<'_, T> {
+    /// [`GradWeightImages::run`] by [`winograd`] (a 3×3 kernel with padding 1).
+    #[inline(always)]
+    fn run_winograd<S: Simd, const OB: usize>(self, simd: S) -> Vec<Vec<T>> {
+        let Self { x, gr, g, o, .. } = self;
+        let (per_in, per_out) = (g.c * g.h * g.w, o * g.ho() * g.wo());
+        let mut xt = Vec::new();
+        let mut partials = Vec::new();
+        for (x, gr) in x
+            .chunks(IMAGES_PER_PARTIAL * per_in)
+            .zip(gr.chunks(IMAGES_PER_PARTIAL * per_out))
+        {
+            partials.push(winograd::grad_weight::<S, T, OB>(
+                simd, x, g, gr, o, &mut xt,
+            ));
+        }
+        partials
+    }
+
     /// Vectorised over input channels, so that no horizontal sums are needed: the input
     /// is transposed to channels-last (padded-flat, channels padded to whole vectors),
     /// and `TAPS` taps × `OB` output channels of one channel vector are accumulated in
     /// registers over a whole image.
     #[inline(always)]
     fn run<S: Simd, const TAPS: usize, const OB: usize>(self, simd: S) -> Vec<Vec<T>> {
-        let Self { x, gr, g, o } = self;
+        let Self {
+            winograd,
+            x,
+            gr,
+            g,
+            o,
+        } = self;
         let (per_in, per_out) = (g.c * g.h * g.w, o * g.ho() * g.wo());
         let mut xt = Vec::new();
         let mut partials = Vec::new();
@@ -720,7 +759,14 @@ impl<T: Lane> GradWeightImages<'_, T> {
             .chunks(IMAGES_PER_PARTIAL * per_in)
             .zip(gr.chunks(IMAGES_PER_PARTIAL * per_out))
         {
-            partials.push(Self { x, gr, g, o }.partial::<S, TAPS, OB>(simd, &mut xt));
+            let images = Self {
+                winograd,
+                x,
+                gr,
+                g,
+                o,
+            };
+            partials.push(images.partial::<S, TAPS, OB>(simd, &mut xt));
         }
         partials
     }
@@ -732,7 +778,7 @@ impl<T: Lane> GradWeightImages<'_, T> {
         simd: S,
         xt: &mut Vec<T>,
     ) -> Vec<T> {
-        let Self { x, gr, g, o } = self;
+        let Self { x, gr, g, o, .. } = self;
         let n = lanes::<S, T>();
         let flat = PaddedFlat::new(g, 1);
         let taps = flat.taps(g);
@@ -784,25 +830,25 @@ impl<T: Lane> GradWeightImages<'_, T> {
 }
 
 /// One channel block's taps of the weight gradient over one image.
-struct GradWeightDots<'a, S: Simd, T: Lane, const TAPS: usize> {
+pub(super) struct GradWeightDots<'a, S: Simd, T: Lane, const TAPS: usize> {
     /// The block's padded image, one vector (of `lanes` channels) per position.
-    xt: &'a [T::V<S>],
-    row: usize,
-    ho: usize,
-    wo: usize,
+    pub(super) xt: &'a [T::V<S>],
+    pub(super) row: usize,
+    pub(super) ho: usize,
+    pub(super) wo: usize,
     /// Offsets (in positions) of these taps.
-    offs: &'a [usize; TAPS],
+    pub(super) offs: &'a [usize; TAPS],
     /// Elements per tap in `sums` (the padded channel count).
-    stride: usize,
+    pub(super) stride: usize,
     /// Index of the first of these taps.
-    first_tap: usize,
+    pub(super) first_tap: usize,
 }
 
 impl<S: Simd, T: Lane, const TAPS: usize> GradWeightDots<'_, S, T, TAPS> {
     /// For each output channel `k`: `sums[at[k] + (first_tap + t)·stride ..][..lanes] +=
     /// Σ_(r,s) gs[k][r·wo + s] · xt[r·row + s + offs[t]]`.
     #[inline(always)]
-    fn accumulate<const OB: usize>(
+    pub(super) fn accumulate<const OB: usize>(
         &self,
         simd: S,
         gs: [&[T]; OB],
@@ -991,9 +1037,15 @@ mod tests {
                 let err = max_rel_err(&y, &naive_conv(&x64, &g, &w64, o));
                 assert!(err < tol, "{isa:?} {a:?} conv {g:?} o={o}: error {err:e}");
             }
-            let dw = back(grad_weight(isa, &cast(&x64), &g, &cast(&gr64), o));
-            let err = max_rel_err(&dw, &naive_grad_weight(&x64, &g, &gr64, o));
-            assert!(err < tol, "{isa:?} grad_weight {g:?} o={o}: error {err:e}");
+            for a in [Algorithm::Fastest, Algorithm::Direct] {
+                let (x, gr) = (cast(&x64), cast(&gr64));
+                let dw = back(grad_weight_on(threads(), a, isa, &x, &g, &gr, o));
+                let err = max_rel_err(&dw, &naive_grad_weight(&x64, &g, &gr64, o));
+                assert!(
+                    err < tol,
+                    "{isa:?} {a:?} grad_weight {g:?} o={o}: error {err:e}"
+                );
+            }
         }
     }
 
@@ -1022,6 +1074,7 @@ mod tests {
         let x = values_f32(g.b * g.c * g.h * g.w, 17);
         let gr = values_f32(g.b * o * g.ho() * g.wo(), 18);
         let job = || GradWeightImages {
+            winograd: false,
             x: &x,
             gr: &gr,
             g: &g,
@@ -1056,15 +1109,17 @@ mod tests {
         };
         let x = values_f32(g.b * g.c * g.h * g.w, 7);
         let gr = values_f32(g.b * 4 * g.ho() * g.wo(), 8);
-        let one = grad_weight_on(1, Isa::Chosen, &x, &g, &gr, 4);
-        for threads in [2, 3, 8] {
-            let many = grad_weight_on(threads, Isa::Chosen, &x, &g, &gr, 4);
-            assert!(
-                one.iter()
-                    .zip(&many)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{threads} threads"
-            );
+        for a in [Algorithm::Fastest, Algorithm::Direct] {
+            let one = grad_weight_on(1, a, Isa::Chosen, &x, &g, &gr, 4);
+            for threads in [2, 3, 8] {
+                let many = grad_weight_on(threads, a, Isa::Chosen, &x, &g, &gr, 4);
+                assert!(
+                    one.iter()
+                        .zip(&many)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{a:?}, {threads} threads"
+                );
+            }
         }
     }
 

@@ -14,7 +14,9 @@
 //! 1×3 convolution of the transformed rows `Vᵢ = (Bᵀ d)ᵢ` (one row per pair of output
 //! rows, the padded width long) with the transformed weights `Uᵢ = (G g)ᵢ`: the direct
 //! kernel's register tile over `Vᵢ` laid out like its padded-flat planes. Every transform
-//! runs along rows, on whole vectors; nothing is gathered or shuffled. (The 2-D
+//! runs along rows, on whole vectors; nothing is gathered or shuffled. The weight
+//! gradient reads the same identity for `g` ([`grad_weight`]) with the direct kernel's
+//! dot products on the channels-last input. (The 2-D
 //! F(2×2, 3×3), 4 multiplies per output, needs the columns split by parity, a shuffle the
 //! compiler leaves scalar here, and was slower than the direct kernel.)
 //!
@@ -25,7 +27,10 @@
 
 use pulp::Simd;
 
-use super::direct_conv::{copy_row, pack_weights, plane_moments, AffineRelu, ConvGeometry, Tile};
+use super::direct_conv::{
+    copy_row, pack_weights, plane_moments, AffineRelu, ConvGeometry, GradWeightDots, PaddedFlat,
+    Tile,
+};
 use super::simd::{lanes, load, store, Lane};
 
 /// Whether [`conv_images`] computes this convolution (a 3×3 kernel with padding 1) with
@@ -41,7 +46,7 @@ pub(super) fn pays(g: &ConvGeometry, tile: usize) -> bool {
 }
 
 /// Whether this is a convolution these kernels compute: a 3×3 kernel with padding 1.
-fn fits(g: &ConvGeometry) -> bool {
+pub(super) fn fits(g: &ConvGeometry) -> bool {
     g.kh == 3 && g.kw == 3 && g.ph == 1 && g.pw == 1
 }
 
@@ -252,6 +257,170 @@ fn transform_input<S: Simd, T: Lane>(
             ];
             for (v, value) in v.iter_mut().zip(values) {
                 store::<S, T>(&mut v[at + t * row + s..], value);
+            }
+        }
+    }
+}
+
+/// The weight gradient `[O, C, 3, 3]` of the images `x: [n, C, H, W]` with output
+/// gradient `gr: [n, O, H, W]` (a 3×3 kernel, padding 1), `OB` output channels per
+/// register tile, `xt` a scratch buffer.
+///
+/// The same identity read for the weights: with `∂m = A ∂y` (`∂m₀ = ∂y₀`,
+/// `∂m₁ = ∂y₀ + ∂y₁`, `∂m₂ = ∂y₀ − ∂y₁`, `∂m₃ = −∂y₁` for the pair of output-gradient
+/// rows `∂y₀, ∂y₁`), `∂Uᵢ = Σ ∂mᵢ ⋆ Vᵢ` is the weight gradient of a 1×3 convolution of
+/// `Vᵢ`, which the direct kernel's dot products compute on the channels-last input (the
+/// row transform runs there too, a channel vector at a time), and `∂g = Gᵀ ∂U` down each
+/// kernel column: 6 multiply-adds per position, tap pair and channel pair instead of 9.
+#[inline(always)]
+pub(super) fn grad_weight<S: Simd, T: Lane, const OB: usize>(
+    simd: S,
+    x: &[T],
+    g: &ConvGeometry,
+    gr: &[T],
+    o: usize,
+    xt: &mut Vec<T>,
+) -> Vec<T> {
+    let (c, h, w) = (g.c, g.h, g.w);
+    let n = lanes::<S, T>();
+    let ops = Adds::<S, T>::new(simd);
+    let flat = PaddedFlat::new(g, 1);
+    let rows = Rows::new(g, 1, n);
+    let cp = c.div_ceil(n) * n;
+    let zero = T::splat(simd, T::ZERO);
+    // ∂Uᵢ as [O, 3, Cp]; Vᵢ of one channel block, one vector per position; ∂mᵢ as
+    // [O, pairs, W].
+    let mut sums: [Vec<T>; 4] = Default::default();
+    let mut v: [Vec<T::V<S>>; 4] = Default::default();
+    let mut dm: [Vec<T>; 4] = Default::default();
+    for ((sums, v), dm) in sums.iter_mut().zip(&mut v).zip(&mut dm) {
+        *sums = vec![T::ZERO; o * 3 * cp];
+        *v = vec![zero; rows.positions];
+        *dm = vec![T::ZERO; o * rows.pairs * w];
+    }
+    xt.reserve(flat.plane * cp + 16);
+    let offs = [0, 1, 2];
+    for (xi, gi) in x.chunks_exact(c * h * w).zip(gr.chunks_exact(o * h * w)) {
+        let lead = flat.pad_channel_blocks(g, xi, n, xt);
+        spread_output_gradient(&rows, gi, h, w, &mut dm);
+        let blocks = xt[lead..].chunks_exact(flat.plane * n);
+        for (cb, block) in (0..cp).step_by(n).zip(blocks) {
+            transform_channel_block(ops, &rows, bytemuck::cast_slice(block), h, &mut v);
+            for ((sums, v), dm) in sums.iter_mut().zip(&v).zip(&dm) {
+                let dots = GradWeightDots::<S, T, 3> {
+                    xt: v,
+                    row: rows.row,
+                    ho: rows.pairs,
+                    wo: w,
+                    offs: &offs,
+                    stride: cp,
+                    first_tap: 0,
+                };
+                let plane = |k: usize| &dm[k * rows.pairs * w..][..rows.pairs * w];
+                let mut oo = 0;
+                while oo < o {
+                    let at = |k: usize| (oo + k) * 3 * cp + cb;
+                    oo += if o - oo >= OB {
+                        let planes: [&[T]; OB] = std::array::from_fn(|k| plane(oo + k));
+                        dots.accumulate(simd, planes, std::array::from_fn(at), sums)
+                    } else {
+                        dots.accumulate(simd, [plane(oo)], [at(0)], sums)
+                    };
+                }
+            }
+        }
+    }
+    // ∂g = Gᵀ ∂U, [O, C, 3, 3], in f64.
+    let mut out = Vec::with_capacity(o * c * 9);
+    for oo in 0..o {
+        for ci in 0..c {
+            let mut columns = [[0.0; 3]; 3];
+            for (j, column) in columns.iter_mut().enumerate() {
+                let at = (oo * 3 + j) * cp + ci;
+                let [a, b, c, d] = [0, 1, 2, 3].map(|i| sums[i][at].widen());
+                *column = [a + (b + c) / 2.0, (b - c) / 2.0, (b + c) / 2.0 + d];
+            }
+            for r in 0..3 {
+                out.extend(columns.iter().map(|column| T::rounded(column[r])));
+            }
+        }
+    }
+    out
+}
+
+/// `Vᵢ = (Bᵀ d)ᵢ` of one channel block of the channels-last padded image (`block`: one
+/// vector of channels per position, `H + 2` padded rows and some slack), written to
+/// `v[i]` (`pairs · row` positions). Padded row `H + 2`, which an odd `H` reaches, is zero.
+#[inline(always)]
+fn transform_channel_block<S: Simd, T: Lane>(
+    ops: Adds<S, T>,
+    rows: &Rows,
+    block: &[T::V<S>],
+    h: usize,
+    v: &mut [Vec<T::V<S>>; 4],
+) {
+    let row = rows.row;
+    let zero = T::splat(ops.simd, T::ZERO);
+    for t in 0..rows.pairs {
+        let last = 2 * t + 3 > h + 1;
+        let top = &block[2 * t * row..][..3 * row];
+        for q in 0..row {
+            let d = [
+                top[q],
+                top[row + q],
+                top[2 * row + q],
+                if last {
+                    zero
+                } else {
+                    block[(2 * t + 3) * row + q]
+                },
+            ];
+            let at = t * row + q;
+            v[0][at] = ops.sub(d[0], d[2]);
+            v[1][at] = ops.add(d[1], d[2]);
+            v[2][at] = ops.sub(d[2], d[1]);
+            v[3][at] = ops.sub(d[1], d[3]);
+        }
+    }
+}
+
+/// `∂mᵢ = (A ∂y)ᵢ` of every pair of rows of one image's output gradient `gr: [O, H, W]`,
+/// into `dm[i]: [O, pairs, W]` (the second row of the last pair of an odd `H` is zero).
+#[inline(always)]
+fn spread_output_gradient<T: Lane>(
+    rows: &Rows,
+    gr: &[T],
+    h: usize,
+    w: usize,
+    dm: &mut [Vec<T>; 4],
+) {
+    let [dm0, dm1, dm2, dm3] = dm;
+    for (k, plane) in gr.chunks_exact(h * w).enumerate() {
+        for t in 0..rows.pairs {
+            let at = (k * rows.pairs + t) * w;
+            let first = &plane[2 * t * w..][..w];
+            let (d0, d1, d2, d3) = (
+                &mut dm0[at..][..w],
+                &mut dm1[at..][..w],
+                &mut dm2[at..][..w],
+                &mut dm3[at..][..w],
+            );
+            if 2 * t + 1 < h {
+                let second = &plane[2 * t * w + w..][..w];
+                for s in 0..w {
+                    let (e, o) = (first[s], second[s]);
+                    d0[s] = e;
+                    d1[s] = e + o;
+                    d2[s] = e + -o;
+                    d3[s] = -o;
+                }
+            } else {
+                for s in 0..w {
+                    d0[s] = first[s];
+                    d1[s] = first[s];
+                    d2[s] = first[s];
+                    d3[s] = T::ZERO;
+                }
             }
         }
     }
