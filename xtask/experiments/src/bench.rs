@@ -1114,7 +1114,15 @@ mod tests {
         };
         assert_eq!(flags(&["bench"]), "");
         assert_eq!(
-            flags(&["bench", "--cases", "run:pgd-l2", "--run", "r", "--attack-images", "100"]),
+            flags(&[
+                "bench",
+                "--cases",
+                "run:pgd-l2",
+                "--run",
+                "r",
+                "--attack-images",
+                "100"
+            ]),
             " --cases run:pgd-l2 --run r --attack-images 100"
         );
         assert_eq!(
