@@ -565,31 +565,12 @@ impl Tracker {
     /// whether the candidate is misclassified. Misclassified candidates closer than the
     /// best so far replace it.
     fn offer(&mut self, cand: &Tensor, logits: &Tensor) -> Result<Vec<bool>> {
-        let pred = predictions(logits)?;
-        let adv: Vec<bool> = pred.iter().zip(&self.labels).map(|(p, y)| p != y).collect();
-        if !adv.iter().any(|&a| a) {
-            return Ok(adv);
-        }
-        let d = host_norms(&(cand - &self.x0)?, self.norm)?;
-        let better: Vec<bool> = (0..adv.len())
-            .map(|i| adv[i] && d[i] < self.dist[i])
-            .collect();
-        if better.iter().any(|&m| m) {
-            let mask = row_mask(&better, cand)?;
-            self.best = mask.where_cond(&cand.detach(), &self.best)?;
-            for (i, _) in better.iter().enumerate().filter(|(_, &m)| m) {
-                self.dist[i] = d[i];
-            }
-        }
-        Ok(adv)
+        self.offer_rows(&Rows::all(self.labels.len()), cand, logits)
     }
 
     /// [`Tracker::offer`] for the images `rows` only: `cand` and `logits` hold their rows;
     /// returns, per selected image, whether its candidate is misclassified.
     fn offer_rows(&mut self, rows: &Rows, cand: &Tensor, logits: &Tensor) -> Result<Vec<bool>> {
-        let Some(index) = &rows.index else {
-            return self.offer(cand, logits);
-        };
         let pred = predictions(logits)?;
         let adv: Vec<bool> = pred
             .iter()
@@ -599,7 +580,7 @@ impl Tracker {
         if !adv.iter().any(|&a| a) {
             return Ok(adv);
         }
-        let d = host_norms(&(cand - self.x0.index_select(index, 0)?)?, self.norm)?;
+        let d = host_norms(&(cand - rows.of(&self.x0)?)?, self.norm)?;
         let mut better = vec![false; self.dist.len()];
         for (k, &i) in rows.rows.iter().enumerate() {
             if adv[k] && d[k] < self.dist[i] {
@@ -658,6 +639,14 @@ pub(crate) struct Rows {
 }
 
 impl Rows {
+    /// Every image of a batch of `b`.
+    fn all(b: usize) -> Self {
+        Self {
+            rows: (0..b).collect(),
+            index: None,
+        }
+    }
+
     /// The images `rows` of a batch of `b`.
     fn select(rows: &[usize], b: usize, device: &candle_core::Device) -> Result<Self> {
         let index = if rows.len() == b {
