@@ -699,9 +699,9 @@ impl<T: Lane> WithSimd for GradWeightImages<'_, T> {
             // 3 taps (a kernel row of the transformed problem) × 6 or 3 outputs: 18 or
             // 9 accumulators, as below.
             return if registers::<S, T>() >= 32 {
-                self.run_winograd::<S, 6>(simd)
+                self.run::<S, 3, 6>(simd)
             } else {
-                self.run_winograd::<S, 3>(simd)
+                self.run::<S, 3, 3>(simd)
             };
         }
         match (self.g.kh * self.g.kw, registers::<S, T>()) {
@@ -718,28 +718,10 @@ impl<T: Lane> WithSimd for GradWeightImages<'_, T> {
 }
 
 impl<T: Lane> GradWeightImages<'_, T> {
-    /// [`GradWeightImages::run`] by [`winograd`] (a 3×3 kernel with padding 1).
-    #[inline(always)]
-    fn run_winograd<S: Simd, const OB: usize>(self, simd: S) -> Vec<Vec<T>> {
-        let Self { x, gr, g, o, .. } = self;
-        let (per_in, per_out) = (g.c * g.h * g.w, o * g.ho() * g.wo());
-        let mut xt = Vec::new();
-        let mut partials = Vec::new();
-        for (x, gr) in x
-            .chunks(IMAGES_PER_PARTIAL * per_in)
-            .zip(gr.chunks(IMAGES_PER_PARTIAL * per_out))
-        {
-            partials.push(winograd::grad_weight::<S, T, OB>(
-                simd, x, g, gr, o, &mut xt,
-            ));
-        }
-        partials
-    }
-
     /// Vectorised over input channels, so that no horizontal sums are needed: the input
     /// is transposed to channels-last (padded-flat, channels padded to whole vectors),
     /// and `TAPS` taps × `OB` output channels of one channel vector are accumulated in
-    /// registers over a whole image.
+    /// registers over a whole image (by [`winograd`], if chosen, with `OB` outputs).
     #[inline(always)]
     fn run<S: Simd, const TAPS: usize, const OB: usize>(self, simd: S) -> Vec<Vec<T>> {
         let Self {
@@ -759,14 +741,18 @@ impl<T: Lane> GradWeightImages<'_, T> {
             .chunks(IMAGES_PER_PARTIAL * per_in)
             .zip(gr.chunks(IMAGES_PER_PARTIAL * per_out))
         {
-            let images = Self {
-                winograd,
-                x,
-                gr,
-                g,
-                o,
-            };
-            partials.push(images.partial::<S, TAPS, OB>(simd, &mut xt));
+            partials.push(if winograd {
+                winograd::grad_weight::<S, T, OB>(simd, x, g, gr, o, &mut xt)
+            } else {
+                let images = Self {
+                    winograd,
+                    x,
+                    gr,
+                    g,
+                    o,
+                };
+                images.partial::<S, TAPS, OB>(simd, &mut xt)
+            });
         }
         partials
     }
@@ -1031,14 +1017,11 @@ mod tests {
             let gr64 = values(g.b * o * g.ho() * g.wo(), 200 + i as u64);
             let cast = |v: &[f64]| v.iter().map(|&a| to(a)).collect::<Vec<T>>();
             let back = |v: Vec<T>| v.into_iter().map(from).collect::<Vec<f64>>();
+            let (x, w, gr) = (cast(&x64), cast(&w64), cast(&gr64));
             for a in [Algorithm::Fastest, Algorithm::Direct] {
-                let (x, w) = (cast(&x64), cast(&w64));
                 let y = back(conv_by(a, isa, &x, &g, &w, o, None, false).0);
                 let err = max_rel_err(&y, &naive_conv(&x64, &g, &w64, o));
                 assert!(err < tol, "{isa:?} {a:?} conv {g:?} o={o}: error {err:e}");
-            }
-            for a in [Algorithm::Fastest, Algorithm::Direct] {
-                let (x, gr) = (cast(&x64), cast(&gr64));
                 let dw = back(grad_weight_on(threads(), a, isa, &x, &g, &gr, o));
                 let err = max_rel_err(&dw, &naive_grad_weight(&x64, &g, &gr64, o));
                 assert!(
