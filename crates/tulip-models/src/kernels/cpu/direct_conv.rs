@@ -30,7 +30,7 @@ use pulp::{Simd, WithSimd};
 
 use super::relu::relu_value;
 use super::simd::{lane_total, lanes, load, registers, store, Isa, Lane};
-use super::threads::{on_threads, threads};
+use super::threads::{on_threads, threads, vec_on_threads};
 use super::winograd;
 
 /// The shape of a stride-1 convolution: `b` images of `c × h × w`, a `kh × kw` kernel,
@@ -345,12 +345,13 @@ fn conv_by<T: Lane>(
     moments: bool,
 ) -> (Vec<T>, Vec<[f64; 3]>) {
     let per_image = o * g.ho() * g.wo();
-    let mut out = vec![T::ZERO; g.b * per_image];
     let per_thread = images_per_thread(g.b);
-    let summaries = on_threads(
-        per_thread,
-        out.chunks_mut(per_thread * per_image.max(1)),
-        |b0, part| {
+    let (out, summaries) = vec_on_threads(
+        g.b * per_image,
+        per_thread * per_image,
+        T::ZERO,
+        |t, part| {
+            let b0 = t * per_thread;
             // This job's images of the residual.
             let epilogue = epilogue.map(|e| AffineRelu {
                 skip: e.skip.map(|r| &r[b0 * per_image..]),

@@ -2,6 +2,7 @@
 //! channel, or element by element, each result computed in one fixed order so that it does
 //! not depend on the number of threads.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::Mutex;
 
@@ -56,6 +57,66 @@ pub(super) fn on_threads<P: Send, R: Send>(
         .collect()
 }
 
+/// A new vector of `len` elements computed on the threads in parts of `part` elements:
+/// `fill(t, part)` writes part `t`, handed over set to `zero` (what it does not write stays
+/// zero), and the results come back in order.
+///
+/// Each thread zeroes its own part just before filling it, where `vec![0; len]` zeroed
+/// the whole vector on the calling thread first while the workers waited: for the
+/// convolutions' outputs, megabytes per call, that serial fill showed in every step.
+pub(super) fn vec_on_threads<T: Copy + Send + Sync, R: Send>(
+    len: usize,
+    part: usize,
+    zero: T,
+    fill: impl Fn(usize, &mut [T]) -> R + Sync,
+) -> (Vec<T>, Vec<R>) {
+    let ([out], results) = vecs_on_threads(len, part, zero, |t, [part]| fill(t, part));
+    (out, results)
+}
+
+/// [`vec_on_threads`] for `N` vectors of one length, part `t` of each filled by one call.
+fn vecs_on_threads<T: Copy + Send + Sync, R: Send, const N: usize>(
+    len: usize,
+    part: usize,
+    zero: T,
+    fill: impl Fn(usize, [&mut [T]; N]) -> R + Sync,
+) -> ([Vec<T>; N], Vec<R>) {
+    let mut outputs: [Vec<T>; N] = std::array::from_fn(|_| Vec::with_capacity(len));
+    let mut chunks = outputs
+        .each_mut()
+        .map(|o| o.spare_capacity_mut()[..len].chunks_mut(part.max(1)));
+    let parts = std::iter::from_fn(|| {
+        let parts: [Option<&mut [MaybeUninit<T>]>; N] = chunks.each_mut().map(|c| c.next());
+        parts.into_iter().collect::<Option<Vec<_>>>()
+    });
+    let results = on_threads(1, parts, |t, parts| {
+        let mut parts = parts.into_iter().map(|p| filled_with(p, zero));
+        fill(t, std::array::from_fn(|_| parts.next().expect("N parts")))
+    });
+    for out in &mut outputs {
+        // SAFETY: the parts cover the first `len` elements, and `filled_with` initialised each
+        // of them (`on_threads` runs every part, or panics and `out` is dropped empty).
+        #[allow(unsafe_code)]
+        unsafe {
+            out.set_len(len);
+        }
+    }
+    (outputs, results)
+}
+
+/// `part` with every element set to `value`, as initialised values.
+fn filled_with<T: Copy>(part: &mut [MaybeUninit<T>], value: T) -> &mut [T] {
+    for v in part.iter_mut() {
+        v.write(value);
+    }
+    // SAFETY: every element was written just above, and `MaybeUninit<T>` has the layout
+    // of `T`.
+    #[allow(unsafe_code)]
+    unsafe {
+        &mut *(part as *mut [MaybeUninit<T>] as *mut [T])
+    }
+}
+
 /// Plane `i` (of `sz` elements) of a `[B, C, S]` tensor's data.
 pub(super) fn plane<T>(t: &[T], sz: usize, i: usize) -> &[T] {
     &t[i * sz..][..sz]
@@ -95,33 +156,21 @@ pub(super) fn map_indices<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> V
 }
 
 /// `N` outputs of `planes` planes of `sz` elements, computed plane by plane on the
-/// threads: `fill(i, outputs)` writes plane `i` of each.
-///
-/// For passes with work enough per element: the outputs are zero-filled first, as safe
-/// Rust has no uninitialised vectors, and that fill costs what the second thread saves
-/// on passes of two or three inputs and one output (measured on batch norm's). Batch
-/// norm's input-gradient backward, three inputs and two outputs with a mask, has work
-/// enough to gain.
+/// threads: `fill(i, outputs)` writes plane `i` of each (handed over zeroed, as in
+/// [`vec_on_threads`]).
 pub(super) fn planes_on_threads<T: WithDType, const N: usize>(
     planes: usize,
     sz: usize,
     fill: impl Fn(usize, [&mut [T]; N]) + Sync,
 ) -> [Vec<T>; N] {
-    let mut outputs: [Vec<T>; N] = std::array::from_fn(|_| vec![T::from_f64(0.0); planes * sz]);
     let per_thread = planes.div_ceil(threads()).max(1);
-    let mut chunks = outputs
-        .each_mut()
-        .map(|o| o.chunks_mut(per_thread * sz.max(1)));
-    let parts = std::iter::from_fn(|| {
-        let parts: [Option<&mut [T]>; N] = chunks.each_mut().map(|c| c.next());
-        parts.into_iter().collect::<Option<Vec<_>>>()
-    });
-    on_threads(per_thread, parts, |i0, mut part| {
+    let zero = T::from_f64(0.0);
+    let (outputs, _) = vecs_on_threads(planes * sz, per_thread * sz, zero, |t, mut part| {
         let count = part.first().map_or(0, |p| p.len() / sz.max(1));
         for j in 0..count {
             let mut outs = part.iter_mut().map(|p| &mut p[j * sz..][..sz]);
             fill(
-                i0 + j,
+                t * per_thread + j,
                 std::array::from_fn(|_| outs.next().expect("N outputs")),
             );
         }
@@ -236,6 +285,38 @@ pub(super) fn zip_map<T: WithDType>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every element of the vectors comes from the part that wrote it or is zero, the parts
+    /// in order, for lengths that do and do not divide into parts, on whatever threads.
+    #[test]
+    fn vectors_filled_on_threads_are_zero_where_not_written() {
+        for (len, part) in [(0, 4), (1, 4), (10, 3), (1000, 250), (1001, 250), (7, 100)] {
+            let (v, firsts) = vec_on_threads(len, part, 0u32, |t, p| {
+                // Write every element but the last of the part.
+                let n = p.len();
+                for (j, x) in p.iter_mut().take(n.saturating_sub(1)).enumerate() {
+                    *x = (t * part + j + 1) as u32;
+                }
+                t
+            });
+            assert_eq!(v.len(), len);
+            assert_eq!(firsts, (0..len.div_ceil(part)).collect::<Vec<_>>());
+            for (i, &x) in v.iter().enumerate() {
+                let last_of_part = i % part == part - 1 || i == len - 1;
+                let want = if last_of_part { 0 } else { i as u32 + 1 };
+                assert_eq!(x, want, "element {i} of {len} in parts of {part}");
+            }
+            let [a, b] = planes_on_threads(len, 1, |i, [a, b]: [&mut [f32]; 2]| {
+                a[0] = i as f32;
+                if i % 2 == 0 {
+                    b[0] = 1.0;
+                }
+            });
+            for i in 0..len {
+                assert_eq!((a[i], b[i]), (i as f32, f32::from(u8::from(i % 2 == 0))));
+            }
+        }
+    }
 
     /// The plane-wise parallel maps against the same map written out element by element:
     /// large enough for Candle's map to split the work (at 64Ki elements), in pieces of
