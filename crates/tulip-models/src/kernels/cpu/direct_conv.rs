@@ -712,8 +712,10 @@ impl<T: Lane> WithSimd for GradWeightImages<'_, T> {
             // In 16 registers 18 accumulators spill; a kernel row (3 taps) × 3 outputs
             // keeps 9 accumulators, 3 broadcasts and an input vector in registers.
             (9, _) => self.run::<S, 3, 3>(simd),
-            // Other kernels one tap at a time.
-            _ => self.run::<S, 1, 2>(simd),
+            // Other kernels one tap at a time, with as many outputs as registers allow:
+            // accumulators, their broadcasts and an input vector.
+            (_, 32..) => self.run::<S, 1, 12>(simd),
+            _ => self.run::<S, 1, 6>(simd),
         }
     }
 }
@@ -792,16 +794,8 @@ impl<T: Lane> GradWeightImages<'_, T> {
                         stride: cp,
                         first_tap: chunk * TAPS,
                     };
-                    let mut oo = 0;
-                    while oo < o {
-                        let at = |k: usize| ((oo + k) * taps.len()) * cp + cb;
-                        oo += if o - oo >= OB {
-                            let planes: [&[T]; OB] = std::array::from_fn(|k| plane(oo + k));
-                            dots.accumulate(simd, planes, std::array::from_fn(at), &mut sums)
-                        } else {
-                            dots.accumulate(simd, [plane(oo)], [at(0)], &mut sums)
-                        };
-                    }
+                    let at = |oo: usize| (oo * taps.len()) * cp + cb;
+                    dots.accumulate_all::<OB>(simd, o, plane, at, &mut sums);
                 }
             }
         }
@@ -881,6 +875,34 @@ impl<S: Simd, T: Lane, const TAPS: usize> GradWeightDots<'_, S, T, TAPS> {
             }
         }
         OB
+    }
+
+    /// [`GradWeightDots::accumulate`] for every output channel `0..o`, `gs(k)` the output
+    /// gradient plane of channel `k` and `at(k)` its place in `sums`: `OB` channels at a
+    /// time, the rest by two and one, never leaving a single channel where two groups of
+    /// two can take it (a lone channel keeps too few accumulators to hide the latency of
+    /// its multiply-adds).
+    #[inline(always)]
+    pub(super) fn accumulate_all<'g, const OB: usize>(
+        &self,
+        simd: S,
+        o: usize,
+        gs: impl Fn(usize) -> &'g [T],
+        at: impl Fn(usize) -> usize,
+        sums: &mut [T],
+    ) {
+        let mut oo = 0;
+        while oo < o {
+            let left = o - oo;
+            oo += if left >= OB && left - OB != 1 {
+                let planes: [&[T]; OB] = std::array::from_fn(|k| gs(oo + k));
+                self.accumulate(simd, planes, std::array::from_fn(|k| at(oo + k)), sums)
+            } else if left >= 2 {
+                self.accumulate(simd, [gs(oo), gs(oo + 1)], [at(oo), at(oo + 1)], sums)
+            } else {
+                self.accumulate(simd, [gs(oo)], [at(oo)], sums)
+            };
+        }
     }
 }
 
@@ -1070,6 +1092,8 @@ mod tests {
                 isa.dispatch(Tiled::<3, 3>(job())),
                 isa.dispatch(Tiled::<9, 1>(job())),
                 isa.dispatch(Tiled::<1, 2>(job())),
+                isa.dispatch(Tiled::<1, 6>(job())),
+                isa.dispatch(Tiled::<3, 4>(job())),
             ] {
                 let bits = |v: &Vec<Vec<f32>>| -> Vec<u32> {
                     v.iter().flatten().map(|a| a.to_bits()).collect()

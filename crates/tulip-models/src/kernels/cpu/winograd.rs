@@ -317,16 +317,7 @@ pub(super) fn grad_weight<S: Simd, T: Lane, const OB: usize>(
                     first_tap: 0,
                 };
                 let plane = |k: usize| &dm[k * rows.pairs * w..][..rows.pairs * w];
-                let mut oo = 0;
-                while oo < o {
-                    let at = |k: usize| (oo + k) * 3 * cp + cb;
-                    oo += if o - oo >= OB {
-                        let planes: [&[T]; OB] = std::array::from_fn(|k| plane(oo + k));
-                        dots.accumulate(simd, planes, std::array::from_fn(at), sums)
-                    } else {
-                        dots.accumulate(simd, [plane(oo)], [at(0)], sums)
-                    };
-                }
+                dots.accumulate_all::<OB>(simd, o, plane, |oo| oo * 3 * cp + cb, sums);
             }
         }
     }
