@@ -1033,7 +1033,10 @@ mod tests {
             .fold(0.0, f64::max)
     }
 
-    fn check<T: Lane>(isa: Isa, to: fn(f64) -> T, from: fn(T) -> f64, tol: f64) {
+    /// Both algorithms against the definition; the forward convolution of
+    /// [`Algorithm::Fastest`] (Winograd's F(4, 3) where it pays) held to `fastest_tol`,
+    /// everything else to `tol`.
+    fn check<T: Lane>(isa: Isa, to: fn(f64) -> T, from: fn(T) -> f64, tol: f64, fastest_tol: f64) {
         for (i, (g, o)) in geometries().into_iter().enumerate() {
             let x64 = values(g.b * g.c * g.h * g.w, 1 + i as u64);
             let w64 = values(o * g.k(), 100 + i as u64);
@@ -1044,7 +1047,15 @@ mod tests {
             for a in [Algorithm::Fastest, Algorithm::Direct] {
                 let y = back(conv_by(a, isa, &x, &g, &w, o, None, false).0);
                 let err = max_rel_err(&y, &naive_conv(&x64, &g, &w64, o));
-                assert!(err < tol, "{isa:?} {a:?} conv {g:?} o={o}: error {err:e}");
+                let conv_tol = if a == Algorithm::Fastest {
+                    fastest_tol
+                } else {
+                    tol
+                };
+                assert!(
+                    err < conv_tol,
+                    "{isa:?} {a:?} conv {g:?} o={o}: error {err:e}"
+                );
                 let dw = back(grad_weight_on(threads(), a, isa, &x, &g, &gr, o));
                 let err = max_rel_err(&dw, &naive_grad_weight(&x64, &g, &gr64, o));
                 assert!(
@@ -1198,8 +1209,10 @@ mod tests {
     #[test]
     fn kernels_match_the_definition_on_every_instruction_set_in_f64_and_f32() {
         for isa in isas() {
-            check::<f64>(isa, |v| v, |v| v, 1e-12);
-            check::<f32>(isa, |v| v as f32, f64::from, 1e-5);
+            check::<f64>(isa, |v| v, |v| v, 1e-12, 1e-12);
+            // F(4, 3)'s transforms (coefficients up to 8, and 1/24) cost f32 a few more
+            // units in the last place than the direct sum.
+            check::<f32>(isa, |v| v as f32, f64::from, 1e-5, 4e-5);
         }
     }
 }

@@ -1,29 +1,36 @@
 //! The 3×3 convolutions with padding 1 (every 3×3 layer of the models, and their input
-//! gradients) by Winograd's F(2, 3) down the columns and the direct kernel along the
-//! rows: two output rows from four input rows with 4 multiplies per kernel column
-//! instead of 6, so 6 multiply-adds per output and input channel instead of 9.
+//! gradients) by Winograd's F(m, 3) down the columns and the direct kernel along the
+//! rows: `m` output rows from `m + 2` input rows with `m + 2` multiplies per kernel
+//! column instead of `3m`. F(4, 3) takes 4.5 multiply-adds per output and input channel
+//! instead of 9, F(2, 3) 6; [`forward_group`] picks the one with fewer after tile rounding.
 //!
 //! For output rows `2t` and `2t + 1`, column `s`, and one kernel column `j`, the 1-D
 //! F(2, 3) (Lavin and Gray, *Fast Algorithms for Convolutional Neural Networks*, 2016)
 //! with `d` the padded input rows `2t … 2t + 3` at column `s + j`:
 //!
 //! `[y₀, y₁] = Aᵀ [(G g) ⊙ (Bᵀ d)]`, `Bᵀ d = (d₀ − d₂, d₁ + d₂, d₂ − d₁, d₁ − d₃)`,
-//! `G g = (g₀, (g₀ + g₁ + g₂)/2, (g₀ − g₁ + g₂)/2, g₂)`, `Aᵀ m = (m₀ + m₁ + m₂, m₁ − m₂ − m₃)`.
+//! `G g = (g₀, (g₀ + g₁ + g₂)/2, (g₀ − g₁ + g₂)/2, g₂)`, `Aᵀ m = (m₀ + m₁ + m₂, m₁ − m₂ − m₃)`;
+//! F(4, 3)'s matrices are at [`F4`].
 //!
-//! Summed over kernel columns and input channels, each of the four products `mᵢ` is a
-//! 1×3 convolution of the transformed rows `Vᵢ = (Bᵀ d)ᵢ` (one row per pair of output
+//! Summed over kernel columns and input channels, each of the products `mᵢ` is a 1×3
+//! convolution of the transformed rows `Vᵢ = (Bᵀ d)ᵢ` (one row per group of output
 //! rows, the padded width long) with the transformed weights `Uᵢ = (G g)ᵢ`: the direct
 //! kernel's register tile over `Vᵢ` laid out like its padded-flat planes. Every transform
 //! runs along rows, on whole vectors; nothing is gathered or shuffled. The weight
-//! gradient reads the same identity for `g` ([`grad_weight`]) with the direct kernel's
-//! dot products on the channels-last input. (The 2-D
-//! F(2×2, 3×3), 4 multiplies per output, needs the columns split by parity, a shuffle the
-//! compiler leaves scalar here, and was slower than the direct kernel.)
+//! gradient reads the F(2, 3) identity for `g` ([`grad_weight`]) with the direct kernel's
+//! dot products on the channels-last input.
 //!
-//! Rounding: the input transform adds two inputs, the weights are transformed in f64,
-//! and the output adds three products, so the result differs from the direct sum by a
-//! few units in the last place (the kernel tests hold it to the direct kernel's
-//! tolerance).
+//! Not taken: the 2-D F(2×2, 3×3), 4 multiplies per output. With the columns split by
+//! parity per tile it needs a shuffle the compiler leaves scalar; with each padded plane
+//! split once into its even and odd columns (every transform then on whole vectors) its
+//! sixteen products are 1×1 convolutions, which reuse no input load across taps, over
+//! sixteen transformed planes, and it was slower than F(2, 3) at every layer size.
+//!
+//! Rounding: the input transform adds two inputs (F(4, 3): up to three, with
+//! coefficients up to 5), the weights are transformed in f64, and the output adds three
+//! products (F(4, 3): up to five, coefficients up to 8), so the result differs from the
+//! direct sum by a few units in the last place, F(4, 3)'s a few more (the kernel tests
+//! hold each to its tolerance).
 
 use pulp::Simd;
 
@@ -35,14 +42,24 @@ use super::simd::{lanes, load, store, Lane};
 
 /// Whether [`conv_images`] computes this convolution (a 3×3 kernel with padding 1) with
 /// fewer multiply-adds than the direct kernel, for register tiles of `tile` positions.
-/// Both compute whole tiles of padded rows: the direct kernel `H` rows of 9 taps, this one
-/// `⌈H/2⌉` rows of 4 × 3, so small planes, where tiles round up a larger share, are left
-/// to the direct kernel (7×7: the same count), with a tenth for the transforms.
 pub(super) fn pays(g: &ConvGeometry, tile: usize) -> bool {
-    let row = g.w + 2;
-    let direct = (g.h * row).div_ceil(tile) * tile * 9;
-    let winograd = (g.h.div_ceil(2) * row).div_ceil(tile) * tile * 12;
-    fits(g) && 11 * winograd < 10 * direct
+    forward_group(g, tile).is_some()
+}
+
+/// The output rows per group of the forward kernel (4 for F(4, 3), 2 for F(2, 3)), or
+/// `None` where the direct kernel is cheaper. Every kernel computes whole tiles of padded
+/// rows: the direct kernel `H` rows of 9 taps, F(m, 3) `⌈H/m⌉` rows of `(m + 2) × 3`, so
+/// small planes, where tiles round up a larger share, are left to the direct kernel (7×7:
+/// the same count), with a tenth for the transforms; F(4, 3) only where it saves
+/// multiply-adds over F(2, 3), whose transforms are cheaper.
+fn forward_group(g: &ConvGeometry, tile: usize) -> Option<usize> {
+    if !fits(g) {
+        return None;
+    }
+    let direct = (g.h * (g.w + 2)).div_ceil(tile) * tile * 9;
+    let [two, four] = [2, 4].map(|group| Rows::new(g, tile, 1, group).multiply_adds());
+    let (group, cost) = if four < two { (4, four) } else { (2, two) };
+    (11 * cost < 10 * direct).then_some(group)
 }
 
 /// Whether this is a convolution these kernels compute: a 3×3 kernel with padding 1.
@@ -77,16 +94,23 @@ impl<S: Simd, T: Lane> Adds<S, T> {
     fn sub(self, a: T::V<S>, b: T::V<S>) -> T::V<S> {
         T::mul_add(self.simd, self.minus_one, b, a)
     }
+    /// `k·a + b`, for a small integer `k` (exact in any float type).
+    #[inline(always)]
+    fn scaled(self, k: f64, a: T::V<S>, b: T::V<S>) -> T::V<S> {
+        T::mul_add(self.simd, T::splat(self.simd, T::rounded(k)), a, b)
+    }
 }
 
 /// The layout of one image's transformed rows.
 #[derive(Debug, Clone, Copy)]
 struct Rows {
+    /// Output rows per group: 2 for F(2, 3), 4 for F(4, 3).
+    group: usize,
     /// Padded row length `W + 2`.
     row: usize,
-    /// Pairs of output rows `⌈H/2⌉`.
-    pairs: usize,
-    /// Output positions `pairs · row` (the last two of each row are garbage).
+    /// Groups of output rows `⌈H/group⌉`.
+    groups: usize,
+    /// Output positions `groups · row` (the last two of each row are garbage).
     positions: usize,
     /// `positions` rounded up to whole register tiles.
     stride: usize,
@@ -96,34 +120,137 @@ struct Rows {
 }
 
 impl Rows {
-    fn new(g: &ConvGeometry, tile: usize, lanes: usize) -> Self {
+    fn new(g: &ConvGeometry, tile: usize, lanes: usize, group: usize) -> Self {
         let row = g.w + 2;
-        let pairs = g.h.div_ceil(2);
-        let positions = pairs * row;
+        let groups = g.h.div_ceil(group);
+        let positions = groups * row;
         let stride = positions.div_ceil(tile) * tile;
         Self {
+            group,
             row,
-            pairs,
+            groups,
             positions,
             stride,
             plane: stride + row + lanes,
         }
     }
 
-    /// Length of the zero-padded input plane: rows `0 ..= 2·pairs + 1` (padded row `r + 1`
-    /// holds input row `r`), and room for the transform's last vector.
+    /// Length of the zero-padded input plane: rows `0 ..= group·groups + 1` (padded row
+    /// `r + 1` holds input row `r`), and room for the transform's last vector.
     fn padded(&self, lanes: usize) -> usize {
-        (2 * self.pairs + 2) * self.row + lanes
+        (self.group * self.groups + 2) * self.row + lanes
+    }
+
+    /// Multiply-adds per input and output channel of the forward kernel: 3 per
+    /// transformed plane (`group + 2` of them) and position, tiles rounded up.
+    fn multiply_adds(&self) -> usize {
+        self.stride * 3 * (self.group + 2)
     }
 }
 
-/// `Uᵢ = (G g)ᵢ` of every kernel column of every `w[o, c]`, in f64: four `[O, C, 3]`.
-fn transform_weights<T: Lane>(w: &[T], o: usize, c: usize) -> [Vec<T>; 4] {
-    let mut u: [Vec<T>; 4] = std::array::from_fn(|_| Vec::with_capacity(o * c * 3));
+/// The one-dimensional transforms down the columns of F(m, 3): `m` output rows from
+/// `m + 2` input rows, through `m + 2` products (arrays of 6 and 4, of which the first
+/// `m + 2` and `m` count).
+trait RowTransform {
+    /// Output rows `m`.
+    const ROWS: usize;
+    /// `G g` of one kernel column `g`, in f64.
+    fn weights(g: [f64; 3]) -> [f64; 6];
+    /// `Bᵀ d` of `m + 2` input rows.
+    fn input<S: Simd, T: Lane>(ops: Adds<S, T>, d: [T::V<S>; 6]) -> [T::V<S>; 6];
+    /// `Aᵀ p` of the `m + 2` products.
+    fn output<S: Simd, T: Lane>(ops: Adds<S, T>, p: [T::V<S>; 6]) -> [T::V<S>; 4];
+}
+
+/// F(2, 3), with the matrices of the module docs.
+struct F2;
+
+impl RowTransform for F2 {
+    const ROWS: usize = 2;
+    fn weights([g0, g1, g2]: [f64; 3]) -> [f64; 6] {
+        [g0, (g0 + g1 + g2) / 2.0, (g0 - g1 + g2) / 2.0, g2, 0.0, 0.0]
+    }
+    #[inline(always)]
+    fn input<S: Simd, T: Lane>(ops: Adds<S, T>, d: [T::V<S>; 6]) -> [T::V<S>; 6] {
+        [
+            ops.sub(d[0], d[2]),
+            ops.add(d[1], d[2]),
+            ops.sub(d[2], d[1]),
+            ops.sub(d[1], d[3]),
+            d[4],
+            d[5],
+        ]
+    }
+    #[inline(always)]
+    fn output<S: Simd, T: Lane>(ops: Adds<S, T>, p: [T::V<S>; 6]) -> [T::V<S>; 4] {
+        [
+            ops.add(ops.add(p[0], p[1]), p[2]),
+            ops.sub(ops.sub(p[1], p[2]), p[3]),
+            p[4],
+            p[5],
+        ]
+    }
+}
+
+/// F(4, 3) at the points 0, ±1, ±2 and ∞ (Lavin and Gray's matrices):
+/// `Bᵀ d = (4d₀ − 5d₂ + d₄, −4d₁ − 4d₂ + d₃ + d₄, 4d₁ − 4d₂ − d₃ + d₄, −2d₁ − d₂ + 2d₃ + d₄,
+/// 2d₁ − d₂ − 2d₃ + d₄, 4d₁ − 5d₃ + d₅)`,
+/// `G g = (g₀/4, −(g₀ + g₁ + g₂)/6, −(g₀ − g₁ + g₂)/6, g₀/24 + g₁/12 + g₂/6,
+/// g₀/24 − g₁/12 + g₂/6, g₂)`,
+/// `Aᵀ p = (p₀ + p₁ + p₂ + p₃ + p₄, p₁ − p₂ + 2(p₃ − p₄), p₁ + p₂ + 4(p₃ + p₄),
+/// p₁ − p₂ + 8(p₃ − p₄) + p₅)`.
+/// 4.5 multiply-adds per output, kernel column and channel pair, against F(2, 3)'s 6; the
+/// larger coefficients cost a few more units in the last place.
+struct F4;
+
+impl RowTransform for F4 {
+    const ROWS: usize = 4;
+    fn weights([g0, g1, g2]: [f64; 3]) -> [f64; 6] {
+        [
+            g0 / 4.0,
+            -(g0 + g1 + g2) / 6.0,
+            -(g0 - g1 + g2) / 6.0,
+            g0 / 24.0 + g1 / 12.0 + g2 / 6.0,
+            g0 / 24.0 - g1 / 12.0 + g2 / 6.0,
+            g2,
+        ]
+    }
+    #[inline(always)]
+    fn input<S: Simd, T: Lane>(ops: Adds<S, T>, d: [T::V<S>; 6]) -> [T::V<S>; 6] {
+        let t1 = ops.scaled(-4.0, d[2], d[4]);
+        let t2 = ops.scaled(-4.0, d[1], d[3]);
+        let t3 = ops.sub(d[4], d[2]);
+        let t4 = ops.sub(d[3], d[1]);
+        [
+            ops.scaled(4.0, d[0], ops.scaled(-5.0, d[2], d[4])),
+            ops.add(t1, t2),
+            ops.sub(t1, t2),
+            ops.scaled(2.0, t4, t3),
+            ops.scaled(-2.0, t4, t3),
+            ops.scaled(4.0, d[1], ops.scaled(-5.0, d[3], d[5])),
+        ]
+    }
+    #[inline(always)]
+    fn output<S: Simd, T: Lane>(ops: Adds<S, T>, p: [T::V<S>; 6]) -> [T::V<S>; 4] {
+        let (s12, d12) = (ops.add(p[1], p[2]), ops.sub(p[1], p[2]));
+        let (s34, d34) = (ops.add(p[3], p[4]), ops.sub(p[3], p[4]));
+        [
+            ops.add(ops.add(p[0], s12), s34),
+            ops.scaled(2.0, d34, d12),
+            ops.scaled(4.0, s34, s12),
+            ops.add(ops.scaled(8.0, d34, d12), p[5]),
+        ]
+    }
+}
+
+/// `Uᵢ = (G g)ᵢ` of every kernel column of every `w[o, c]`, in f64: `m + 2` of `[O, C, 3]`.
+fn transform_weights<T: Lane, R: RowTransform>(w: &[T], o: usize, c: usize) -> Vec<Vec<T>> {
+    let mut u: Vec<Vec<T>> = (0..R::ROWS + 2)
+        .map(|_| Vec::with_capacity(o * c * 3))
+        .collect();
     for k in w.chunks_exact(9) {
         for j in 0..3 {
-            let (g0, g1, g2) = (k[j].widen(), k[3 + j].widen(), k[6 + j].widen());
-            let gg = [g0, (g0 + g1 + g2) / 2.0, (g0 - g1 + g2) / 2.0, g2];
+            let gg = R::weights([k[j].widen(), k[3 + j].widen(), k[6 + j].widen()]);
             for (u, &v) in u.iter_mut().zip(&gg) {
                 u.push(T::rounded(v));
             }
@@ -144,10 +271,22 @@ pub(super) struct Job<'a, T> {
     pub(super) out: &'a mut [T],
 }
 
-/// The convolution of the job's images (a 3×3 kernel, padding 1) with `OB × NV` register
-/// tiles; the moments of each output plane if asked, image by image.
+/// The convolution of the job's images (a 3×3 kernel, padding 1, where [`pays`]) with
+/// `OB × NV` register tiles; the moments of each output plane if asked, image by image.
 #[inline(always)]
 pub(super) fn conv_images<S: Simd, T: Lane, const OB: usize, const NV: usize>(
+    simd: S,
+    job: Job<'_, T>,
+) -> Vec<[f64; 3]> {
+    match forward_group(job.g, NV * lanes::<S, T>()) {
+        Some(4) => conv_images_by::<S, T, F4, OB, NV>(simd, job),
+        _ => conv_images_by::<S, T, F2, OB, NV>(simd, job),
+    }
+}
+
+/// [`conv_images`] by F(m, 3), `R` its transforms.
+#[inline(always)]
+fn conv_images_by<S: Simd, T: Lane, R: RowTransform, const OB: usize, const NV: usize>(
     simd: S,
     job: Job<'_, T>,
 ) -> Vec<[f64; 3]> {
@@ -163,16 +302,21 @@ pub(super) fn conv_images<S: Simd, T: Lane, const OB: usize, const NV: usize>(
     let (c, h, wd) = (g.c, g.h, g.w);
     let n = lanes::<S, T>();
     let tile = NV * n;
-    let rows = Rows::new(g, tile, n);
+    let planes = R::ROWS + 2;
+    let rows = Rows::new(g, tile, n, R::ROWS);
     let ops = Adds::<S, T>::new(simd);
     let images = out.len() / (o * h * wd).max(1);
-    let packed = transform_weights(w, o, c).map(|u| pack_weights::<T, OB>(&u, o, c, 3));
+    let packed: Vec<Vec<T>> = transform_weights::<T, R>(w, o, c)
+        .iter()
+        .map(|u| pack_weights::<T, OB>(u, o, c, 3))
+        .collect();
     let mut xp = vec![T::ZERO; rows.padded(n)];
-    // V₀ … V₃, each [C, plane].
-    let mut v: [Vec<T>; 4] = std::array::from_fn(|_| vec![T::ZERO; c * rows.plane]);
-    // The two output rows of each pair, [OB, stride] each.
-    let mut even = vec![T::ZERO; OB * rows.stride];
-    let mut odd = vec![T::ZERO; OB * rows.stride];
+    // V₀ … V_(m+1), each [C, plane].
+    let mut v: Vec<Vec<T>> = (0..planes).map(|_| vec![T::ZERO; c * rows.plane]).collect();
+    // The output rows of each group, [OB, stride] each.
+    let mut ys: Vec<Vec<T>> = (0..R::ROWS)
+        .map(|_| vec![T::ZERO; OB * rows.stride])
+        .collect();
     let mut summaries = Vec::with_capacity(if moments { images * o } else { 0 });
     for (image, y) in out.chunks_exact_mut(o * h * wd).enumerate() {
         let xi = &x[image * c * h * wd..][..c * h * wd];
@@ -180,30 +324,32 @@ pub(super) fn conv_images<S: Simd, T: Lane, const OB: usize, const NV: usize>(
             for (r, line) in plane.chunks_exact(wd).enumerate() {
                 copy_row(&mut xp[(r + 1) * rows.row + 1..][..wd], line);
             }
-            transform_input(ops, &rows, &xp, &mut v, ci * rows.plane);
+            transform_input::<S, T, R>(ops, &rows, &xp, &mut v, ci * rows.plane);
         }
         for block in 0..o.div_ceil(OB) {
-            let weights = [0, 1, 2, 3].map(|i| &packed[i][block * c * 3 * OB..][..c * 3 * OB]);
             for p0 in (0..rows.positions).step_by(tile) {
-                let mut m = [[[T::splat(simd, T::ZERO); NV]; OB]; 4];
-                for ((m, v), wb) in m.iter_mut().zip(&v).zip(weights) {
+                let mut m = [[[T::splat(simd, T::ZERO); NV]; OB]; 6];
+                for ((m, v), u) in m.iter_mut().zip(&v).zip(&packed) {
                     *m = Tile {
                         xp: v,
-                        wb,
+                        wb: &u[block * c * 3 * OB..][..c * 3 * OB],
                         plane: rows.plane,
                         p0,
                     }
                     .by_rows::<S, OB, NV, 3>(simd, &[0]);
                 }
-                // Aᵀ m: rows 2t and 2t + 1.
-                let [m0, m1, m2, m3] = m;
-                let products = m0.iter().zip(&m1).zip(&m2).zip(&m3);
-                for (k, (((m0, m1), m2), m3)) in products.enumerate() {
-                    let vectors = m0.iter().zip(m1).zip(m2).zip(m3);
-                    for (l, (((&m0, &m1), &m2), &m3)) in vectors.enumerate() {
+                // Indexed: `m.map(…)` copied every product for each output and ran a
+                // fifth slower.
+                #[allow(clippy::needless_range_loop)]
+                for k in 0..OB {
+                    for l in 0..NV {
+                        let p = [
+                            m[0][k][l], m[1][k][l], m[2][k][l], m[3][k][l], m[4][k][l], m[5][k][l],
+                        ];
                         let at = k * rows.stride + p0 + l * n;
-                        store::<S, T>(&mut even[at..], ops.add(ops.add(m0, m1), m2));
-                        store::<S, T>(&mut odd[at..], ops.sub(ops.sub(m1, m2), m3));
+                        for (y, value) in ys.iter_mut().zip(R::output(ops, p)) {
+                            store::<S, T>(&mut y[at..], value);
+                        }
                     }
                 }
             }
@@ -211,8 +357,8 @@ pub(super) fn conv_images<S: Simd, T: Lane, const OB: usize, const NV: usize>(
                 let oo = block * OB + k;
                 let channel = &mut y[oo * h * wd..][..h * wd];
                 for (r, line) in channel.chunks_exact_mut(wd).enumerate() {
-                    let pair = if r % 2 == 0 { &even } else { &odd };
-                    let src = &pair[k * rows.stride + (r / 2) * rows.row..][..wd];
+                    let at = k * rows.stride + (r / R::ROWS) * rows.row;
+                    let src = &ys[r % R::ROWS][at..][..wd];
                     match &epilogue {
                         None => copy_row(line, src),
                         Some(e) => e.write(oo, ((image * o + oo) * h + r) * wd, line, src),
@@ -228,34 +374,26 @@ pub(super) fn conv_images<S: Simd, T: Lane, const OB: usize, const NV: usize>(
 }
 
 /// `Vᵢ = (Bᵀ d)ᵢ` of one channel's padded plane `xp`, written at `at` of each `v[i]`:
-/// row `t` of `Vᵢ` from padded rows `2t … 2t + 3`, the whole row in vectors (the last
-/// one spills into the next row, which is written after it, or the plane's slack).
+/// row `t` of `Vᵢ` from padded rows `m·t … m·t + m + 1`, the whole row in vectors (the
+/// last one spills into the next row, which is written after it, or the plane's slack).
 #[inline(always)]
-fn transform_input<S: Simd, T: Lane>(
+fn transform_input<S: Simd, T: Lane, R: RowTransform>(
     ops: Adds<S, T>,
     rows: &Rows,
     xp: &[T],
-    v: &mut [Vec<T>; 4],
+    v: &mut [Vec<T>],
     at: usize,
 ) {
     let n = lanes::<S, T>();
     let row = rows.row;
-    for t in 0..rows.pairs {
+    for t in 0..rows.groups {
         for s in (0..row).step_by(n) {
-            let top = 2 * t * row + s;
-            let d = [
-                load::<S, T>(&xp[top..]),
-                load::<S, T>(&xp[top + row..]),
-                load::<S, T>(&xp[top + 2 * row..]),
-                load::<S, T>(&xp[top + 3 * row..]),
-            ];
-            let values = [
-                ops.sub(d[0], d[2]),
-                ops.add(d[1], d[2]),
-                ops.sub(d[2], d[1]),
-                ops.sub(d[1], d[3]),
-            ];
-            for (v, value) in v.iter_mut().zip(values) {
+            let top = R::ROWS * t * row + s;
+            let mut d = [T::splat(ops.simd, T::ZERO); 6];
+            for (k, d) in d.iter_mut().enumerate().take(R::ROWS + 2) {
+                *d = load::<S, T>(&xp[top + k * row..]);
+            }
+            for (v, value) in v.iter_mut().zip(R::input(ops, d)) {
                 store::<S, T>(&mut v[at + t * row + s..], value);
             }
         }
@@ -285,7 +423,7 @@ pub(super) fn grad_weight<S: Simd, T: Lane, const OB: usize>(
     let n = lanes::<S, T>();
     let ops = Adds::<S, T>::new(simd);
     let flat = PaddedFlat::new(g, 1);
-    let rows = Rows::new(g, 1, n);
+    let rows = Rows::new(g, 1, n, 2);
     let cp = c.div_ceil(n) * n;
     let zero = T::splat(simd, T::ZERO);
     // ∂Uᵢ as [O, 3, Cp]; Vᵢ of one channel block, one vector per position; ∂mᵢ as
@@ -296,7 +434,7 @@ pub(super) fn grad_weight<S: Simd, T: Lane, const OB: usize>(
     for ((sums, v), dm) in sums.iter_mut().zip(&mut v).zip(&mut dm) {
         *sums = vec![T::ZERO; o * 3 * cp];
         *v = vec![zero; rows.positions];
-        *dm = vec![T::ZERO; o * rows.pairs * w];
+        *dm = vec![T::ZERO; o * rows.groups * w];
     }
     xt.reserve(flat.plane * cp + 16);
     let offs = [0, 1, 2];
@@ -310,13 +448,13 @@ pub(super) fn grad_weight<S: Simd, T: Lane, const OB: usize>(
                 let dots = GradWeightDots::<S, T, 3> {
                     xt: v,
                     row: rows.row,
-                    ho: rows.pairs,
+                    ho: rows.groups,
                     wo: w,
                     offs: &offs,
                     stride: cp,
                     first_tap: 0,
                 };
-                let plane = |k: usize| &dm[k * rows.pairs * w..][..rows.pairs * w];
+                let plane = |k: usize| &dm[k * rows.groups * w..][..rows.groups * w];
                 dots.accumulate_all::<OB>(simd, o, plane, |oo| oo * 3 * cp + cb, sums);
             }
         }
@@ -352,7 +490,7 @@ fn transform_channel_block<S: Simd, T: Lane>(
 ) {
     let row = rows.row;
     let zero = T::splat(ops.simd, T::ZERO);
-    for t in 0..rows.pairs {
+    for t in 0..rows.groups {
         let last = 2 * t + 3 > h + 1;
         let top = &block[2 * t * row..][..3 * row];
         for q in 0..row {
@@ -387,8 +525,8 @@ fn spread_output_gradient<T: Lane>(
 ) {
     let [dm0, dm1, dm2, dm3] = dm;
     for (k, plane) in gr.chunks_exact(h * w).enumerate() {
-        for t in 0..rows.pairs {
-            let at = (k * rows.pairs + t) * w;
+        for t in 0..rows.groups {
+            let at = (k * rows.groups + t) * w;
             let first = &plane[2 * t * w..][..w];
             let (d0, d1, d2, d3) = (
                 &mut dm0[at..][..w],
@@ -451,6 +589,13 @@ mod tests {
             );
             assert!(!pays(&geometry(16, 8, 8, 5, 2), tile), "5×5, tile {tile}");
         }
+        // F(4, 3) where it saves multiply-adds over F(2, 3) (32×32: 8 groups of 34
+        // positions × 18, against 16 × 34 × 12), F(2, 3) where tiles round the two up to the
+        // same count (8×8, in tiles of 16: 32 × 18 = 48 × 12).
+        for tile in [8, 16, 32] {
+            assert_eq!(forward_group(&geometry(16, 32, 32, 3, 1), tile), Some(4));
+        }
+        assert_eq!(forward_group(&geometry(64, 8, 8, 3, 1), 16), Some(2));
         // 7×7: four pairs of 9-wide rows (36 positions) round up to as many multiply-adds
         // as seven rows (63), or more.
         for tile in [16, 32] {
