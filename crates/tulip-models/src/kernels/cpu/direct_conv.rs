@@ -89,7 +89,7 @@ impl ConvGeometry {
 }
 
 /// Most elements [`PaddedFlat::pad_channel_blocks`] skips to align its output.
-const MAX_LEAD: usize = 16;
+pub(super) const MAX_LEAD: usize = 16;
 
 /// The padded-flat geometry of one image.
 #[derive(Debug, Clone, Copy)]
@@ -745,7 +745,7 @@ impl<T: Lane> GradWeightImages<'_, T> {
             .zip(gr.chunks(IMAGES_PER_PARTIAL * per_out))
         {
             partials.push(if winograd {
-                winograd::grad_weight::<S, T, OB>(simd, x, g, gr, o, &mut xt)
+                winograd::grad_weight::<S, T, OB>(simd, x, g, gr, o)
             } else {
                 let images = Self {
                     winograd,
@@ -786,7 +786,7 @@ impl<T: Lane> GradWeightImages<'_, T> {
             for (cb, block) in (0..cp).step_by(n).zip(blocks) {
                 for (chunk, offs) in taps.chunks_exact(TAPS).enumerate() {
                     let dots = GradWeightDots::<S, T, TAPS> {
-                        xt: bytemuck::cast_slice(block),
+                        xts: &[bytemuck::cast_slice(block)],
                         row: flat.row,
                         ho,
                         wo,
@@ -795,7 +795,7 @@ impl<T: Lane> GradWeightImages<'_, T> {
                         first_tap: chunk * TAPS,
                     };
                     let at = |oo: usize| (oo * taps.len()) * cp + cb;
-                    dots.accumulate_all::<OB>(simd, o, plane, at, &mut sums);
+                    dots.accumulate_all::<OB>(simd, o, |_, k| plane(k), at, &mut sums);
                 }
             }
         }
@@ -810,10 +810,10 @@ impl<T: Lane> GradWeightImages<'_, T> {
     }
 }
 
-/// One channel block's taps of the weight gradient over one image.
+/// One channel block's taps of the weight gradient over some images.
 pub(super) struct GradWeightDots<'a, S: Simd, T: Lane, const TAPS: usize> {
-    /// The block's padded image, one vector (of `lanes` channels) per position.
-    pub(super) xt: &'a [T::V<S>],
+    /// The block's padded images, one vector (of `lanes` channels) per position.
+    pub(super) xts: &'a [&'a [T::V<S>]],
     pub(super) row: usize,
     pub(super) ho: usize,
     pub(super) wo: usize,
@@ -827,12 +827,14 @@ pub(super) struct GradWeightDots<'a, S: Simd, T: Lane, const TAPS: usize> {
 
 impl<S: Simd, T: Lane, const TAPS: usize> GradWeightDots<'_, S, T, TAPS> {
     /// For each output channel `k`: `sums[at[k] + (first_tap + t)·stride ..][..lanes] +=
-    /// Σ_(r,s) gs[k][r·wo + s] · xt[r·row + s + offs[t]]`.
+    /// Σ_i Σ_(r,s) gs(i, first + k)[r·wo + s] · xts[i][r·row + s + offs[t]]`, image `i`
+    /// after image, the accumulators in registers throughout.
     #[inline(always)]
-    pub(super) fn accumulate<const OB: usize>(
+    pub(super) fn accumulate<'g, const OB: usize>(
         &self,
         simd: S,
-        gs: [&[T]; OB],
+        gs: &impl Fn(usize, usize) -> &'g [T],
+        first: usize,
         at: [usize; OB],
         sums: &mut [T],
     ) -> usize {
@@ -843,28 +845,34 @@ impl<S: Simd, T: Lane, const TAPS: usize> GradWeightDots<'_, S, T, TAPS> {
                 *a = load::<S, T>(&sums[at(k, t)..]);
             }
         }
-        for r in 0..self.ho {
-            // Every slice exactly `wo` long, so that indexing by `s < wo` needs no bounds
-            // checks: with them (and the offsets' arithmetic) in the loop, it issued three
-            // instructions of overhead per multiply-add.
-            let mut taps = [&self.xt[..0]; TAPS];
-            for (x, &off) in taps.iter_mut().zip(self.offs) {
-                *x = &self.xt[r * self.row + off..][..self.wo];
+        for (i, xt) in self.xts.iter().enumerate() {
+            let mut planes = [&[][..]; OB];
+            for (k, plane) in planes.iter_mut().enumerate() {
+                *plane = gs(i, first + k);
             }
-            let mut gr = [&gs[0][..0]; OB];
-            for (g, gk) in gr.iter_mut().zip(&gs) {
-                *g = &gk[r * self.wo..][..self.wo];
-            }
-            for s in 0..self.wo {
-                // (A loop rather than `gs.map(…)`: see `run` on closures.)
-                let mut gv = [T::splat(simd, T::ZERO); OB];
-                for (v, g) in gv.iter_mut().zip(&gr) {
-                    *v = T::splat(simd, g[s]);
+            for r in 0..self.ho {
+                // Every slice exactly `wo` long, so that indexing by `s < wo` needs no
+                // bounds checks: with them (and the offsets' arithmetic) in the loop, it
+                // issued three instructions of overhead per multiply-add.
+                let mut taps = [&xt[..0]; TAPS];
+                for (x, &off) in taps.iter_mut().zip(self.offs) {
+                    *x = &xt[r * self.row + off..][..self.wo];
                 }
-                for (t, x) in taps.iter().enumerate() {
-                    let xv = x[s];
-                    for k in 0..OB {
-                        acc[k][t] = T::mul_add(simd, gv[k], xv, acc[k][t]);
+                let mut gr = [&planes[0][..0]; OB];
+                for (g, gk) in gr.iter_mut().zip(&planes) {
+                    *g = &gk[r * self.wo..][..self.wo];
+                }
+                for s in 0..self.wo {
+                    // (A loop rather than `gs.map(…)`: see `run` on closures.)
+                    let mut gv = [T::splat(simd, T::ZERO); OB];
+                    for (v, g) in gv.iter_mut().zip(&gr) {
+                        *v = T::splat(simd, g[s]);
+                    }
+                    for (t, x) in taps.iter().enumerate() {
+                        let xv = x[s];
+                        for k in 0..OB {
+                            acc[k][t] = T::mul_add(simd, gv[k], xv, acc[k][t]);
+                        }
                     }
                 }
             }
@@ -877,17 +885,17 @@ impl<S: Simd, T: Lane, const TAPS: usize> GradWeightDots<'_, S, T, TAPS> {
         OB
     }
 
-    /// [`GradWeightDots::accumulate`] for every output channel `0..o`, `gs(k)` the output
-    /// gradient plane of channel `k` and `at(k)` its place in `sums`: `OB` channels at a
-    /// time, the rest by two and one, never leaving a single channel where two groups of
-    /// two can take it (a lone channel keeps too few accumulators to hide the latency of
-    /// its multiply-adds).
+    /// [`GradWeightDots::accumulate`] for every output channel `0..o`, `gs(i, k)` the
+    /// output gradient plane of image `i`, channel `k`, and `at(k)` its place in `sums`:
+    /// `OB` channels at a time, the rest by two and one, never leaving a single channel
+    /// where two groups of two can take it (a lone channel keeps too few accumulators to
+    /// hide the latency of its multiply-adds).
     #[inline(always)]
     pub(super) fn accumulate_all<'g, const OB: usize>(
         &self,
         simd: S,
         o: usize,
-        gs: impl Fn(usize) -> &'g [T],
+        gs: impl Fn(usize, usize) -> &'g [T],
         at: impl Fn(usize) -> usize,
         sums: &mut [T],
     ) {
@@ -895,12 +903,11 @@ impl<S: Simd, T: Lane, const TAPS: usize> GradWeightDots<'_, S, T, TAPS> {
         while oo < o {
             let left = o - oo;
             oo += if left >= OB && left - OB != 1 {
-                let planes: [&[T]; OB] = std::array::from_fn(|k| gs(oo + k));
-                self.accumulate(simd, planes, std::array::from_fn(|k| at(oo + k)), sums)
+                self.accumulate::<OB>(simd, &gs, oo, std::array::from_fn(|k| at(oo + k)), sums)
             } else if left >= 2 {
-                self.accumulate(simd, [gs(oo), gs(oo + 1)], [at(oo), at(oo + 1)], sums)
+                self.accumulate(simd, &gs, oo, [at(oo), at(oo + 1)], sums)
             } else {
-                self.accumulate(simd, [gs(oo)], [at(oo)], sums)
+                self.accumulate(simd, &gs, oo, [at(oo)], sums)
             };
         }
     }

@@ -36,7 +36,7 @@ use pulp::Simd;
 
 use super::direct_conv::{
     copy_row, pack_weights, plane_moments, AffineRelu, ConvGeometry, GradWeightDots, PaddedFlat,
-    Tile,
+    Tile, MAX_LEAD,
 };
 use super::simd::{lanes, load, store, Lane};
 
@@ -61,6 +61,10 @@ fn forward_group(g: &ConvGeometry, tile: usize) -> Option<usize> {
     let (group, cost) = if four < two { (4, four) } else { (2, two) };
     (11 * cost < 10 * direct).then_some(group)
 }
+
+/// Bytes of input and output gradient per batch of images of [`grad_weight`]: a quarter
+/// of a second-level cache of 1 MiB.
+const BATCH_BYTES: usize = 256 * 1024;
 
 /// Whether this is a convolution these kernels compute: a 3×3 kernel with padding 1.
 pub(super) fn fits(g: &ConvGeometry) -> bool {
@@ -402,7 +406,7 @@ fn transform_input<S: Simd, T: Lane, R: RowTransform>(
 
 /// The weight gradient `[O, C, 3, 3]` of the images `x: [n, C, H, W]` with output
 /// gradient `gr: [n, O, H, W]` (a 3×3 kernel, padding 1), `OB` output channels per
-/// register tile, `xt` a scratch buffer.
+/// register tile.
 ///
 /// The same identity read for the weights: with `∂m = A ∂y` (`∂m₀ = ∂y₀`,
 /// `∂m₁ = ∂y₀ + ∂y₁`, `∂m₂ = ∂y₀ − ∂y₁`, `∂m₃ = −∂y₁` for the pair of output-gradient
@@ -417,7 +421,6 @@ pub(super) fn grad_weight<S: Simd, T: Lane, const OB: usize>(
     g: &ConvGeometry,
     gr: &[T],
     o: usize,
-    xt: &mut Vec<T>,
 ) -> Vec<T> {
     let (c, h, w) = (g.c, g.h, g.w);
     let n = lanes::<S, T>();
@@ -426,27 +429,46 @@ pub(super) fn grad_weight<S: Simd, T: Lane, const OB: usize>(
     let rows = Rows::new(g, 1, n, 2);
     let cp = c.div_ceil(n) * n;
     let zero = T::splat(simd, T::ZERO);
-    // ∂Uᵢ as [O, 3, Cp]; Vᵢ of one channel block, one vector per position; ∂mᵢ as
-    // [O, pairs, W].
-    let mut sums: [Vec<T>; 4] = Default::default();
-    let mut v: [Vec<T::V<S>>; 4] = Default::default();
-    let mut dm: [Vec<T>; 4] = Default::default();
-    for ((sums, v), dm) in sums.iter_mut().zip(&mut v).zip(&mut dm) {
-        *sums = vec![T::ZERO; o * 3 * cp];
-        *v = vec![zero; rows.positions];
-        *dm = vec![T::ZERO; o * rows.groups * w];
-    }
-    xt.reserve(flat.plane * cp + 16);
+    let images = x.len() / (c * h * w).max(1);
+    // Images a batch: as many as keep their inputs and output gradients in the
+    // second-level cache, whose dot products then run on in registers from image to image.
+    let per_image = (flat.plane * cp + MAX_LEAD + 4 * o * rows.groups * w) * size_of::<T>();
+    let batch = (BATCH_BYTES / per_image.max(1)).clamp(1, images.max(1));
+    // ∂Uᵢ as [O, 3, Cp]; per image of a batch: its channels-last padded input (from
+    // `leads`), ∂mᵢ as [O, pairs, W], and Vᵢ of one channel block, a vector per position.
+    let mut sums: [Vec<T>; 4] = std::array::from_fn(|_| vec![T::ZERO; o * 3 * cp]);
+    let mut xts: Vec<Vec<T>> = (0..batch).map(|_| Vec::new()).collect();
+    let mut leads = vec![0; batch];
+    let plane_len = rows.groups * w;
+    let mut dms: Vec<[Vec<T>; 4]> = (0..batch)
+        .map(|_| std::array::from_fn(|_| vec![T::ZERO; o * plane_len]))
+        .collect();
+    let mut vs: Vec<[Vec<T::V<S>>; 4]> = (0..batch)
+        .map(|_| std::array::from_fn(|_| vec![zero; rows.positions]))
+        .collect();
     let offs = [0, 1, 2];
-    for (xi, gi) in x.chunks_exact(c * h * w).zip(gr.chunks_exact(o * h * w)) {
-        let lead = flat.pad_channel_blocks(g, xi, n, xt);
-        spread_output_gradient(&rows, gi, h, w, &mut dm);
-        let blocks = xt[lead..].chunks_exact(flat.plane * n);
-        for (cb, block) in (0..cp).step_by(n).zip(blocks) {
-            transform_channel_block(ops, &rows, bytemuck::cast_slice(block), h, &mut v);
-            for ((sums, v), dm) in sums.iter_mut().zip(&v).zip(&dm) {
+    for first in (0..images).step_by(batch) {
+        let count = batch.min(images - first);
+        for (i, image) in (first..first + count).enumerate() {
+            let xi = &x[image * c * h * w..][..c * h * w];
+            leads[i] = flat.pad_channel_blocks(g, xi, n, &mut xts[i]);
+            spread_output_gradient(
+                &rows,
+                &gr[image * o * h * w..][..o * h * w],
+                h,
+                w,
+                &mut dms[i],
+            );
+        }
+        for cb in (0..cp).step_by(n) {
+            for ((xt, &lead), v) in xts.iter().zip(&leads).zip(&mut vs).take(count) {
+                let block = &xt[lead + cb * flat.plane..][..flat.plane * n];
+                transform_channel_block(ops, &rows, bytemuck::cast_slice(block), h, v);
+            }
+            for (p, sums) in sums.iter_mut().enumerate() {
+                let inputs: Vec<&[T::V<S>]> = vs[..count].iter().map(|v| &v[p][..]).collect();
                 let dots = GradWeightDots::<S, T, 3> {
-                    xt: v,
+                    xts: &inputs,
                     row: rows.row,
                     ho: rows.groups,
                     wo: w,
@@ -454,8 +476,8 @@ pub(super) fn grad_weight<S: Simd, T: Lane, const OB: usize>(
                     stride: cp,
                     first_tap: 0,
                 };
-                let plane = |k: usize| &dm[k * rows.groups * w..][..rows.groups * w];
-                dots.accumulate_all::<OB>(simd, o, plane, |oo| oo * 3 * cp + cb, sums);
+                let planes = |i: usize, k: usize| &dms[i][p][k * plane_len..][..plane_len];
+                dots.accumulate_all::<OB>(simd, o, planes, |oo| oo * 3 * cp + cb, sums);
             }
         }
     }
