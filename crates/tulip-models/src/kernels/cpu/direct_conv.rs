@@ -130,10 +130,15 @@ impl PaddedFlat {
     }
 
     /// Writes the image `src: [C, H, W]` zero-padded, in blocks of `n` channels, to `out`
-    /// (cleared first) after `lead` elements, returned, that align it to 64 bytes (a cache
-    /// line): block `b` is `[plane, n]`, position `q` of the padded plane holding channels
-    /// `b·n ..` `+ n` (zeros past `C`). A block is then a slice of whole vectors, one per
-    /// position, and the weight gradient's loads never straddle two cache lines.
+    /// after `lead` elements, returned, that align it to 64 bytes (a cache line): block `b`
+    /// is `[plane, n]`, position `q` of the padded plane holding channels `b·n ..` `+ n`
+    /// (zeros past `C`). A block is then a slice of whole vectors, one per position, and
+    /// the weight gradient's loads never straddle two cache lines.
+    ///
+    /// The zeros (padding, channels past `C`) are written when `out` takes this length
+    /// and never written after, so `out` must be new or last filled by this function for
+    /// the same geometry and `n` (the images of one call): zeroing the whole buffer for
+    /// every image cost more than the scatter itself.
     pub(super) fn pad_channel_blocks<T: Lane>(
         &self,
         g: &ConvGeometry,
@@ -141,9 +146,17 @@ impl PaddedFlat {
         n: usize,
         out: &mut Vec<T>,
     ) -> usize {
-        out.clear();
+        let len = g.c.div_ceil(n) * self.plane * n;
+        if out.capacity() < len + MAX_LEAD {
+            out.clear();
+            out.reserve_exact(len + MAX_LEAD);
+        }
+        // The allocation stays where it is from here on.
         let lead = out.as_ptr().align_offset(64).min(MAX_LEAD);
-        out.resize(lead + g.c.div_ceil(n) * self.plane * n, T::ZERO);
+        if out.len() != lead + len {
+            out.clear();
+            out.resize(lead + len, T::ZERO);
+        }
         let hw = g.h * g.w;
         let blocks = out[lead..].chunks_exact_mut(self.plane * n);
         for (c0, block) in (0..g.c).step_by(n).zip(blocks) {
