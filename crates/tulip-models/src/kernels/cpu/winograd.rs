@@ -527,10 +527,10 @@ fn transform_channel_block<S: Simd, T: Lane>(
                 },
             ];
             let at = t * row + q;
-            v[0][at] = ops.sub(d[0], d[2]);
-            v[1][at] = ops.add(d[1], d[2]);
-            v[2][at] = ops.sub(d[2], d[1]);
-            v[3][at] = ops.sub(d[1], d[3]);
+            let values = F2::input(ops, [d[0], d[1], d[2], d[3], zero, zero]);
+            for (v, value) in v.iter_mut().zip(values) {
+                v[at] = value;
+            }
         }
     }
 }
