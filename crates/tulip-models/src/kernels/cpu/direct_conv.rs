@@ -788,7 +788,6 @@ impl<T: Lane> GradWeightImages<'_, T> {
         let (ho, wo) = (g.ho(), g.wo());
         // ∂w as [O, taps, Cp].
         let mut sums = vec![T::ZERO; o * taps.len() * cp];
-        xt.reserve(flat.plane * cp + MAX_LEAD);
         for (xi, gi) in x
             .chunks_exact(g.c * g.h * g.w)
             .zip(gr.chunks_exact(o * ho * wo))
