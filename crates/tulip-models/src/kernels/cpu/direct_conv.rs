@@ -228,10 +228,12 @@ pub(super) enum Algorithm {
 }
 
 impl Algorithm {
-    /// Whether this convolution goes to [`winograd`], for register tiles of `tile`
-    /// positions.
-    fn winograd(self, g: &ConvGeometry, tile: usize) -> bool {
-        self == Algorithm::Fastest && winograd::pays(g, tile)
+    /// How [`winograd`] computes this convolution, for register tiles of `tile` positions
+    /// of `lanes`-wide vectors of `T`, or `None` where it goes to the direct kernel.
+    fn winograd<T>(self, g: &ConvGeometry, tile: usize, lanes: usize) -> Option<winograd::Plan> {
+        (self == Algorithm::Fastest)
+            .then(|| winograd::plan::<T>(g, tile, lanes))
+            .flatten()
     }
 }
 
@@ -430,7 +432,8 @@ impl<T: Lane> ConvImages<'_, T> {
             moments,
             out,
         } = self;
-        if algorithm.winograd(g, NV * lanes::<S, T>()) {
+        let n = lanes::<S, T>();
+        if let Some(plan) = algorithm.winograd::<T>(g, NV * n, n) {
             let job = winograd::Job {
                 x,
                 g,
@@ -440,7 +443,7 @@ impl<T: Lane> ConvImages<'_, T> {
                 moments,
                 out,
             };
-            return winograd::conv_images::<S, T, OB, NV>(simd, job);
+            return winograd::conv_images::<S, T, OB, NV>(simd, job, plan);
         }
         let planes = out.len() / (g.ho() * g.wo()).max(1);
         let mut summaries = Vec::with_capacity(if moments { planes } else { 0 });
@@ -1017,7 +1020,8 @@ mod tests {
 
     /// Shapes that leave remainders everywhere: channels that do not fill a vector or a
     /// block of outputs, images smaller than a tile, odd batches, 1×1, 3×1 and 5×5
-    /// kernels, paddings 0 to k − 1; and a 1×1 kernel over whole tiles (8×8).
+    /// kernels, paddings 0 to k − 1; a 1×1 kernel over whole tiles (8×8); and small planes
+    /// (8×8, 7×7) that the Winograd kernel lays end to end, the last batch part full.
     fn geometries() -> Vec<(ConvGeometry, usize)> {
         let geom = |b, c, h, w, (kh, kw), (ph, pw)| ConvGeometry {
             b,
@@ -1041,6 +1045,8 @@ mod tests {
             (geom(5, 2, 2, 3, (3, 3), (1, 1)), 2),
             (geom(2, 3, 6, 5, (3, 1), (1, 0)), 4),
             (geom(3, 32, 10, 12, (3, 3), (1, 1)), 33),
+            (geom(11, 6, 8, 8, (3, 3), (1, 1)), 5),
+            (geom(9, 4, 7, 7, (3, 3), (1, 1)), 6),
         ]
     }
 
@@ -1193,6 +1199,20 @@ mod tests {
                     pw: 0,
                 },
                 4,
+            ),
+            // Planes laid end to end by the Winograd kernel.
+            (
+                ConvGeometry {
+                    b: 7,
+                    c: 4,
+                    h: 8,
+                    w: 8,
+                    kh: 3,
+                    kw: 3,
+                    ph: 1,
+                    pw: 1,
+                },
+                5,
             ),
         ];
         for isa in isas() {

@@ -2,7 +2,7 @@
 //! gradients) by Winograd's F(m, 3) down the columns and the direct kernel along the
 //! rows: `m` output rows from `m + 2` input rows with `m + 2` multiplies per kernel
 //! column instead of `3m`. F(4, 3) takes 4.5 multiply-adds per output and input channel
-//! instead of 9, F(2, 3) 6; [`forward_group`] picks the one with fewer after tile rounding.
+//! instead of 9, F(2, 3) 6; [`plan`] picks the one with fewer after tile rounding.
 //!
 //! For output rows `2t` and `2t + 1`, column `s`, and one kernel column `j`, the 1-D
 //! F(2, 3) (Lavin and Gray, *Fast Algorithms for Convolutional Neural Networks*, 2016)
@@ -16,7 +16,10 @@
 //! convolution of the transformed rows `Vᵢ = (Bᵀ d)ᵢ` (one row per group of output
 //! rows, the padded width long) with the transformed weights `Uᵢ = (G g)ᵢ`: the direct
 //! kernel's register tile over `Vᵢ` laid out like its padded-flat planes. Every transform
-//! runs along rows, on whole vectors; nothing is gathered or shuffled. The weight
+//! runs along rows, on whole vectors; nothing is gathered or shuffled. Small planes lie
+//! end to end, a few images to each `Vᵢ`, so that their tiles are full: a tile that
+//! crosses from one image into the next reads the next image's rows only for the two
+//! garbage columns of a row, which are dropped ([`plan`]). The weight
 //! gradient reads the F(2, 3) identity for `g` ([`grad_weight`]) with the direct kernel's
 //! dot products on the channels-last input.
 //!
@@ -40,27 +43,60 @@ use super::direct_conv::{
 };
 use super::simd::{lanes, load, store, Lane};
 
-/// Whether [`conv_images`] computes this convolution (a 3×3 kernel with padding 1) with
-/// fewer multiply-adds than the direct kernel, for register tiles of `tile` positions.
-pub(super) fn pays(g: &ConvGeometry, tile: usize) -> bool {
-    forward_group(g, tile).is_some()
+/// How the forward kernel computes a convolution: by F(`group`, 3), over the transformed
+/// rows of `images` images at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Plan {
+    group: usize,
+    images: usize,
 }
 
-/// The output rows per group of the forward kernel (4 for F(4, 3), 2 for F(2, 3)), or
-/// `None` where the direct kernel is cheaper. Every kernel computes whole tiles of padded
-/// rows: the direct kernel `H` rows of 9 taps, F(m, 3) `⌈H/m⌉` rows of `(m + 2) × 3`, so
-/// small planes, where tiles round up a larger share, are left to the direct kernel (7×7:
-/// the same count), with a tenth for the transforms; F(4, 3) only where it saves
+/// The cheapest [`Plan`] of [`conv_images`] (a 3×3 kernel with padding 1) for register
+/// tiles of `tile` positions of `lanes`-wide vectors of `T`, or `None` where the direct
+/// kernel is cheaper. Every
+/// kernel computes whole tiles of padded rows: the direct kernel `H` rows of 9 taps,
+/// F(m, 3) `⌈H/m⌉` rows of `(m + 2) × 3`. Laying the rows of a few images end to end
+/// fills the tiles that one small plane leaves part empty (8×8: 20 positions a plane
+/// under F(4, 3), 5 tiles of 16 for 4 images instead of 8), as many as keep the transformed
+/// rows within [`TRANSFORMED_BYTES`] and only where that saves a tenth. A tenth is allowed
+/// for the transforms against the direct kernel, and F(4, 3) taken only where it saves
 /// multiply-adds over F(2, 3), whose transforms are cheaper.
-fn forward_group(g: &ConvGeometry, tile: usize) -> Option<usize> {
+pub(super) fn plan<T>(g: &ConvGeometry, tile: usize, lanes: usize) -> Option<Plan> {
     if !fits(g) {
         return None;
     }
+    // Multiply-adds per image, as a fraction (for `images` images) with its plan.
+    let mut best: Option<(usize, usize, Plan)> = None;
+    for group in [2, 4] {
+        for images in 1..=MAX_IMAGES {
+            let rows = Rows::new(g, tile, lanes, Plan { group, images });
+            if images > 1 && rows.transformed_bytes::<T>(g.c) > TRANSFORMED_BYTES {
+                break;
+            }
+            // More images only for a tenth fewer multiply-adds: the larger transformed
+            // planes cost cache.
+            let cost = rows.multiply_adds();
+            let cheaper = best.is_none_or(|(b, bi, _)| match images > bi {
+                true => 10 * cost * bi <= 9 * b * images,
+                false => cost * bi < b * images,
+            });
+            if cheaper {
+                best = Some((cost, images, Plan { group, images }));
+            }
+        }
+    }
+    let (cost, images, plan) = best?;
     let direct = (g.h * (g.w + 2)).div_ceil(tile) * tile * 9;
-    let [two, four] = [2, 4].map(|group| Rows::new(g, tile, 1, group).multiply_adds());
-    let (group, cost) = if four < two { (4, four) } else { (2, two) };
-    (11 * cost < 10 * direct).then_some(group)
+    (11 * cost < 10 * direct * images).then_some(plan)
 }
+
+/// The most images whose transformed rows the forward kernel lays end to end.
+const MAX_IMAGES: usize = 8;
+
+/// Bytes of transformed rows the forward kernel keeps for more than one image at a time:
+/// with the weights and output rows, within the second-level cache of 512 KiB of AVX2
+/// CPUs such as Zen 3.
+const TRANSFORMED_BYTES: usize = 320 * 1024;
 
 /// Bytes of input and output gradient per batch of images of [`grad_weight`]: a quarter
 /// of a second-level cache of 1 MiB.
@@ -105,7 +141,7 @@ impl<S: Simd, T: Lane> Adds<S, T> {
     }
 }
 
-/// The layout of one image's transformed rows.
+/// The layout of the transformed rows of a few images.
 #[derive(Debug, Clone, Copy)]
 struct Rows {
     /// Output rows per group: 2 for F(2, 3), 4 for F(4, 3).
@@ -114,9 +150,12 @@ struct Rows {
     row: usize,
     /// Groups of output rows `⌈H/group⌉`.
     groups: usize,
-    /// Output positions `groups · row` (the last two of each row are garbage).
+    /// Output positions of one image `groups · row` (the last two of each row are
+    /// garbage): image `i`'s start at `i · positions`.
     positions: usize,
-    /// `positions` rounded up to whole register tiles.
+    /// Images laid end to end.
+    images: usize,
+    /// The images' positions rounded up to whole register tiles.
     stride: usize,
     /// One transformed plane: room for the tiles' reads two past `stride`, and for the
     /// transform's last vector.
@@ -124,16 +163,17 @@ struct Rows {
 }
 
 impl Rows {
-    fn new(g: &ConvGeometry, tile: usize, lanes: usize, group: usize) -> Self {
+    fn new(g: &ConvGeometry, tile: usize, lanes: usize, plan: Plan) -> Self {
         let row = g.w + 2;
-        let groups = g.h.div_ceil(group);
+        let groups = g.h.div_ceil(plan.group);
         let positions = groups * row;
-        let stride = positions.div_ceil(tile) * tile;
+        let stride = (plan.images * positions).div_ceil(tile) * tile;
         Self {
-            group,
+            group: plan.group,
             row,
             groups,
             positions,
+            images: plan.images,
             stride,
             plane: stride + row + lanes,
         }
@@ -145,10 +185,16 @@ impl Rows {
         (self.group * self.groups + 2) * self.row + lanes
     }
 
-    /// Multiply-adds per input and output channel of the forward kernel: 3 per
-    /// transformed plane (`group + 2` of them) and position, tiles rounded up.
+    /// Multiply-adds per input and output channel of the forward kernel, for all its
+    /// images: 3 per transformed plane (`group + 2` of them) and position, tiles rounded
+    /// up.
     fn multiply_adds(&self) -> usize {
         self.stride * 3 * (self.group + 2)
+    }
+
+    /// Bytes of the transformed planes of `c` channels.
+    fn transformed_bytes<T>(&self, c: usize) -> usize {
+        (self.group + 2) * c * self.plane * size_of::<T>()
     }
 }
 
@@ -275,16 +321,17 @@ pub(super) struct Job<'a, T> {
     pub(super) out: &'a mut [T],
 }
 
-/// The convolution of the job's images (a 3×3 kernel, padding 1, where [`pays`]) with
+/// The convolution of the job's images (a 3×3 kernel, padding 1) by `plan` with
 /// `OB × NV` register tiles; the moments of each output plane if asked, image by image.
 #[inline(always)]
 pub(super) fn conv_images<S: Simd, T: Lane, const OB: usize, const NV: usize>(
     simd: S,
     job: Job<'_, T>,
+    plan: Plan,
 ) -> Vec<[f64; 3]> {
-    match forward_group(job.g, NV * lanes::<S, T>()) {
-        Some(4) => conv_images_by::<S, T, F4, OB, NV>(simd, job),
-        _ => conv_images_by::<S, T, F2, OB, NV>(simd, job),
+    match plan.group {
+        4 => conv_images_by::<S, T, F4, OB, NV>(simd, job, plan),
+        _ => conv_images_by::<S, T, F2, OB, NV>(simd, job, plan),
     }
 }
 
@@ -293,6 +340,7 @@ pub(super) fn conv_images<S: Simd, T: Lane, const OB: usize, const NV: usize>(
 fn conv_images_by<S: Simd, T: Lane, R: RowTransform, const OB: usize, const NV: usize>(
     simd: S,
     job: Job<'_, T>,
+    plan: Plan,
 ) -> Vec<[f64; 3]> {
     let Job {
         x,
@@ -307,7 +355,7 @@ fn conv_images_by<S: Simd, T: Lane, R: RowTransform, const OB: usize, const NV: 
     let n = lanes::<S, T>();
     let tile = NV * n;
     let planes = R::ROWS + 2;
-    let rows = Rows::new(g, tile, n, R::ROWS);
+    let rows = Rows::new(g, tile, n, plan);
     let ops = Adds::<S, T>::new(simd);
     let images = out.len() / (o * h * wd).max(1);
     let packed: Vec<Vec<T>> = transform_weights::<T, R>(w, o, c)
@@ -315,23 +363,27 @@ fn conv_images_by<S: Simd, T: Lane, R: RowTransform, const OB: usize, const NV: 
         .map(|u| pack_weights::<T, OB>(u, o, c, 3))
         .collect();
     let mut xp = vec![T::ZERO; rows.padded(n)];
-    // V₀ … V_(m+1), each [C, plane].
+    // V₀ … V_(m+1), each [C, plane], the images' rows end to end in each plane.
     let mut v: Vec<Vec<T>> = (0..planes).map(|_| vec![T::ZERO; c * rows.plane]).collect();
     // The output rows of each group, [OB, stride] each.
     let mut ys: Vec<Vec<T>> = (0..R::ROWS)
         .map(|_| vec![T::ZERO; OB * rows.stride])
         .collect();
-    let mut summaries = Vec::with_capacity(if moments { images * o } else { 0 });
-    for (image, y) in out.chunks_exact_mut(o * h * wd).enumerate() {
-        let xi = &x[image * c * h * wd..][..c * h * wd];
-        for (ci, plane) in xi.chunks_exact(h * wd).enumerate() {
-            for (r, line) in plane.chunks_exact(wd).enumerate() {
-                copy_row(&mut xp[(r + 1) * rows.row + 1..][..wd], line);
+    let mut summaries = vec![[0.0; 3]; if moments { images * o } else { 0 }];
+    for first in (0..images).step_by(rows.images) {
+        let count = rows.images.min(images - first);
+        for i in 0..count {
+            let xi = &x[(first + i) * c * h * wd..][..c * h * wd];
+            for (ci, plane) in xi.chunks_exact(h * wd).enumerate() {
+                for (r, line) in plane.chunks_exact(wd).enumerate() {
+                    copy_row(&mut xp[(r + 1) * rows.row + 1..][..wd], line);
+                }
+                let at = ci * rows.plane + i * rows.positions;
+                transform_input::<S, T, R>(ops, &rows, &xp, &mut v, at);
             }
-            transform_input::<S, T, R>(ops, &rows, &xp, &mut v, ci * rows.plane);
         }
         for block in 0..o.div_ceil(OB) {
-            for p0 in (0..rows.positions).step_by(tile) {
+            for p0 in (0..count * rows.positions).step_by(tile) {
                 let mut m = [[[T::splat(simd, T::ZERO); NV]; OB]; 6];
                 for ((m, v), u) in m.iter_mut().zip(&v).zip(&packed) {
                     *m = Tile {
@@ -359,17 +411,20 @@ fn conv_images_by<S: Simd, T: Lane, R: RowTransform, const OB: usize, const NV: 
             }
             for k in 0..OB.min(o - block * OB) {
                 let oo = block * OB + k;
-                let channel = &mut y[oo * h * wd..][..h * wd];
-                for (r, line) in channel.chunks_exact_mut(wd).enumerate() {
-                    let at = k * rows.stride + (r / R::ROWS) * rows.row;
-                    let src = &ys[r % R::ROWS][at..][..wd];
-                    match &epilogue {
-                        None => copy_row(line, src),
-                        Some(e) => e.write(oo, ((image * o + oo) * h + r) * wd, line, src),
+                for i in 0..count {
+                    let image = first + i;
+                    let channel = &mut out[(image * o + oo) * h * wd..][..h * wd];
+                    for (r, line) in channel.chunks_exact_mut(wd).enumerate() {
+                        let at = k * rows.stride + i * rows.positions + (r / R::ROWS) * rows.row;
+                        let src = &ys[r % R::ROWS][at..][..wd];
+                        match &epilogue {
+                            None => copy_row(line, src),
+                            Some(e) => e.write(oo, ((image * o + oo) * h + r) * wd, line, src),
+                        }
                     }
-                }
-                if moments {
-                    summaries.push(plane_moments::<S, T>(simd, channel));
+                    if moments {
+                        summaries[image * o + oo] = plane_moments::<S, T>(simd, channel);
+                    }
                 }
             }
         }
@@ -426,7 +481,15 @@ pub(super) fn grad_weight<S: Simd, T: Lane, const OB: usize>(
     let n = lanes::<S, T>();
     let ops = Adds::<S, T>::new(simd);
     let flat = PaddedFlat::new(g, 1);
-    let rows = Rows::new(g, 1, n, 2);
+    let rows = Rows::new(
+        g,
+        1,
+        n,
+        Plan {
+            group: 2,
+            images: 1,
+        },
+    );
     let cp = c.div_ceil(n) * n;
     let zero = T::splat(simd, T::ZERO);
     let images = x.len() / (c * h * w).max(1);
@@ -596,32 +659,36 @@ mod tests {
 
     #[test]
     fn it_takes_the_planes_where_it_saves_multiply_adds() {
+        let f32_plan = |g: &ConvGeometry, tile: usize| plan::<f32>(g, tile, tile / 2);
         // Register tiles of 2 (scalar) to 32 (AVX-512, f32) positions.
         for tile in [2, 4, 8, 16, 32] {
             for (h, w) in [(32, 32), (28, 28), (16, 16), (14, 14), (10, 12), (5, 7)] {
-                assert!(
-                    pays(&geometry(16, h, w, 3, 1), tile),
-                    "{h}×{w}, tile {tile}"
-                );
+                let g = geometry(16, h, w, 3, 1);
+                assert!(f32_plan(&g, tile).is_some(), "{h}×{w}, tile {tile}");
             }
-            assert!(!pays(&geometry(16, 8, 8, 1, 0), tile), "1×1, tile {tile}");
-            assert!(
-                !pays(&geometry(16, 8, 8, 3, 0), tile),
-                "no padding, tile {tile}"
-            );
-            assert!(!pays(&geometry(16, 8, 8, 5, 2), tile), "5×5, tile {tile}");
+            for (g, what) in [
+                (geometry(16, 8, 8, 1, 0), "1×1"),
+                (geometry(16, 8, 8, 3, 0), "no padding"),
+                (geometry(16, 8, 8, 5, 2), "5×5"),
+            ] {
+                assert_eq!(f32_plan(&g, tile), None, "{what}, tile {tile}");
+            }
         }
+        let f4 = |images| Some(Plan { group: 4, images });
         // F(4, 3) where it saves multiply-adds over F(2, 3) (32×32: 8 groups of 34
-        // positions × 18, against 16 × 34 × 12), F(2, 3) where tiles round the two up to the
-        // same count (8×8, in tiles of 16: 32 × 18 = 48 × 12).
-        for tile in [8, 16, 32] {
-            assert_eq!(forward_group(&geometry(16, 32, 32, 3, 1), tile), Some(4));
+        // positions × 18, against 16 × 34 × 12), one image at a time where its positions
+        // fill whole tiles (272 = 17 × 16).
+        for tile in [8, 16] {
+            assert_eq!(f32_plan(&geometry(16, 32, 32, 3, 1), tile), f4(1));
         }
-        assert_eq!(forward_group(&geometry(64, 8, 8, 3, 1), 16), Some(2));
-        // 7×7: four pairs of 9-wide rows (36 positions) round up to as many multiply-adds
-        // as seven rows (63), or more.
-        for tile in [16, 32] {
-            assert!(!pays(&geometry(64, 7, 7, 3, 1), tile), "7×7, tile {tile}");
-        }
+        // Small planes, images end to end: 16×16 in tiles of 16, 4 groups of 18 positions
+        // (72, a tile and a half empty) twice make 9 tiles; 8×8, 2 groups of 10 (20) four
+        // times 5 tiles; 7×7, 2 groups of 9 (18) eight times 9 tiles.
+        assert_eq!(f32_plan(&geometry(32, 16, 16, 3, 1), 16), f4(2));
+        assert_eq!(f32_plan(&geometry(64, 8, 8, 3, 1), 16), f4(4));
+        assert_eq!(f32_plan(&geometry(64, 7, 7, 3, 1), 16), f4(8));
+        // As many as keep the transformed rows within bounds: 16×16 with 256 channels
+        // takes one image (two would need 6 planes of 256 × 170 floats, 1 MB).
+        assert_eq!(f32_plan(&geometry(256, 16, 16, 3, 1), 16), f4(1));
     }
 }
