@@ -65,24 +65,25 @@ pub(super) fn plan<T>(g: &ConvGeometry, tile: usize, lanes: usize) -> Option<Pla
     if !fits(g) {
         return None;
     }
-    // Multiply-adds per image, as a fraction (for `images` images) with its plan.
+    // Multiply-adds for `images` images, and the plan.
     let mut best: Option<(usize, usize, Plan)> = None;
     for group in [2, 4] {
-        for images in 1..=MAX_IMAGES {
+        let one = Rows::new(g, tile, lanes, Plan { group, images: 1 }).multiply_adds();
+        let mut here = (one, 1, Plan { group, images: 1 });
+        for images in 2..=MAX_IMAGES {
             let rows = Rows::new(g, tile, lanes, Plan { group, images });
-            if images > 1 && rows.transformed_bytes::<T>(g.c) > TRANSFORMED_BYTES {
+            if rows.transformed_bytes::<T>(g.c) > TRANSFORMED_BYTES {
                 break;
             }
-            // More images only for a tenth fewer multiply-adds: the larger transformed
-            // planes cost cache.
+            // More images only for a tenth fewer multiply-adds than one: the larger
+            // transformed planes cost cache.
             let cost = rows.multiply_adds();
-            let cheaper = best.is_none_or(|(b, bi, _)| match images > bi {
-                true => 10 * cost * bi <= 9 * b * images,
-                false => cost * bi < b * images,
-            });
-            if cheaper {
-                best = Some((cost, images, Plan { group, images }));
+            if 10 * cost <= 9 * one * images && cost * here.1 < here.0 * images {
+                here = (cost, images, Plan { group, images });
             }
+        }
+        if best.is_none_or(|(b, bi, _)| here.0 * bi < b * here.1) {
+            best = Some(here);
         }
     }
     let (cost, images, plan) = best?;
