@@ -457,14 +457,21 @@ impl<T: Lane> ConvImages<'_, T> {
             // A 1×1 kernel without padding reads the image as it is and writes whole
             // tiles of output: no padded copy, no garbage columns to skip.
             let mut sums = vec![T::ZERO; tile];
+            // The image's planes a cache line apart more than their length: at 32×32
+            // (4 kB) a tile's channels would all fall in one set of the first-level cache.
+            let plane = hw + 64 / size_of::<T>();
+            let mut xi = vec![T::ZERO; g.c * plane];
             for (image, y) in out.chunks_exact_mut(o * hw).enumerate() {
-                let xi = &x[image * g.c * hw..][..g.c * hw];
+                let src = &x[image * g.c * hw..][..g.c * hw];
+                for (dst, src) in xi.chunks_exact_mut(plane).zip(src.chunks_exact(hw)) {
+                    dst[..hw].copy_from_slice(src);
+                }
                 for (block, wb) in packed.chunks_exact(g.c * OB).enumerate() {
                     for p0 in (0..hw).step_by(tile) {
                         let tile = Tile {
-                            xp: xi,
+                            xp: &xi,
                             wb,
-                            plane: hw,
+                            plane,
                             p0,
                         };
                         let acc = tile.by_rows::<S, OB, NV, 1>(simd, &[0]);
