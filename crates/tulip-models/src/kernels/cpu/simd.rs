@@ -30,6 +30,8 @@ pub(super) trait Lane:
     fn splat<S: Simd>(simd: S, v: Self) -> Self::V<S>;
     /// `a·b + c`, fused where the hardware has it.
     fn mul_add<S: Simd>(simd: S, a: Self::V<S>, b: Self::V<S>, c: Self::V<S>) -> Self::V<S>;
+    /// A vector of the first lanes of `xs` (as many as it has), the rest zero.
+    fn partial_load<S: Simd>(simd: S, xs: &[Self]) -> Self::V<S>;
 }
 
 impl Lane for f32 {
@@ -52,6 +54,10 @@ impl Lane for f32 {
     fn mul_add<S: Simd>(simd: S, a: Self::V<S>, b: Self::V<S>, c: Self::V<S>) -> Self::V<S> {
         simd.mul_add_e_f32s(a, b, c)
     }
+    #[inline(always)]
+    fn partial_load<S: Simd>(simd: S, xs: &[Self]) -> Self::V<S> {
+        simd.partial_load_f32s(xs)
+    }
 }
 
 impl Lane for f64 {
@@ -73,6 +79,10 @@ impl Lane for f64 {
     #[inline(always)]
     fn mul_add<S: Simd>(simd: S, a: Self::V<S>, b: Self::V<S>, c: Self::V<S>) -> Self::V<S> {
         simd.mul_add_e_f64s(a, b, c)
+    }
+    #[inline(always)]
+    fn partial_load<S: Simd>(simd: S, xs: &[Self]) -> Self::V<S> {
+        simd.partial_load_f64s(xs)
     }
 }
 

@@ -180,12 +180,6 @@ impl Rows {
         }
     }
 
-    /// Length of the zero-padded input plane: rows `0 ..= group·groups + 1` (padded row
-    /// `r + 1` holds input row `r`), and room for the transform's last vector.
-    fn padded(&self, lanes: usize) -> usize {
-        (self.group * self.groups + 2) * self.row + lanes
-    }
-
     /// Multiply-adds per input and output channel of the forward kernel, for all its
     /// images: 3 per transformed plane (`group + 2` of them) and position, tiles rounded
     /// up.
@@ -363,7 +357,6 @@ fn conv_images_by<S: Simd, T: Lane, R: RowTransform, const OB: usize, const NV: 
         .iter()
         .map(|u| pack_weights::<T, OB>(u, o, c, 3))
         .collect();
-    let mut xp = vec![T::ZERO; rows.padded(n)];
     // V₀ … V_(m+1), each [C, plane], the images' rows end to end in each plane.
     let mut v: Vec<Vec<T>> = (0..planes).map(|_| vec![T::ZERO; c * rows.plane]).collect();
     // The output rows of each group, [OB, stride] each.
@@ -376,11 +369,8 @@ fn conv_images_by<S: Simd, T: Lane, R: RowTransform, const OB: usize, const NV: 
         for i in 0..count {
             let xi = &x[(first + i) * c * h * wd..][..c * h * wd];
             for (ci, plane) in xi.chunks_exact(h * wd).enumerate() {
-                for (r, line) in plane.chunks_exact(wd).enumerate() {
-                    copy_row(&mut xp[(r + 1) * rows.row + 1..][..wd], line);
-                }
                 let at = ci * rows.plane + i * rows.positions;
-                transform_input::<S, T, R>(ops, &rows, &xp, &mut v, at);
+                transform_input::<S, T, R>(ops, &rows, plane, wd, &mut v, at);
             }
         }
         for block in 0..o.div_ceil(OB) {
@@ -433,28 +423,47 @@ fn conv_images_by<S: Simd, T: Lane, R: RowTransform, const OB: usize, const NV: 
     summaries
 }
 
-/// `Vᵢ = (Bᵀ d)ᵢ` of one channel's padded plane `xp`, written at `at` of each `v[i]`:
-/// row `t` of `Vᵢ` from padded rows `m·t … m·t + m + 1`, the whole row in vectors (the
-/// last one spills into the next row, which is written after it, or the plane's slack).
+/// `Vᵢ = (Bᵀ d)ᵢ` of one channel's plane `x: [H, W]`, written at `at` of each `v[i]`:
+/// row `t` of `Vᵢ` from input rows `m·t − 1 … m·t + m` (zero past the edges), one column
+/// to the right for the padding. The padding columns stay zero: never written, or written
+/// with the transform of the zeros past a row's last, partial vector (which spills into
+/// the next row, written after it, or the plane's slack).
 #[inline(always)]
 fn transform_input<S: Simd, T: Lane, R: RowTransform>(
     ops: Adds<S, T>,
     rows: &Rows,
-    xp: &[T],
+    x: &[T],
+    w: usize,
     v: &mut [Vec<T>],
     at: usize,
 ) {
     let n = lanes::<S, T>();
-    let row = rows.row;
+    let h = x.len() / w.max(1);
+    let zero = T::splat(ops.simd, T::ZERO);
+    let mut planes = v.iter_mut();
+    let mut v: [&mut [T]; 6] = std::array::from_fn(|_| match planes.next() {
+        Some(plane) => &mut plane[at..],
+        None => &mut [],
+    });
     for t in 0..rows.groups {
-        for s in (0..row).step_by(n) {
-            let top = R::ROWS * t * row + s;
-            let mut d = [T::splat(ops.simd, T::ZERO); 6];
-            for (k, d) in d.iter_mut().enumerate().take(R::ROWS + 2) {
-                *d = load::<S, T>(&xp[top + k * row..]);
+        let mut lines: [&[T]; 6] = [&[]; 6];
+        for (k, line) in lines.iter_mut().enumerate().take(R::ROWS + 2) {
+            if let Some(r) = (R::ROWS * t + k).checked_sub(1).filter(|&r| r < h) {
+                *line = &x[r * w..][..w];
             }
-            for (v, value) in v.iter_mut().zip(R::input(ops, d)) {
-                store::<S, T>(&mut v[at + t * row + s..], value);
+        }
+        let out = t * rows.row + 1;
+        for s in (0..w).step_by(n) {
+            let mut d = [zero; 6];
+            for (d, line) in d.iter_mut().zip(&lines).take(R::ROWS + 2) {
+                if s + n <= line.len() {
+                    *d = load::<S, T>(&line[s..]);
+                } else if !line.is_empty() {
+                    *d = T::partial_load(ops.simd, &line[s..]);
+                }
+            }
+            for (plane, value) in v.iter_mut().zip(R::input(ops, d)).take(R::ROWS + 2) {
+                store::<S, T>(&mut plane[out + s..], value);
             }
         }
     }
