@@ -1027,8 +1027,9 @@ mod tests {
 
     /// Shapes that leave remainders everywhere: channels that do not fill a vector or a
     /// block of outputs, images smaller than a tile, odd batches, 1×1, 3×1 and 5×5
-    /// kernels, paddings 0 to k − 1; a 1×1 kernel over whole tiles (8×8); and small planes
-    /// (8×8, 7×7) that the Winograd kernel lays end to end, the last batch part full.
+    /// kernels, paddings 0 to k − 1; a 1×1 kernel over whole tiles (8×8); small planes
+    /// (8×8, 7×7) that the Winograd kernel lays end to end, the last batch part full; and
+    /// rows of whole tiles (16×16), whose garbage columns it skips.
     fn geometries() -> Vec<(ConvGeometry, usize)> {
         let geom = |b, c, h, w, (kh, kw), (ph, pw)| ConvGeometry {
             b,
@@ -1053,6 +1054,7 @@ mod tests {
             (geom(2, 3, 6, 5, (3, 1), (1, 0)), 4),
             (geom(3, 32, 10, 12, (3, 3), (1, 1)), 33),
             (geom(11, 6, 8, 8, (3, 3), (1, 1)), 5),
+            (geom(2, 5, 16, 16, (3, 3), (1, 1)), 7),
             (geom(9, 4, 7, 7, (3, 3), (1, 1)), 6),
         ]
     }

@@ -156,6 +156,13 @@ struct Rows {
     positions: usize,
     /// Images laid end to end.
     images: usize,
+    /// Register tiles per row where they divide the width (one image): the tiles then
+    /// skip the garbage columns. 0 otherwise: tiles run over every position.
+    row_tiles: usize,
+    /// Positions per register tile.
+    tile: usize,
+    /// Register tiles in all.
+    tiles: usize,
     /// The images' positions rounded up to whole register tiles.
     stride: usize,
     /// One transformed plane: room for the tiles' reads two past `stride`, and for the
@@ -169,22 +176,40 @@ impl Rows {
         let groups = g.h.div_ceil(plan.group);
         let positions = groups * row;
         let stride = (plan.images * positions).div_ceil(tile) * tile;
+        let row_tiles = match plan.images == 1 && g.w.is_multiple_of(tile) {
+            true => g.w / tile,
+            false => 0,
+        };
         Self {
             group: plan.group,
             row,
             groups,
             positions,
             images: plan.images,
+            row_tiles,
+            tile,
+            tiles: match row_tiles {
+                0 => stride / tile,
+                _ => groups * row_tiles,
+            },
             stride,
             plane: stride + row + lanes,
         }
     }
 
     /// Multiply-adds per input and output channel of the forward kernel, for all its
-    /// images: 3 per transformed plane (`group + 2` of them) and position, tiles rounded
-    /// up.
+    /// images: 3 per transformed plane (`group + 2` of them) and position of its tiles.
     fn multiply_adds(&self) -> usize {
-        self.stride * 3 * (self.group + 2)
+        self.tiles * self.tile * 3 * (self.group + 2)
+    }
+
+    /// The first position of register tile `i`.
+    #[inline(always)]
+    fn tile_start(&self, i: usize) -> usize {
+        match self.row_tiles {
+            0 => i * self.tile,
+            per_row => i / per_row * self.row + i % per_row * self.tile,
+        }
     }
 
     /// Bytes of the transformed planes of `c` channels.
@@ -374,7 +399,12 @@ fn conv_images_by<S: Simd, T: Lane, R: RowTransform, const OB: usize, const NV: 
             }
         }
         for block in 0..o.div_ceil(OB) {
-            for p0 in (0..count * rows.positions).step_by(tile) {
+            let tiles = match rows.row_tiles {
+                0 => (count * rows.positions).div_ceil(tile),
+                _ => rows.tiles,
+            };
+            for i in 0..tiles {
+                let p0 = rows.tile_start(i);
                 let mut m = [[[T::splat(simd, T::ZERO); NV]; OB]; 6];
                 for ((m, v), u) in m.iter_mut().zip(&v).zip(&packed) {
                     *m = Tile {
@@ -691,10 +721,13 @@ mod tests {
         for tile in [8, 16] {
             assert_eq!(f32_plan(&geometry(16, 32, 32, 3, 1), tile), f4(1));
         }
-        // Small planes, images end to end: 16×16 in tiles of 16, 4 groups of 18 positions
-        // (72, a tile and a half empty) twice make 9 tiles; 8×8, 2 groups of 10 (20) four
-        // times 5 tiles; 7×7, 2 groups of 9 (18) eight times 9 tiles.
-        assert_eq!(f32_plan(&geometry(32, 16, 16, 3, 1), 16), f4(2));
+        // Rows in whole tiles, the garbage columns skipped: 16×16 in tiles of 16, 4 groups
+        // of 16 positions (against 9 tiles for two images end to end).
+        assert_eq!(f32_plan(&geometry(32, 16, 16, 3, 1), 16), f4(1));
+        // Small planes, images end to end: 16×16 in tiles of 32, 4 groups of 18 positions
+        // (72, 3 tiles) four times make 9 tiles; 8×8 in tiles of 16, 2 groups of 10 (20)
+        // four times 5 tiles; 7×7, 2 groups of 9 (18) eight times 9 tiles.
+        assert_eq!(f32_plan(&geometry(32, 16, 16, 3, 1), 32), f4(4));
         assert_eq!(f32_plan(&geometry(64, 8, 8, 3, 1), 16), f4(4));
         assert_eq!(f32_plan(&geometry(64, 7, 7, 3, 1), 16), f4(8));
         // As many as keep the transformed rows within bounds: 16×16 with 256 channels
