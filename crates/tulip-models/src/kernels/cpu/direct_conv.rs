@@ -454,11 +454,11 @@ impl<T: Lane> ConvImages<'_, T> {
         let packed = pack_weights::<T, OB>(w, o, g.c, taps.len());
         let hw = g.h * g.w;
         if g.kh * g.kw == 1 && g.ph + g.pw == 0 && hw % tile == 0 {
-            // A 1×1 kernel without padding reads the image as it is and writes whole
-            // tiles of output: no padded copy, no garbage columns to skip.
+            // A 1×1 kernel without padding reads the image's planes unpadded and writes
+            // whole tiles of output: no garbage columns to skip. The planes are copied a
+            // cache line apart: at 32×32 a plane is 4 kB, and a tile's channel rows would
+            // all fall into one set of the first-level cache.
             let mut sums = vec![T::ZERO; tile];
-            // The image's planes a cache line apart more than their length: at 32×32
-            // (4 kB) a tile's channels would all fall in one set of the first-level cache.
             let plane = hw + 64 / size_of::<T>();
             let mut xi = vec![T::ZERO; g.c * plane];
             for (image, y) in out.chunks_exact_mut(o * hw).enumerate() {

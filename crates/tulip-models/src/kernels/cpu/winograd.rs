@@ -53,13 +53,13 @@ pub(super) struct Plan {
 
 /// The cheapest [`Plan`] of [`conv_images`] (a 3×3 kernel with padding 1) for register
 /// tiles of `tile` positions of `lanes`-wide vectors of `T`, or `None` where the direct
-/// kernel is cheaper. Every
-/// kernel computes whole tiles of padded rows: the direct kernel `H` rows of 9 taps,
-/// F(m, 3) `⌈H/m⌉` rows of `(m + 2) × 3`. Laying the rows of a few images end to end
-/// fills the tiles that one small plane leaves part empty (8×8: 20 positions a plane
-/// under F(4, 3), 5 tiles of 16 for 4 images instead of 8), as many as keep the transformed
-/// rows within [`TRANSFORMED_BYTES`] and only where that saves a tenth. A tenth is allowed
-/// for the transforms against the direct kernel, and F(4, 3) taken only where it saves
+/// kernel is cheaper. Every kernel computes whole tiles of padded rows: the direct kernel
+/// `H` rows of 9 taps, F(m, 3) `⌈H/m⌉` rows of `(m + 2) × 3` (only the `W` real columns
+/// of each where tiles divide `W`). Laying the rows of a few images end to end fills the
+/// tiles that one small plane leaves part empty (8×8: 20 positions a plane under F(4, 3),
+/// 5 tiles of 16 for 4 images instead of 8), as many as keep the transformed rows within
+/// [`TRANSFORMED_BYTES`] and only where that saves a tenth. A tenth is allowed for the
+/// transforms against the direct kernel, and F(4, 3) taken only where it saves
 /// multiply-adds over F(2, 3), whose transforms are cheaper.
 pub(super) fn plan<T>(g: &ConvGeometry, tile: usize, lanes: usize) -> Option<Plan> {
     if !fits(g) {
@@ -161,8 +161,6 @@ struct Rows {
     row_tiles: usize,
     /// Positions per register tile.
     tile: usize,
-    /// Register tiles in all.
-    tiles: usize,
     /// The images' positions rounded up to whole register tiles.
     stride: usize,
     /// One transformed plane: room for the tiles' reads two past `stride`, and for the
@@ -188,10 +186,6 @@ impl Rows {
             images: plan.images,
             row_tiles,
             tile,
-            tiles: match row_tiles {
-                0 => stride / tile,
-                _ => groups * row_tiles,
-            },
             stride,
             plane: stride + row + lanes,
         }
@@ -200,7 +194,15 @@ impl Rows {
     /// Multiply-adds per input and output channel of the forward kernel, for all its
     /// images: 3 per transformed plane (`group + 2` of them) and position of its tiles.
     fn multiply_adds(&self) -> usize {
-        self.tiles * self.tile * 3 * (self.group + 2)
+        self.tiles(self.images) * self.tile * 3 * (self.group + 2)
+    }
+
+    /// Register tiles over the rows of `images` images.
+    fn tiles(&self, images: usize) -> usize {
+        match self.row_tiles {
+            0 => (images * self.positions).div_ceil(self.tile),
+            per_row => self.groups * per_row,
+        }
     }
 
     /// The first position of register tile `i`.
@@ -399,11 +401,7 @@ fn conv_images_by<S: Simd, T: Lane, R: RowTransform, const OB: usize, const NV: 
             }
         }
         for block in 0..o.div_ceil(OB) {
-            let tiles = match rows.row_tiles {
-                0 => (count * rows.positions).div_ceil(tile),
-                _ => rows.tiles,
-            };
-            for i in 0..tiles {
+            for i in 0..rows.tiles(count) {
                 let p0 = rows.tile_start(i);
                 let mut m = [[[T::splat(simd, T::ZERO); NV]; OB]; 6];
                 for ((m, v), u) in m.iter_mut().zip(&v).zip(&packed) {
