@@ -713,9 +713,9 @@ mod tests {
             }
         }
         let f4 = |images| Some(Plan { group: 4, images });
-        // F(4, 3) where it saves multiply-adds over F(2, 3) (32×32: 8 groups of 34
-        // positions × 18, against 16 × 34 × 12), one image at a time where its positions
-        // fill whole tiles (272 = 17 × 16).
+        // F(4, 3) where it saves multiply-adds over F(2, 3) (32×32: 8 groups of 32
+        // positions × 18, against 16 × 32 × 12), one image at a time, its rows in whole
+        // tiles.
         for tile in [8, 16] {
             assert_eq!(f32_plan(&geometry(16, 32, 32, 3, 1), tile), f4(1));
         }
@@ -728,8 +728,13 @@ mod tests {
         assert_eq!(f32_plan(&geometry(32, 16, 16, 3, 1), 32), f4(4));
         assert_eq!(f32_plan(&geometry(64, 8, 8, 3, 1), 16), f4(4));
         assert_eq!(f32_plan(&geometry(64, 7, 7, 3, 1), 16), f4(8));
-        // As many as keep the transformed rows within bounds: 16×16 with 256 channels
-        // takes one image (two would need 6 planes of 256 × 170 floats, 1 MB).
-        assert_eq!(f32_plan(&geometry(256, 16, 16, 3, 1), 16), f4(1));
+        // As many as keep the transformed rows within bounds: 8×8 with 256 channels
+        // takes one image (two would need 6 planes of 256 × 66 floats, 405 kB, by F(4, 3),
+        // or 4 of 256 × 98, 401 kB, by F(2, 3)), and F(2, 3), as cheap as F(4, 3) alone.
+        let f2_alone = Some(Plan {
+            group: 2,
+            images: 1,
+        });
+        assert_eq!(f32_plan(&geometry(256, 8, 8, 3, 1), 16), f2_alone);
     }
 }
